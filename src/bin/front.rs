@@ -1,0 +1,68 @@
+//! front: HTTP/WebSocket signalling and the supervisor of the conversation workers.
+
+use std::time::{Duration, Instant};
+
+use beep_webrtc::config::Config;
+use beep_webrtc::front::Front;
+use beep_webrtc::{http, ipc, telemetry};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[tokio::main]
+async fn main() {
+    let cfg = match Config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    telemetry::init();
+    if let Err(e) = run(cfg).await {
+        tracing::error!("front failed: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    if cfg.dev_mode {
+        tracing::warn!("DEV_MODE is on: the demo page is served at / and ?userid=&clientid= is accepted as identity");
+        if cfg.permissions == beep_webrtc::config::Permissions::AllowAll {
+            tracing::warn!("PERMISSIONS_HOST=allow-all: every user may join every conversation");
+        }
+    }
+    ipc::private_dir(&cfg.runtime_dir)
+        .map_err(|e| anyhow::anyhow!("RUNTIME_DIR {}: {e}", cfg.runtime_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("LISTEN {}: {e}", cfg.listen))?;
+    let front = Front::new(cfg);
+    tracing::info!(addr = %listener.local_addr()?, "front listening");
+    {
+        let front = front.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                front.housekeeping(Instant::now());
+            }
+        });
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::info!("shutting down");
+    };
+    axum::serve(listener, http::router(front.clone())).with_graceful_shutdown(shutdown).await?;
+    front.shutdown_workers();
+    // Give the supervisors time to see their workers exit and reap them.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !front.workers().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}

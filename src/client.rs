@@ -1,0 +1,494 @@
+//! A webrtc-rs client of the `/connect` protocol, for the integration tests and `loadgen`.
+//!
+//! It does what a real app does: opens the WebSocket with an identity, offers one sendrecv
+//! microphone m-line plus recvonly slot m-lines, trickles and accepts candidates, and sends
+//! Opus-sized RTP at 50 packets/s. The payload is not audio but a *probe*: the sender's tag,
+//! a send timestamp and a counter, which the SFU must not touch. That lets a receiver say
+//! exactly who it heard, how late, and what it missed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::rtp;
+use rtc::rtp::extension::HeaderExtension;
+use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription, SettingEngineBuilder,
+};
+
+use crate::identity::Identity;
+use crate::peer::{audio_engine, opus_track};
+
+const PROBE_MAGIC: &[u8; 2] = b"BW";
+pub const PROBE_SIZE: usize = 60;
+
+/// Encodes a probe payload: magic, tag, send time (µs since the epoch), counter; padded to
+/// [`PROBE_SIZE`] bytes like a 20 ms Opus frame.
+pub fn probe_payload(tag: &str, counter: u32) -> Bytes {
+    let mut b = BytesMut::with_capacity(PROBE_SIZE);
+    b.put_slice(PROBE_MAGIC);
+    let tag = &tag.as_bytes()[..tag.len().min(40)];
+    b.put_u8(tag.len() as u8);
+    b.put_slice(tag);
+    b.put_u64(now_micros());
+    b.put_u32(counter);
+    b.resize(PROBE_SIZE.max(b.len()), 0);
+    b.freeze()
+}
+
+/// Reads a probe payload: (tag, send time µs, counter).
+pub fn parse_probe(p: &[u8]) -> Option<(String, u64, u32)> {
+    if p.len() < 3 || &p[..2] != PROBE_MAGIC {
+        return None;
+    }
+    let n = p[2] as usize;
+    let tag = std::str::from_utf8(p.get(3..3 + n)?).ok()?.to_string();
+    let rest = p.get(3 + n..3 + n + 12)?;
+    let sent = u64::from_be_bytes(rest[..8].try_into().ok()?);
+    let counter = u32::from_be_bytes(rest[8..12].try_into().ok()?);
+    Some((tag, sent, counter))
+}
+
+pub fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// What one incoming stream (one slot) delivered.
+#[derive(Clone, Debug, Default)]
+pub struct StreamStats {
+    pub mid: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets per sender tag.
+    pub from: HashMap<String, u64>,
+    /// Sequence numbers that were not previous+1.
+    pub seq_gaps: u64,
+    /// Timestamps that went backwards.
+    pub ts_backwards: u64,
+    pub markers: u64,
+    pub first_at: Option<Instant>,
+    /// One-way delay samples (µs), send → receive, capped in number.
+    pub latency_us: Vec<u32>,
+    last: Option<(u16, u32)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// `ws://host:port/connect[?conversation=...]`.
+    pub url: String,
+    pub identity: Option<Identity>,
+    /// Receive slots to offer (the microphone m-line counts as the first).
+    pub slots: usize,
+    /// Send the offer as a bare SDP frame, like the seed-era JavaScript.
+    pub legacy_raw_offer: bool,
+    pub bind_ip: String,
+    /// Keep at most this many latency samples per stream.
+    pub latency_samples: usize,
+}
+
+impl ClientOptions {
+    pub fn new(url: impl Into<String>, userid: &str, clientid: &str) -> Self {
+        ClientOptions {
+            url: url.into(),
+            identity: Some(Identity { userid: userid.into(), clientid: clientid.into() }),
+            slots: 1,
+            legacy_raw_offer: false,
+            bind_ip: "127.0.0.1".into(),
+            latency_samples: 10_000,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    events: Vec<serde_json::Value>,
+    errors: Vec<serde_json::Value>,
+    streams: HashMap<u32, StreamStats>,
+    closed: bool,
+    state: Option<RTCPeerConnectionState>,
+    connected_at: Option<Instant>,
+}
+
+pub struct Client {
+    pub pc: Arc<dyn PeerConnection>,
+    shared: Arc<Mutex<Shared>>,
+    ws_out: mpsc::UnboundedSender<Message>,
+    mic: Arc<TrackLocalStaticRTP>,
+    mic_ssrc: u32,
+    /// mid → SSRC of the slot streams, as named by the answer's `a=ssrc` lines.
+    pub answer_ssrcs: Vec<(String, u32)>,
+    pub answer_sdp: String,
+    pub started: Instant,
+    pub answer_at: Instant,
+    sending: Arc<AtomicBool>,
+}
+
+struct Handler {
+    shared: Arc<Mutex<Shared>>,
+    gathered: mpsc::Sender<()>,
+    ws_out: mpsc::UnboundedSender<Message>,
+    latency_samples: usize,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, ev: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = ev.candidate.to_json() {
+            if let Ok(json) = serde_json::to_string(&init) {
+                let _ = self.ws_out.send(Message::text(format!("ice::{json}")));
+            }
+        }
+    }
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.try_send(());
+        }
+    }
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let mut s = lock(&self.shared);
+        s.state = Some(state);
+        if state == RTCPeerConnectionState::Connected && s.connected_at.is_none() {
+            s.connected_at = Some(Instant::now());
+        }
+    }
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let shared = self.shared.clone();
+        let cap = self.latency_samples;
+        tokio::spawn(async move {
+            while let Some(evt) = track.poll().await {
+                let TrackRemoteEvent::OnRtpPacket(pkt) = evt else { continue };
+                let now = Instant::now();
+                let probe = parse_probe(&pkt.payload);
+                let mut s = lock(&shared);
+                let st = s.streams.entry(pkt.header.ssrc).or_default();
+                st.packets += 1;
+                st.bytes += pkt.payload.len() as u64;
+                st.first_at.get_or_insert(now);
+                if pkt.header.marker {
+                    st.markers += 1;
+                }
+                if let Some((last_seq, last_ts)) = st.last {
+                    if pkt.header.sequence_number != last_seq.wrapping_add(1) {
+                        st.seq_gaps += 1;
+                    }
+                    if (pkt.header.timestamp.wrapping_sub(last_ts) as i32) < 0 {
+                        st.ts_backwards += 1;
+                    }
+                }
+                st.last = Some((pkt.header.sequence_number, pkt.header.timestamp));
+                if let Some((tag, sent, _)) = probe {
+                    *st.from.entry(tag).or_default() += 1;
+                    if st.latency_us.len() < cap {
+                        st.latency_us.push(now_micros().saturating_sub(sent).min(u32::MAX as u64) as u32);
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Client {
+    /// Connects, offers, and returns once the answer is applied (ICE may still be checking).
+    pub async fn connect(opts: ClientOptions) -> anyhow::Result<Client> {
+        let started = Instant::now();
+        let mut req = opts.url.as_str().into_client_request()?;
+        if let Some(id) = &opts.identity {
+            let claim = serde_json::json!({"userid": id.userid, "clientid": id.clientid}).to_string();
+            req.headers_mut().insert("X-User-Claim", claim.parse()?);
+        }
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(req))
+            .await
+            .context("websocket connect timed out")??;
+        let (mut ws_sink, mut ws_stream) = ws.split();
+        let (ws_out, mut ws_out_rx) = mpsc::unbounded_channel::<Message>();
+        tokio::spawn(async move {
+            while let Some(m) = ws_out_rx.recv().await {
+                if ws_sink.send(m).await.is_err() {
+                    break;
+                }
+            }
+            let _ = ws_sink.close().await;
+        });
+
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (engine, registry) = audio_engine()?;
+        let (gathered_tx, mut gathered) = mpsc::channel(1);
+        let handler = Arc::new(Handler {
+            shared: shared.clone(),
+            gathered: gathered_tx,
+            ws_out: ws_out.clone(),
+            latency_samples: opts.latency_samples,
+        });
+        let settings = SettingEngineBuilder::new().with_multicast_dns_mode(MulticastDnsMode::Disabled).build();
+        let pc: Arc<dyn PeerConnection> = Arc::new(
+            PeerConnectionBuilder::new()
+                .with_configuration(RTCConfigurationBuilder::new().build())
+                .with_media_engine(engine)
+                .with_setting_engine(settings)
+                .with_interceptor_registry(registry)
+                .with_handler(handler)
+                .with_udp_addrs(vec![format!("{}:0", opts.bind_ip)])
+                .build()
+                .await?,
+        );
+        let mic_ssrc: u32 = rand::random();
+        let mic = opus_track("mic", "mic", mic_ssrc);
+        pc.add_track(mic.clone() as Arc<dyn TrackLocal>).await?;
+        for _ in 1..opts.slots.max(1) {
+            pc.add_transceiver_from_kind(
+                RtpCodecKind::Audio,
+                Some(RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() }),
+            )
+            .await?;
+        }
+        let offer = pc.create_offer(None).await?;
+        pc.set_local_description(offer).await?;
+        let _ = tokio::time::timeout(Duration::from_secs(2), gathered.recv()).await;
+        let sdp = pc.local_description().await.ok_or_else(|| anyhow!("no local description"))?.sdp;
+
+        // Reader: answer → oneshot; ice → pc; events and errors → shared.
+        let (answer_tx, answer_rx) = oneshot::channel::<Result<String, String>>();
+        {
+            let (pc, shared) = (pc.clone(), shared.clone());
+            tokio::spawn(async move {
+                let mut answer_tx = Some(answer_tx);
+                while let Some(Ok(msg)) = ws_stream.next().await {
+                    let Message::Text(text) = msg else {
+                        if let Message::Close(_) = msg {
+                            break;
+                        }
+                        continue;
+                    };
+                    let (kind, payload) = text.split_once("::").unwrap_or(("", ""));
+                    match kind {
+                        "answer" => {
+                            if let Some(tx) = answer_tx.take() {
+                                let _ = tx.send(Ok(payload.to_string()));
+                            }
+                        }
+                        "ice" => {
+                            if let Ok(init) = serde_json::from_str::<RTCIceCandidateInit>(payload) {
+                                if !init.candidate.is_empty() {
+                                    let _ = pc.add_ice_candidate(init).await;
+                                }
+                            }
+                        }
+                        "event" | "error" => {
+                            let v = serde_json::from_str(payload).unwrap_or(serde_json::Value::String(payload.into()));
+                            let mut s = lock(&shared);
+                            if kind == "event" {
+                                s.events.push(v);
+                            } else {
+                                if let Some(tx) = answer_tx.take() {
+                                    let _ = tx.send(Err(v.to_string()));
+                                }
+                                s.errors.push(v);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                lock(&shared).closed = true;
+                if let Some(tx) = answer_tx.take() {
+                    let _ = tx.send(Err("socket closed before the answer".into()));
+                }
+            });
+        }
+        let frame = if opts.legacy_raw_offer { sdp } else { format!("offer::{sdp}") };
+        ws_out.send(Message::text(frame)).map_err(|_| anyhow!("websocket closed"))?;
+        let answer = match tokio::time::timeout(Duration::from_secs(20), answer_rx).await {
+            Ok(Ok(Ok(a))) => a,
+            Ok(Ok(Err(e))) => bail!("no answer: {e}"),
+            Ok(Err(_)) => bail!("no answer: reader ended"),
+            Err(_) => bail!("no answer within 20 s"),
+        };
+        let answer_at = Instant::now();
+        let answer_ssrcs = ssrcs_by_mid(&answer);
+        pc.set_remote_description(RTCSessionDescription::answer(answer.clone())?).await?;
+        Ok(Client {
+            pc,
+            shared,
+            ws_out,
+            mic,
+            mic_ssrc,
+            answer_ssrcs,
+            answer_sdp: answer,
+            started,
+            answer_at,
+            sending: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    pub async fn wait_connected(&self, timeout: Duration) -> anyhow::Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(t) = lock(&self.shared).connected_at {
+                return Ok(t.duration_since(self.started));
+            }
+            if Instant::now() > deadline {
+                bail!("not connected after {timeout:?} (state {:?})", lock(&self.shared).state);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends probe packets tagged `tag` at 50 packets/s with the given audio level
+    /// (−dBov, 0 loudest) until [`Client::stop_sending`].
+    pub fn start_sending(&self, tag: &str, dbov: u8) {
+        self.sending.store(true, Ordering::Relaxed);
+        let (mic, ssrc, sending, tag) = (self.mic.clone(), self.mic_ssrc, self.sending.clone(), tag.to_string());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let (mut seq, mut ts, mut n) = (rand::random::<u16>(), rand::random::<u32>(), 0u32);
+            while sending.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let pkt = rtp::Packet {
+                    header: rtp::header::Header {
+                        version: 2,
+                        payload_type: 111,
+                        sequence_number: seq,
+                        timestamp: ts,
+                        ssrc,
+                        marker: n == 0,
+                        ..Default::default()
+                    },
+                    payload: probe_payload(&tag, n),
+                };
+                let level = HeaderExtension::AudioLevel(AudioLevelExtension { level: dbov, voice: true });
+                if mic.write_rtp_with_extensions(pkt, &[level]).await.is_err() {
+                    break;
+                }
+                seq = seq.wrapping_add(1);
+                ts = ts.wrapping_add(960);
+                n = n.wrapping_add(1);
+            }
+        });
+    }
+
+    pub fn stop_sending(&self) {
+        self.sending.store(false, Ordering::Relaxed);
+    }
+
+    /// Per incoming SSRC, what arrived so far (with the mid from the answer, where named).
+    pub fn streams(&self) -> Vec<(u32, StreamStats)> {
+        let s = lock(&self.shared);
+        let mut v: Vec<_> = s
+            .streams
+            .iter()
+            .map(|(ssrc, st)| {
+                let mut st = st.clone();
+                st.mid = self.answer_ssrcs.iter().find(|(_, x)| x == ssrc).map(|(m, _)| m.clone());
+                (*ssrc, st)
+            })
+            .collect();
+        v.sort_by_key(|(ssrc, _)| *ssrc);
+        v
+    }
+
+    /// Packets heard from sender `tag`, over all slots.
+    pub fn heard_from(&self, tag: &str) -> u64 {
+        lock(&self.shared).streams.values().map(|s| s.from.get(tag).copied().unwrap_or(0)).sum()
+    }
+
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        lock(&self.shared).events.clone()
+    }
+
+    pub fn errors(&self) -> Vec<serde_json::Value> {
+        lock(&self.shared).errors.clone()
+    }
+
+    /// The last `slots` event: slot index → userid (None = empty).
+    pub fn slot_users(&self) -> Vec<Option<String>> {
+        let s = lock(&self.shared);
+        let Some(ev) = s.events.iter().rev().find(|e| e["type"] == "slots") else { return vec![] };
+        ev["slots"]
+            .as_array()
+            .map(|a| a.iter().map(|x| x["userid"].as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn state(&self) -> Option<RTCPeerConnectionState> {
+        lock(&self.shared).state
+    }
+
+    pub fn socket_closed(&self) -> bool {
+        lock(&self.shared).closed
+    }
+
+    /// Closes the signalling socket only; media continues.
+    pub fn close_socket(&self) {
+        let _ = self.ws_out.send(Message::Close(None));
+    }
+
+    pub async fn close(&self) {
+        self.stop_sending();
+        self.close_socket();
+        let _ = self.pc.close().await;
+    }
+}
+
+/// `a=ssrc:` lines by m-line mid.
+pub fn ssrcs_by_mid(sdp: &str) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    let mut mid: Option<String> = None;
+    let mut pending: Vec<u32> = Vec::new();
+    let flush = |mid: &mut Option<String>, pending: &mut Vec<u32>, out: &mut Vec<(String, u32)>| {
+        if let Some(m) = mid.take() {
+            let mut p: Vec<u32> = pending.drain(..).collect();
+            p.dedup();
+            out.extend(p.into_iter().map(|s| (m.clone(), s)));
+        }
+        pending.clear();
+    };
+    for l in sdp.lines().map(str::trim) {
+        if l.starts_with("m=") {
+            flush(&mut mid, &mut pending, &mut out);
+        } else if let Some(m) = l.strip_prefix("a=mid:") {
+            mid = Some(m.to_string());
+        } else if let Some(s) = l.strip_prefix("a=ssrc:") {
+            if let Some(n) = s.split_whitespace().next().and_then(|n| n.parse().ok()) {
+                if !pending.contains(&n) {
+                    pending.push(n);
+                }
+            }
+        }
+    }
+    flush(&mut mid, &mut pending, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_round_trip() {
+        let p = probe_payload("alice", 42);
+        assert_eq!(p.len(), PROBE_SIZE);
+        let (tag, sent, n) = parse_probe(&p).unwrap();
+        assert_eq!((tag.as_str(), n), ("alice", 42));
+        assert!(now_micros() >= sent);
+        assert!(parse_probe(b"xx").is_none());
+    }
+}

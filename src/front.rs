@@ -1,0 +1,488 @@
+//! Front's state: clients, their sessions, and which worker owns which conversation.
+//!
+//! A *client* is one (userid, clientid) pair. It may have a signalling socket, a joined
+//! conversation, an offer waiting for its join, and a *session* (a live peer connection in
+//! the conversation's worker). Join and offer can come in either order; whichever comes second
+//! sends the offer to the worker. All of this sits behind one `std::sync::Mutex` that is never
+//! held across an `.await`: every operation is a short, synchronous state change, and I/O
+//! (socket writes, worker messages) goes out through unbounded channels.
+//!
+//! Life of a session: offer dispatched → `Answer` from the worker → media flows. It ends when
+//! the worker reports the peer connection `Closed`, when the client leaves (joins elsewhere,
+//! re-offers, or drops its socket before the answer), or when the worker dies (the client gets
+//! `event::{"type":"reconnect"}` and re-offers). A client that closes its socket after the
+//! answer keeps its media.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::ipc::{SessionId, ToFront, ToWorker, WorkerStats};
+use crate::metrics::Metrics;
+use crate::permissions::{PermissionClient, Verdict};
+use crate::signal::{ErrorCode, SignalError};
+use crate::supervisor;
+
+/// What front sends down one signalling socket.
+#[derive(Debug)]
+pub enum Out {
+    Text(String),
+    /// Send `error::` and close the socket.
+    Fail(SignalError),
+}
+
+pub type SocketTx = UnboundedSender<Out>;
+
+/// Outcome of an offer frame.
+#[derive(Debug, PartialEq)]
+pub enum OfferState {
+    Dispatched,
+    WaitingForJoin,
+}
+
+/// Why a join was refused; maps to an HTTP status or an `error::` frame.
+#[derive(Debug)]
+pub enum JoinError {
+    Forbidden(String),
+    Unavailable(String),
+}
+
+impl JoinError {
+    pub fn signal(&self) -> SignalError {
+        match self {
+            JoinError::Forbidden(m) => SignalError::new(ErrorCode::Forbidden, format!("not allowed in this conversation: {m}")),
+            JoinError::Unavailable(m) => SignalError::new(ErrorCode::Unavailable, m.clone()),
+        }
+    }
+}
+
+struct Socket {
+    id: u64,
+    tx: SocketTx,
+}
+
+struct Live {
+    id: SessionId,
+    conversation: String,
+    answered: bool,
+}
+
+#[derive(Default)]
+struct Client {
+    conversation: Option<String>,
+    joined_at: Option<Instant>,
+    socket: Option<Socket>,
+    pending_offer: Option<String>,
+    pending_ice: Vec<String>,
+    session: Option<Live>,
+    recent_offers: VecDeque<Instant>,
+}
+
+impl Client {
+    fn send(&self, out: Out) {
+        if let Some(s) = &self.socket {
+            let _ = s.tx.send(out);
+        }
+    }
+
+    /// Counts against the user's session limit.
+    fn active(&self) -> bool {
+        self.socket.is_some() || self.session.is_some()
+    }
+}
+
+/// One conversation's worker, as front sees it.
+pub struct Conversation {
+    generation: u64,
+    tx: UnboundedSender<ToWorker>,
+    sessions: HashMap<SessionId, Identity>,
+    empty_since: Option<Instant>,
+    pub pid: Option<u32>,
+    pub started: Instant,
+    pub stats: WorkerStats,
+}
+
+#[derive(Default)]
+struct State {
+    clients: HashMap<Identity, Client>,
+    conversations: HashMap<String, Conversation>,
+}
+
+pub struct Front {
+    pub cfg: Arc<Config>,
+    pub metrics: Metrics,
+    permissions: PermissionClient,
+    state: Mutex<State>,
+    ids: AtomicU64,
+}
+
+/// A row of `workers()`, for health, metrics and (later) `ctl`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerInfo {
+    pub conversation: String,
+    pub pid: Option<u32>,
+    pub sessions: usize,
+    pub uptime_s: f64,
+    pub stats: WorkerStats,
+}
+
+impl Front {
+    pub fn new(cfg: Config) -> Arc<Front> {
+        let permissions = PermissionClient::new(cfg.permissions.clone(), cfg.permissions_timeout);
+        Arc::new(Front {
+            cfg: Arc::new(cfg),
+            metrics: Metrics::default(),
+            permissions,
+            state: Mutex::new(State::default()),
+            ids: AtomicU64::new(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug we log elsewhere; the state itself is still
+        // consistent enough to keep serving, which beats taking every conversation down.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a signalling socket for `who`. A second socket of the same client replaces
+    /// the first (a reloaded tab); a new client beyond the user's limit is refused.
+    pub fn attach_socket(&self, who: &Identity, tx: SocketTx) -> Result<u64, SignalError> {
+        let mut st = self.lock();
+        let others = st
+            .clients
+            .iter()
+            .filter(|(id, c)| id.userid == who.userid && *id != who && c.active())
+            .count();
+        if others >= self.cfg.max_sessions_per_user {
+            return Err(SignalError::new(
+                ErrorCode::TooManySessions,
+                format!("user {} already has {others} sessions (the limit is {})", who.userid, self.cfg.max_sessions_per_user),
+            ));
+        }
+        let id = self.next_id();
+        let client = st.clients.entry(who.clone()).or_default();
+        if let Some(old) = client.socket.replace(Socket { id, tx }) {
+            let _ = old.tx.send(Out::Fail(SignalError::new(ErrorCode::TooManySessions, "replaced by a newer connection of the same client")));
+        }
+        Ok(id)
+    }
+
+    /// The socket closed. Media survives it once answered; anything unanswered is dropped.
+    pub fn detach_socket(&self, who: &Identity, socket_id: u64) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(client) = st.clients.get_mut(who) else { return };
+        if client.socket.as_ref().map(|s| s.id) != Some(socket_id) {
+            return;
+        }
+        client.socket = None;
+        client.pending_offer = None;
+        client.pending_ice.clear();
+        if client.session.as_ref().is_some_and(|s| !s.answered) {
+            end_session(&mut st.conversations, client);
+        }
+        if client.session.is_none() {
+            st.clients.remove(who);
+        }
+    }
+
+    /// Permission check, then join. Used by `POST /join` and `/connect?conversation=`.
+    pub async fn authorize_and_join(self: &Arc<Self>, who: &Identity, conversation: &str) -> Result<(), JoinError> {
+        let t0 = Instant::now();
+        let (verdict, took) = self.permissions.check(&who.userid, conversation).await;
+        self.metrics.permission_latency.observe(took);
+        match verdict {
+            Verdict::Allowed => {}
+            Verdict::Denied(m) => {
+                tracing::info!(%who, conversation, "join denied: {m}");
+                return Err(JoinError::Forbidden(m));
+            }
+            Verdict::Unavailable(m) => {
+                tracing::warn!(%who, conversation, "join failed closed: {m}");
+                return Err(JoinError::Unavailable(m));
+            }
+        }
+        self.join(who, conversation);
+        self.metrics.join_latency.observe(t0.elapsed());
+        Ok(())
+    }
+
+    /// Moves `who` into `conversation` (permission already granted).
+    pub fn join(self: &Arc<Self>, who: &Identity, conversation: &str) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let client = st.clients.entry(who.clone()).or_default();
+        if client.conversation.as_deref() != Some(conversation) {
+            if client.session.as_ref().is_some_and(|s| s.conversation != conversation) {
+                end_session(&mut st.conversations, client);
+                client.send(Out::Text(reconnect_event("conversation-changed")));
+            }
+            client.conversation = Some(conversation.to_string());
+        }
+        client.joined_at = Some(Instant::now());
+        tracing::info!(%who, conversation, "joined");
+        if let Some(sdp) = client.pending_offer.take() {
+            self.dispatch(&mut st.conversations, who, client, sdp);
+        }
+    }
+
+    /// An offer from the client's socket.
+    pub fn offer(self: &Arc<Self>, who: &Identity, sdp: String) -> Result<OfferState, SignalError> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let client = st.clients.entry(who.clone()).or_default();
+        let now = Instant::now();
+        while client.recent_offers.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+            client.recent_offers.pop_front();
+        }
+        if client.recent_offers.len() >= self.cfg.offers_per_minute as usize {
+            return Err(SignalError::new(
+                ErrorCode::RateLimited,
+                format!("more than {} offers in a minute", self.cfg.offers_per_minute),
+            ));
+        }
+        client.recent_offers.push_back(now);
+        if client.conversation.is_some() {
+            self.dispatch(&mut st.conversations, who, client, sdp);
+            Ok(OfferState::Dispatched)
+        } else {
+            client.pending_offer = Some(sdp);
+            Ok(OfferState::WaitingForJoin)
+        }
+    }
+
+    /// Called when the join deadline of an offer passes: true if it is still waiting (and
+    /// now dropped).
+    pub fn offer_expired(&self, who: &Identity) -> bool {
+        let mut st = self.lock();
+        match st.clients.get_mut(who) {
+            Some(c) if c.pending_offer.is_some() => {
+                c.pending_offer = None;
+                c.pending_ice.clear();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A trickled candidate from the client (None = end of candidates).
+    pub fn ice(&self, who: &Identity, candidate: Option<String>) {
+        let Some(candidate) = candidate else { return };
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(client) = st.clients.get_mut(who) else { return };
+        match &client.session {
+            Some(live) => {
+                if let Some(conv) = st.conversations.get(&live.conversation) {
+                    let _ = conv.tx.send(ToWorker::Ice { session: live.id, candidate });
+                }
+            }
+            // The offer is still waiting for its join: keep a bounded number of candidates.
+            None if client.pending_ice.len() < 64 => client.pending_ice.push(candidate),
+            None => {}
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, convs: &mut HashMap<String, Conversation>, who: &Identity, client: &mut Client, sdp: String) {
+        let Some(conversation) = client.conversation.clone() else { return };
+        // A re-offer replaces the previous peer connection.
+        end_session(convs, client);
+        let session = self.next_id();
+        let conv = convs.entry(conversation.clone()).or_insert_with(|| {
+            let generation = self.next_id();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            self.metrics.workers_spawned.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(supervisor::run_worker(self.clone(), conversation.clone(), generation, rx));
+            Conversation {
+                generation,
+                tx,
+                sessions: HashMap::new(),
+                empty_since: None,
+                pid: None,
+                started: Instant::now(),
+                stats: WorkerStats::default(),
+            }
+        });
+        conv.sessions.insert(session, who.clone());
+        conv.empty_since = None;
+        let _ = conv.tx.send(ToWorker::Offer { session, identity: who.clone(), sdp });
+        for candidate in client.pending_ice.drain(..) {
+            let _ = conv.tx.send(ToWorker::Ice { session, candidate });
+        }
+        client.session = Some(Live { id: session, conversation, answered: false });
+        self.metrics.offers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn worker_ready(&self, conversation: &str, generation: u64, pid: u32) {
+        let mut st = self.lock();
+        if let Some(c) = st.conversations.get_mut(conversation).filter(|c| c.generation == generation) {
+            c.pid = Some(pid);
+        }
+    }
+
+    /// A message from a worker. Messages about sessions that have since ended are dropped.
+    pub fn from_worker(&self, conversation: &str, generation: u64, msg: ToFront) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(conv) = st.conversations.get_mut(conversation).filter(|c| c.generation == generation) else { return };
+        let session = match &msg {
+            ToFront::Stats(s) => {
+                conv.stats = s.clone();
+                return;
+            }
+            ToFront::Ready { .. } => return,
+            ToFront::Answer { session, .. }
+            | ToFront::Ice { session, .. }
+            | ToFront::Event { session, .. }
+            | ToFront::Rejected { session, .. }
+            | ToFront::Closed { session, .. } => *session,
+        };
+        let Some(who) = conv.sessions.get(&session).cloned() else { return };
+        let client = st.clients.get_mut(&who);
+        let current = client.as_ref().is_some_and(|c| c.session.as_ref().is_some_and(|l| l.id == session));
+        match msg {
+            ToFront::Answer { sdp, .. } => {
+                if let Some(c) = client.filter(|_| current) {
+                    if let Some(l) = c.session.as_mut() {
+                        l.answered = true;
+                    }
+                    c.send(Out::Text(format!("answer::{sdp}")));
+                }
+            }
+            ToFront::Ice { candidate, .. } => {
+                if let Some(c) = client.filter(|_| current) {
+                    c.send(Out::Text(format!("ice::{candidate}")));
+                }
+            }
+            ToFront::Event { json, .. } => {
+                if let Some(c) = client.filter(|_| current) {
+                    c.send(Out::Text(format!("event::{json}")));
+                }
+            }
+            ToFront::Rejected { code, message, .. } => {
+                conv.sessions.remove(&session);
+                if conv.sessions.is_empty() {
+                    conv.empty_since = Some(Instant::now());
+                }
+                if let Some(c) = client.filter(|_| current) {
+                    c.session = None;
+                    c.send(Out::Fail(SignalError::new(ErrorCode::parse(&code), message)));
+                }
+            }
+            ToFront::Closed { reason, .. } => {
+                tracing::info!(%who, conversation, session, "session closed: {reason}");
+                conv.sessions.remove(&session);
+                if conv.sessions.is_empty() {
+                    conv.empty_since = Some(Instant::now());
+                }
+                if let Some(c) = client.filter(|_| current) {
+                    c.session = None;
+                    if c.socket.is_none() {
+                        st.clients.remove(&who);
+                    }
+                }
+            }
+            ToFront::Stats(_) | ToFront::Ready { .. } => {}
+        }
+    }
+
+    /// The worker process of `conversation` is gone. Its clients are told to reconnect.
+    pub fn worker_gone(&self, conversation: &str, generation: u64, reason: &str) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        if st.conversations.get(conversation).is_none_or(|c| c.generation != generation) {
+            return;
+        }
+        let Some(conv) = st.conversations.remove(conversation) else { return };
+        let had_members = !conv.sessions.is_empty();
+        if had_members {
+            self.metrics.worker_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(conversation, "worker exited with members: {reason}");
+        }
+        for (session, who) in conv.sessions {
+            if let Some(c) = st.clients.get_mut(&who) {
+                if c.session.as_ref().is_some_and(|l| l.id == session) {
+                    c.session = None;
+                    c.send(Out::Text(reconnect_event("worker-exited")));
+                    if c.socket.is_none() {
+                        st.clients.remove(&who);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Periodic housekeeping: stop workers idle for `worker_idle`, forget joins that no offer
+    /// followed within `join_timeout`.
+    pub fn housekeeping(&self, now: Instant) {
+        let mut st = self.lock();
+        let idle = self.cfg.worker_idle;
+        st.conversations.retain(|name, c| {
+            let expired = c.sessions.is_empty() && c.empty_since.is_some_and(|t| now.duration_since(t) >= idle);
+            if expired {
+                tracing::info!(conversation = name.as_str(), "worker idle, stopping it");
+                let _ = c.tx.send(ToWorker::Shutdown);
+            }
+            !expired
+        });
+        let join_timeout = self.cfg.join_timeout;
+        st.clients.retain(|_, c| {
+            c.active() || c.joined_at.is_some_and(|t| now.duration_since(t) < join_timeout)
+        });
+    }
+
+    /// Asks every worker to shut down (SIGTERM, drain); returns how many there were.
+    pub fn shutdown_workers(&self) -> usize {
+        let mut st = self.lock();
+        for (_, c) in st.conversations.drain() {
+            let _ = c.tx.send(ToWorker::Shutdown);
+        }
+        st.conversations.len()
+    }
+
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        let st = self.lock();
+        let mut v: Vec<_> = st
+            .conversations
+            .iter()
+            .map(|(name, c)| WorkerInfo {
+                conversation: name.clone(),
+                pid: c.pid,
+                sessions: c.sessions.len(),
+                uptime_s: c.started.elapsed().as_secs_f64(),
+                stats: c.stats.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.conversation.cmp(&b.conversation));
+        v
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.lock().clients.values().filter(|c| c.active()).count()
+    }
+}
+
+fn end_session(convs: &mut HashMap<String, Conversation>, client: &mut Client) {
+    if let Some(live) = client.session.take() {
+        if let Some(conv) = convs.get_mut(&live.conversation) {
+            conv.sessions.remove(&live.id);
+            if conv.sessions.is_empty() {
+                conv.empty_since = Some(Instant::now());
+            }
+            let _ = conv.tx.send(ToWorker::Leave { session: live.id });
+        }
+    }
+}
+
+pub fn reconnect_event(reason: &str) -> String {
+    serde_json::json!({"type": "reconnect", "reason": reason}).to_string()
+}

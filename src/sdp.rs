@@ -1,0 +1,248 @@
+//! What the worker needs to know of a client's offer before it builds the answer: the audio
+//! m-lines in order (mid, direction, Opus payload type) and the RFC 6464 extension id. The
+//! webrtc crate parses the SDP for real; this reads the few facts the slot plan depends on,
+//! and turns an offer that could never work into a clear `bad-sdp` early.
+
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
+/// Direction as the *client* offered it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    /// The client wants to receive on this m-line: it can be a slot.
+    pub fn client_receives(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AudioSection {
+    pub index: usize,
+    pub mid: String,
+    pub direction: Direction,
+    /// The Opus payload type the client offered on this m-line.
+    pub opus_pt: u8,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Offer {
+    pub audio: Vec<AudioSection>,
+    /// Negotiated id of the audio-level extension, if offered.
+    pub audio_level_id: Option<u8>,
+}
+
+impl Offer {
+    /// Parses the facts we need; the error is the `bad-sdp` message.
+    pub fn parse(sdp: &str) -> Result<Offer, String> {
+        if !sdp.trim_start().starts_with("v=0") {
+            return Err("an SDP offer must start with v=0".into());
+        }
+        let mut audio = Vec::new();
+        let mut audio_level_id = None;
+        // Per m-line state; `None` kind means we are in the session part.
+        let mut cur: Option<(bool, AudioSection, Option<u8>)> = None;
+        let mut index = 0usize;
+        let flush = |cur: &mut Option<(bool, AudioSection, Option<u8>)>, audio: &mut Vec<AudioSection>| -> Result<(), String> {
+            if let Some((true, mut sec, opus)) = cur.take() {
+                sec.opus_pt = opus.ok_or_else(|| format!("audio m-line {} offers no Opus codec", sec.index))?;
+                if sec.mid.is_empty() {
+                    sec.mid = sec.index.to_string();
+                }
+                audio.push(sec);
+            }
+            Ok(())
+        };
+        for line in sdp.lines().map(str::trim) {
+            if let Some(m) = line.strip_prefix("m=") {
+                flush(&mut cur, &mut audio)?;
+                let is_audio = m.starts_with("audio ");
+                cur = Some((
+                    is_audio,
+                    AudioSection { index, mid: String::new(), direction: Direction::SendRecv, opus_pt: 0 },
+                    None,
+                ));
+                index += 1;
+                continue;
+            }
+            let Some((is_audio, sec, opus)) = cur.as_mut() else { continue };
+            if !*is_audio {
+                continue;
+            }
+            if let Some(mid) = line.strip_prefix("a=mid:") {
+                sec.mid = mid.to_string();
+            } else if let Some(rtpmap) = line.strip_prefix("a=rtpmap:") {
+                let mut it = rtpmap.splitn(2, ' ');
+                let pt = it.next().and_then(|p| p.parse::<u8>().ok());
+                let codec = it.next().unwrap_or("");
+                if opus.is_none() && codec.to_ascii_lowercase().starts_with("opus/48000") {
+                    *opus = pt;
+                }
+            } else if let Some(ext) = line.strip_prefix("a=extmap:") {
+                let mut it = ext.split_whitespace();
+                let id = it.next().and_then(|i| i.split('/').next()?.parse::<u8>().ok());
+                if it.next() == Some(AUDIO_LEVEL_URI) && audio_level_id.is_none() {
+                    audio_level_id = id;
+                }
+            } else {
+                sec.direction = match line {
+                    "a=sendrecv" => Direction::SendRecv,
+                    "a=sendonly" => Direction::SendOnly,
+                    "a=recvonly" => Direction::RecvOnly,
+                    "a=inactive" => Direction::Inactive,
+                    _ => continue,
+                };
+            }
+        }
+        flush(&mut cur, &mut audio)?;
+        if audio.is_empty() {
+            return Err("the offer has no audio m-line".into());
+        }
+        Ok(Offer { audio, audio_level_id })
+    }
+
+    /// Which audio sections become slots, in m-line order, at most `max_slots`.
+    pub fn slot_sections(&self, max_slots: usize) -> Vec<&AudioSection> {
+        self.audio.iter().filter(|s| s.direction.client_receives()).take(max_slots).collect()
+    }
+}
+
+/// Makes a BUNDLE offer carry one set of ICE credentials. aiortc 1.4 gives every m-line its
+/// own ufrag, pwd and candidates even when it offers BUNDLE, and keeps only the first
+/// m-line's transport once BUNDLE is accepted; webrtc 0.21 refuses such an offer outright
+/// ("conflicting ice-ufrag"). Since only the first transport is ever used, the later bundled
+/// m-lines get the first one's credentials and lose their candidates. Other offers pass
+/// through unchanged.
+pub fn unify_bundle_ice(sdp: &str) -> String {
+    let mut bundled: Vec<&str> = Vec::new();
+    let mut first_creds: Option<(String, String)> = None;
+    // First pass: the BUNDLE group and the first bundled m-line's credentials.
+    let mut mid = None;
+    let mut ufrag = None;
+    let mut pwd = None;
+    let mut sections = Vec::new();
+    for line in sdp.lines().map(str::trim) {
+        if let Some(g) = line.strip_prefix("a=group:BUNDLE ") {
+            bundled = g.split_whitespace().collect();
+        } else if line.starts_with("m=") {
+            sections.push((mid.take(), ufrag.take(), pwd.take()));
+        } else if let Some(m) = line.strip_prefix("a=mid:") {
+            mid = Some(m.to_string());
+        } else if let Some(u) = line.strip_prefix("a=ice-ufrag:") {
+            ufrag = Some(u.to_string());
+        } else if let Some(p) = line.strip_prefix("a=ice-pwd:") {
+            pwd = Some(p.to_string());
+        }
+    }
+    sections.push((mid, ufrag, pwd));
+    for (m, u, p) in sections.iter().skip(1) {
+        if let (Some(m), Some(u), Some(p)) = (m, u, p) {
+            if bundled.first() == Some(&m.as_str()) {
+                first_creds = Some((u.clone(), p.clone()));
+            }
+        }
+    }
+    let Some((ufrag, pwd)) = first_creds else { return sdp.to_string() };
+    let differs = sections.iter().skip(1).any(|(m, u, _)| {
+        m.as_deref().is_some_and(|m| bundled.contains(&m)) && u.as_deref().is_some_and(|u| u != ufrag)
+    });
+    if !differs {
+        return sdp.to_string();
+    }
+    // Second pass: rewrite the later bundled sections.
+    let mut out = String::with_capacity(sdp.len());
+    let mut section: Vec<&str> = Vec::new();
+    let flush = |section: &mut Vec<&str>, out: &mut String| {
+        let mid = section.iter().find_map(|l| l.strip_prefix("a=mid:"));
+        let rewrite = section.first().is_some_and(|l| l.starts_with("m="))
+            && mid.is_some_and(|m| bundled.contains(&m) && bundled.first() != Some(&m));
+        for l in section.drain(..) {
+            if rewrite {
+                if l.starts_with("a=candidate:") || l == "a=end-of-candidates" {
+                    continue;
+                }
+                if l.starts_with("a=ice-ufrag:") {
+                    out.push_str(&format!("a=ice-ufrag:{ufrag}\r\n"));
+                    continue;
+                }
+                if l.starts_with("a=ice-pwd:") {
+                    out.push_str(&format!("a=ice-pwd:{pwd}\r\n"));
+                    continue;
+                }
+            }
+            out.push_str(l);
+            out.push_str("\r\n");
+        }
+    };
+    for line in sdp.lines().map(str::trim_end) {
+        if line.starts_with("m=") {
+            flush(&mut section, &mut out);
+        }
+        if !line.is_empty() {
+            section.push(line);
+        }
+    }
+    flush(&mut section, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHROME_LIKE: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1 2\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=mid:0\r\na=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\na=sendrecv\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:v\r\na=sendrecv\r\na=rtpmap:96 VP8/90000\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=recvonly\r\na=rtpmap:96 opus/48000/2\r\n";
+
+    #[test]
+    fn reads_audio_sections_in_order() {
+        let o = Offer::parse(CHROME_LIKE).unwrap();
+        assert_eq!(o.audio_level_id, Some(1));
+        let mids: Vec<_> = o.audio.iter().map(|s| (s.index, s.mid.as_str(), s.direction, s.opus_pt)).collect();
+        assert_eq!(
+            mids,
+            vec![(0, "0", Direction::SendRecv, 111), (1, "1", Direction::RecvOnly, 111), (3, "2", Direction::RecvOnly, 96)]
+        );
+        assert_eq!(o.slot_sections(2).len(), 2);
+        assert_eq!(o.slot_sections(9).len(), 3);
+    }
+
+    #[test]
+    fn rejects_what_cannot_work() {
+        assert!(Offer::parse("hello").unwrap_err().contains("v=0"));
+        assert!(Offer::parse("v=0\r\nm=video 9 X 96\r\na=rtpmap:96 VP8/90000\r\n").unwrap_err().contains("no audio"));
+        assert!(Offer::parse("v=0\r\nm=audio 9 X 0\r\na=rtpmap:0 PCMU/8000\r\n").unwrap_err().contains("Opus"));
+    }
+
+    #[test]
+    fn bundle_with_per_mline_credentials_is_unified() {
+        let aiortc = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+m=audio 4000 UDP/TLS/RTP/SAVPF 96\r\na=sendrecv\r\na=mid:0\r\na=rtpmap:96 opus/48000/2\r\n\
+a=candidate:a 1 udp 1 127.0.0.1 4000 typ host\r\na=end-of-candidates\r\na=ice-ufrag:AAAA\r\na=ice-pwd:pa\r\n\
+m=audio 4001 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\na=mid:1\r\na=rtpmap:96 opus/48000/2\r\n\
+a=candidate:b 1 udp 1 127.0.0.1 4001 typ host\r\na=end-of-candidates\r\na=ice-ufrag:BBBB\r\na=ice-pwd:pb\r\n";
+        let u = unify_bundle_ice(aiortc);
+        assert_eq!(u.matches("a=ice-ufrag:AAAA").count(), 2, "{u}");
+        assert_eq!(u.matches("a=ice-pwd:pa").count(), 2);
+        assert!(!u.contains("BBBB") && !u.contains("4001 typ host"));
+        assert!(u.contains("4000 typ host"));
+        assert_eq!(Offer::parse(&u).unwrap().audio.len(), 2);
+        // Already consistent offers are untouched.
+        assert_eq!(unify_bundle_ice(&u), u);
+        assert_eq!(unify_bundle_ice(CHROME_LIKE), CHROME_LIKE);
+    }
+
+    #[test]
+    fn send_only_mic_is_not_a_slot() {
+        let o = Offer::parse("v=0\r\nm=audio 9 X 111\r\na=mid:a\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n").unwrap();
+        assert!(o.slot_sections(3).is_empty());
+        assert_eq!(o.audio_level_id, None);
+    }
+}

@@ -1,0 +1,666 @@
+#!/usr/bin/python3
+"""Browser end-to-end tests for beep-webrtc: real headless Chromium against front + worker.
+
+Run it through tests/browser/run.sh, which builds the binaries and enters a private network
+namespace that has only loopback (every packet provably stays on 127.0.0.1). Debian's
+/usr/bin/python3 and the standard library only; Chromium is driven over the DevTools protocol
+on --remote-debugging-pipe (NUL-separated JSON on fds 3 and 4: no websocket client needed).
+
+What it does:
+  * makes pure tones with sox (440, 880, 660, 330 Hz), one per Chromium instance
+    (--use-file-for-fake-audio-capture is per browser process);
+  * starts front (DEV_MODE=1, PERMISSIONS_HOST=allow-all) on a free port, and a tiny HTTP
+    server that serves tests/browser/seed.html and forwards POST /join to front with the
+    X-User-Claim header, as the auth proxy would;
+  * alice (440) and bob (880) join room1 through the demo page; carol (660) joins room2;
+    each page measures the dominant frequency of every received slot (WebAudio AnalyserNode)
+    and of its own microphone; dave (330) runs the seed README's JavaScript flow into room1;
+  * screenshots alice's page mid-conversation; kills room1's worker and checks that the
+    pages are told to reconnect, do it, and hear each other again.
+
+Artifacts (logs, screenshot) go to target/browser-e2e/. --update-screenshot also copies the
+screenshot to docs/demo.png. Exit code 0 when every test passed; the last line of output
+is "N passed, M failed".
+"""
+
+import argparse
+import base64
+import concurrent.futures
+import fcntl
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+ART = ROOT / "target" / "browser-e2e"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+FRONT_BIN = Path(os.environ.get("FRONT_BIN", ROOT / "target" / "debug" / "front"))
+WORKER_BIN = Path(os.environ.get("WORKER_BIN", ROOT / "target" / "debug" / "worker"))
+SUITE_TIMEOUT = int(os.environ.get("BROWSER_E2E_TIMEOUT", "240"))
+FREQ_TOLERANCE = 20.0  # Hz; the analyser's bins are 5.9 Hz wide at 48 kHz / 8192
+MEASURE_MS = 2500
+
+T0 = time.monotonic()
+
+
+def say(msg):
+    print(f"[{time.monotonic() - T0:6.1f}s] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# processes: each one in a process group of its own, so stopping it also stops its children
+# (Chromium's helpers, front's workers); always by the id we started it with.
+
+
+def spawn(argv, log_path, env=None, cwd=None, fds=()):
+    """posix_spawn argv in a new process group; stdout+stderr to log_path; fds = [(fd, target)]."""
+    logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, logfd, 1),
+        (os.POSIX_SPAWN_DUP2, logfd, 2),
+    ]
+    high = []
+    for fd, target in fds:
+        # Move the source above any target number first, so one dup2 cannot clobber another.
+        h = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100)
+        high.append(h)
+        actions.append((os.POSIX_SPAWN_DUP2, h, target))
+    old_cwd = os.getcwd()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        pid = os.posix_spawn(argv[0], argv, env if env is not None else dict(os.environ),
+                             file_actions=actions, setpgroup=0)
+    finally:
+        os.chdir(old_cwd)
+        os.close(logfd)
+        for h in high:
+            os.close(h)
+    return pid
+
+
+def exited(pid):
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == pid
+    except ChildProcessError:
+        return True
+
+
+def stop_group(pid, grace=5.0, sig=signal.SIGTERM):
+    """Signal process group `pid` (the one spawn() made), wait for the leader, then SIGKILL what is left."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and not exited(pid):
+        time.sleep(0.05)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and not exited(pid):
+        time.sleep(0.05)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------
+# Chromium over the DevTools protocol (pipe transport)
+
+
+class CDPError(Exception):
+    pass
+
+
+class CDP:
+    def __init__(self, read_fd, write_fd):
+        self.rfd, self.wfd = read_fd, write_fd
+        self.lock = threading.Lock()
+        self.next_id = 0
+        self.pending = {}
+        self.closed = False
+        threading.Thread(target=self._reader, daemon=True).start()
+
+    def _reader(self):
+        buf = b""
+        try:
+            while True:
+                chunk = os.read(self.rfd, 1 << 20)
+                if not chunk:
+                    break
+                buf += chunk
+                while b"\0" in buf:
+                    raw, buf = buf.split(b"\0", 1)
+                    msg = json.loads(raw)
+                    if "id" in msg:
+                        with self.lock:
+                            slot = self.pending.pop(msg["id"], None)
+                        if slot:
+                            slot[1] = msg
+                            slot[0].set()
+        except OSError:
+            pass
+        finally:
+            self.closed = True
+            with self.lock:
+                for slot in self.pending.values():
+                    slot[0].set()
+                self.pending.clear()
+
+    def call(self, method, params=None, session=None, timeout=15.0):
+        if self.closed:
+            raise CDPError(f"{method}: the browser is gone")
+        with self.lock:
+            self.next_id += 1
+            mid = self.next_id
+            slot = [threading.Event(), None]
+            self.pending[mid] = slot
+        msg = {"id": mid, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        data = json.dumps(msg).encode() + b"\0"
+        try:
+            while data:
+                data = data[os.write(self.wfd, data):]
+        except OSError as e:
+            raise CDPError(f"{method}: cannot write to the browser: {e}")
+        if not slot[0].wait(timeout):
+            with self.lock:
+                self.pending.pop(mid, None)
+            raise CDPError(f"{method}: no answer within {timeout:.0f} s")
+        res = slot[1]
+        if res is None:
+            raise CDPError(f"{method}: the browser closed the pipe")
+        if "error" in res:
+            raise CDPError(f"{method}: {res['error'].get('message')} {res['error'].get('data', '')}")
+        return res.get("result", {})
+
+
+class JSError(Exception):
+    pass
+
+
+class Browser:
+    """One headless Chromium whose fake microphone plays `wav`, with one page we drive."""
+
+    def __init__(self, name, wav):
+        self.name = name
+        self.profile = tempfile.mkdtemp(prefix=f"chromium-{name}-")
+        self.log = ART / f"chromium-{name}.log"
+        cmd_r, cmd_w = os.pipe()    # we write commands, Chromium reads fd 3
+        resp_r, resp_w = os.pipe()  # Chromium writes fd 4, we read
+        argv = [
+            CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={self.profile}",
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}",
+            "--autoplay-policy=no-user-gesture-required", "--allow-loopback-in-peer-connection",
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+            "--disable-backgrounding-occluded-windows",
+            "--enable-logging=stderr", "--v=0", "--window-size=1000,800", "--hide-scrollbars",
+            "--remote-debugging-pipe", "about:blank",
+        ]
+        self.pid = spawn(argv, self.log, fds=[(cmd_r, 3), (resp_w, 4)])
+        os.close(cmd_r)
+        os.close(resp_w)
+        self.cdp = CDP(resp_r, cmd_w)
+        self.session = None
+
+    def attach(self, timeout=25):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                pages = [t for t in self.cdp.call("Target.getTargets", timeout=timeout)["targetInfos"] if t["type"] == "page"]
+            except CDPError:
+                pages = []
+                if self.cdp.closed or time.monotonic() > deadline:
+                    raise
+            if pages:
+                break
+            if time.monotonic() > deadline:
+                raise CDPError(f"{self.name}: no page target after {timeout} s")
+            time.sleep(0.1)
+        self.session = self.cdp.call("Target.attachToTarget", {"targetId": pages[0]["targetId"], "flatten": True})["sessionId"]
+
+    def open(self, url):
+        self.cdp.call("Page.navigate", {"url": url}, self.session)
+
+    def eval(self, expr, timeout=15):
+        r = self.cdp.call("Runtime.evaluate", {"expression": expr, "awaitPromise": True, "returnByValue": True},
+                          self.session, timeout=timeout)
+        if "exceptionDetails" in r:
+            d = r["exceptionDetails"]
+            raise JSError(d.get("exception", {}).get("description") or d.get("text"))
+        return r.get("result", {}).get("value")
+
+    def wait_for(self, expr, timeout, what, diag="null"):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                v = self.eval(expr, timeout=5)
+                if v:
+                    return v
+            except (JSError, CDPError) as e:
+                last = str(e).splitlines()[0]
+            time.sleep(0.2)
+        try:
+            state = self.eval(diag, timeout=5)
+        except (JSError, CDPError) as e:
+            state = f"(cannot read the page state: {e})"
+        raise AssertionError(f"{self.name}: no {what} within {timeout} s; page state: {json.dumps(state)[:1500]}"
+                             + (f"; last error: {last}" if last else ""))
+
+    def screenshot(self, path, width=1000):
+        height = int(self.eval("Math.ceil(document.documentElement.scrollHeight)") or 800)
+        self.cdp.call("Emulation.setDeviceMetricsOverride",
+                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, self.session)
+        time.sleep(0.3)  # a few meter updates at the new size
+        data = self.cdp.call("Page.captureScreenshot", {"format": "png"}, self.session, timeout=20)["data"]
+        Path(path).write_bytes(base64.b64decode(data))
+
+    def close(self):
+        try:
+            self.cdp.call("Browser.close", timeout=3)
+        except CDPError:
+            pass
+        stop_group(self.pid, grace=4)
+        for fd in (self.cdp.rfd, self.cdp.wfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# front, and the stand-in for the auth proxy that serves the seed page
+
+
+class Front:
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.runtime = tempfile.mkdtemp(prefix="beep-rt-")
+        os.chmod(self.runtime, 0o700)
+        self.cwd = tempfile.mkdtemp(prefix="beep-cwd-")  # no stray .env gets read
+        env = dict(os.environ)
+        env.update({
+            "DEV_MODE": "1", "PERMISSIONS_HOST": "allow-all", "LISTEN": f"127.0.0.1:{self.port}",
+            "RTC_BIND_IP": "127.0.0.1", "RUNTIME_DIR": self.runtime, "WORKER_BIN": str(WORKER_BIN),
+            "NATS": "nats://127.0.0.1:4222",
+            "RUST_LOG": os.environ.get("RUST_LOG", "info,beep_webrtc=debug"),
+        })
+        self.log = ART / "front.log"
+        self.pid = spawn([str(FRONT_BIN)], self.log, env=env, cwd=self.cwd)
+        deadline = time.monotonic() + 20
+        while True:
+            if exited(self.pid):
+                raise RuntimeError(f"front exited at start; see {self.log}:\n{self.log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"front did not answer /healthz within 20 s; see {self.log}")
+            time.sleep(0.1)
+
+    def worker_pid(self, conversation):
+        """The worker process front started for `conversation` (its child with --conversation <id>)."""
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+                argv = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == self.pid and b"--conversation" in argv:
+                i = argv.index(b"--conversation")
+                if i + 1 < len(argv) and argv[i + 1] == conversation.encode():
+                    return int(d)
+        return None
+
+    def stop(self):
+        stop_group(self.pid, grace=8)
+        shutil.rmtree(self.runtime, ignore_errors=True)
+        shutil.rmtree(self.cwd, ignore_errors=True)
+
+
+def start_seed_server(front_url):
+    """Serves seed.html and forwards POST /join/<id> to front with the caller's X-User-Claim."""
+    seed_log = open(ART / "seed-server.log", "w")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if urllib.parse.urlsplit(self.path).path != "/seed.html":
+                self.send_error(404)
+                return
+            body = (HERE / "seed.html").read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            if not self.path.startswith("/join/"):
+                self.send_error(404)
+                return
+            req = urllib.request.Request(front_url + self.path, data=b"", method="POST",
+                                         headers={"X-User-Claim": self.headers.get("X-User-Claim", "")})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    status, body = r.status, r.read()
+            except urllib.error.HTTPError as e:
+                status, body = e.code, e.read()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, fmt, *args):
+            seed_log.write(fmt % args + "\n")
+            seed_log.flush()
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+# ---------------------------------------------------------------------------------------
+# assertions on measurements
+
+
+def near(freq, tone):
+    return freq is not None and abs(freq - tone) <= FREQ_TOLERANCE
+
+
+def describe(m):
+    slots = ", ".join(f"slot{s['slot']}(mid {s['mid']})={s.get('userid')}:{s.get('freq')}Hz/{s.get('peakDb')}dB/{s.get('packets')}pkts"
+                      for s in m.get("slots", []))
+    return (f"{m.get('name')}: media={m.get('media')} mic={m['mic'].get('freq')}Hz sent={m.get('sent')} "
+            f"slots=[{slots}] reconnects={m.get('reconnects')} errors={m.get('errors')}")
+
+
+def heard(m):
+    """Slots that carry a clear tone."""
+    return [s for s in m["slots"] if s.get("freq") is not None and (s.get("peakDb") or -999) > -60]
+
+
+def assert_hears(m, own, others):
+    """`others`: {userid: tone}. Each one is heard on a slot labelled with that user; the own tone never."""
+    assert near(m["mic"]["freq"], own), f"own microphone is not at {own} Hz (fake capture broken?): {describe(m)}"
+    tones = heard(m)
+    for s in tones:
+        assert not near(s["freq"], own), f"hears its own {own} Hz tone on slot {s['slot']}: {describe(m)}"
+    for user, tone in others.items():
+        hits = [s for s in tones if near(s["freq"], tone)]
+        assert hits, f"does not hear {user}'s {tone} Hz: {describe(m)}"
+        assert any(s.get("userid") == user for s in hits), \
+            f"hears {tone} Hz but the slot is not labelled {user}: {describe(m)}"
+
+
+def measure_all(browsers, ms=MEASURE_MS):
+    with concurrent.futures.ThreadPoolExecutor(len(browsers)) as ex:
+        futs = [ex.submit(b.eval, f"beepTest.measure({ms})", 20) for b in browsers]
+        return [f.result() for f in futs]
+
+
+# ---------------------------------------------------------------------------------------
+
+
+class Suite:
+    def __init__(self):
+        self.results = []
+
+    def run(self, name, fn):
+        t = time.monotonic()
+        say(f"RUN  {name}")
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - every failure is reported, the suite goes on
+            dt = time.monotonic() - t
+            self.results.append((name, False, dt))
+            say(f"FAIL {name} ({dt:.1f}s): {type(e).__name__}: {e}")
+            return False
+        dt = time.monotonic() - t
+        self.results.append((name, True, dt))
+        say(f"PASS {name} ({dt:.1f}s)")
+        return True
+
+
+def in_private_netns():
+    names = [line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:]]
+    return names == ["lo"], names
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--update-screenshot", action="store_true", help="copy the screenshot to docs/demo.png")
+    ap.add_argument("--any-netns", action="store_true", help="run even outside a loopback-only network namespace")
+    args = ap.parse_args()
+
+    ok, names = in_private_netns()
+    if not ok and not args.any_netns:
+        print(f"refusing to run: interfaces {names}; run tests/browser/run.sh (unshare -n, only lo)", file=sys.stderr)
+        print("0 passed, 1 failed")
+        return 2
+    for exe in (FRONT_BIN, WORKER_BIN):
+        if not exe.exists():
+            print(f"missing {exe}: cargo build --bins first", file=sys.stderr)
+            print("0 passed, 1 failed")
+            return 2
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"the browser suite exceeded {SUITE_TIMEOUT} s")
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(SUITE_TIMEOUT)
+
+    shutil.rmtree(ART, ignore_errors=True)
+    ART.mkdir(parents=True)
+    tones_dir = Path(tempfile.mkdtemp(prefix="beep-tones-"))
+    tones = {"alice": 440, "bob": 880, "carol": 660, "dave": 330}
+    for name, hz in tones.items():
+        subprocess.run(["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", str(tones_dir / f"{hz}.wav"),
+                        "synth", "10", "sine", str(hz), "vol", "0.5"], check=True, timeout=30)
+
+    suite = Suite()
+    front = seed_srv = None
+    browsers = {}
+    try:
+        front = Front()
+        say(f"front on {front.url} (pid {front.pid}), log {front.log}")
+        seed_srv = start_seed_server(front.url)
+        for name, hz in tones.items():
+            browsers[name] = Browser(name, tones_dir / f"{hz}.wav")
+        with concurrent.futures.ThreadPoolExecutor(len(browsers)) as ex:
+            list(ex.map(lambda b: b.attach(), browsers.values()))
+        say("browsers up: " + ", ".join(f"{n} ({tones[n]} Hz, pid {b.pid})" for n, b in browsers.items()))
+        alice, bob, carol, dave = (browsers[n] for n in ("alice", "bob", "carol", "dave"))
+
+        def demo_url(name, conversation):
+            q = urllib.parse.urlencode({"name": name, "conversation": conversation, "autojoin": 1, "test": 1,
+                                        "clientid": f"{name}-tab"})
+            return f"{front.url}/?{q}"
+
+        STATUS = "window.beepTest && beepTest.status()"
+
+        def slot_user(user):
+            return (f"window.beepTest && (s => s.media === 'connected' && (s.slots || []).some(x => x.userid === {json.dumps(user)}))"
+                    f"(beepTest.status())")
+
+        def join_room1():
+            alice.open(demo_url("alice", "room1"))
+            bob.open(demo_url("bob", "room1"))
+            carol.open(demo_url("carol", "room2"))
+            alice.wait_for(slot_user("bob"), 20, "connected media with bob in a slot", STATUS)
+            bob.wait_for(slot_user("alice"), 10, "connected media with alice in a slot", STATUS)
+
+        joined = suite.run("demo page: alice and bob join room1, connect, and see each other in a slot", join_room1)
+
+        def hear_each_other():
+            ma, mb = measure_all([alice, bob])
+            say("  " + describe(ma))
+            say("  " + describe(mb))
+            assert_hears(ma, 440, {"bob": 880})
+            assert_hears(mb, 880, {"alice": 440})
+
+        suite.run("audio: alice hears bob's 880 Hz and bob hears alice's 440 Hz, never their own tone", hear_each_other)
+
+        def isolation():
+            carol.wait_for("window.beepTest && beepTest.status().media === 'connected' && beepTest.status().slots",
+                           10, "connected media and a slots event", STATUS)
+            (m,) = measure_all([carol])
+            say("  " + describe(m))
+            assert near(m["mic"]["freq"], 660), f"carol's microphone is not at 660 Hz: {describe(m)}"
+            assert m["sent"] > 0, f"carol sends nothing, so the check would mean little: {describe(m)}"
+            assert all(s.get("userid") is None for s in m["slots"]), f"carol's slots name someone: {describe(m)}"
+            assert all(s.get("packets", 0) == 0 for s in m["slots"]), f"carol receives RTP: {describe(m)}"
+            assert not heard(m), f"carol hears a tone: {describe(m)}"
+
+        suite.run("isolation: carol in room2 receives no audio from room1", isolation)
+
+        def screenshot():
+            alice.wait_for(slot_user("bob"), 5, "bob in a slot", STATUS)
+            shot = ART / "demo.png"
+            alice.screenshot(shot)
+            size = shot.stat().st_size
+            assert size > 10_000, f"screenshot is only {size} bytes"
+            say(f"  screenshot {shot} ({size} bytes)")
+            if args.update_screenshot:
+                (ROOT / "docs").mkdir(exist_ok=True)
+                shutil.copyfile(shot, ROOT / "docs" / "demo.png")
+                say("  copied to docs/demo.png")
+
+        suite.run("screenshot of the demo page mid-conversation", screenshot)
+
+        def seed_url(lenient=False):
+            q = {"server": f"127.0.0.1:{front.port}", "conversation": "room1", "userid": "dave", "clientid": "dave-seed"}
+            if lenient:
+                q["lenient"] = 1
+            return f"http://127.0.0.1:{seed_srv.server_address[1]}/seed.html?" + urllib.parse.urlencode(q)
+
+        seed_connected = False
+
+        def seed_flow(lenient=False):
+            nonlocal seed_connected
+            dave.open(seed_url(lenient))
+            try:
+                dave.wait_for("window.seedTest && seedTest.status().connection === 'connected'", 15,
+                              "connected media", "window.seedTest && seedTest.status()")
+            except AssertionError:
+                st = dave.eval("window.seedTest && seedTest.status()") or {}
+                first = (st.get("received") or [""])[0]
+                if first.startswith("answer::"):
+                    raise AssertionError(
+                        "front answered the raw v=0 offer with an 'answer::' frame; the seed client (like the "
+                        "Go service's `c.WriteMessage(mt, []byte(answer.SDP))`) uses every message as the raw "
+                        f"answer SDP, so setRemoteDescription fails. First frames received: {st.get('received')}")
+                raise
+            st = dave.eval("seedTest.status()")
+            assert st["m_lines"] == 1, f"the seed offer should have one m-line, has {st['m_lines']}"
+            seed_connected = True
+            m = dave.eval(f"seedTest.measure({MEASURE_MS})", 20)
+            say(f"  dave (seed, {'lenient' if lenient else 'strict'}): {m}; frames received: {st['received']}")
+            assert m["freq"] is not None and (near(m["freq"], 440) or near(m["freq"], 880)), \
+                f"the seed client does not hear alice (440 Hz) or bob (880 Hz): {m}"
+
+        if not suite.run("seed README flow (raw v=0 offer, one m-line, POST /join) connects and hears a member", seed_flow):
+            # Diagnostic, not counted: does media work for a one-m-line client once the prefix is dealt with?
+            t = time.monotonic()
+            say("DIAG the same seed client, stripping the '<type>::' prefix from what it receives:")
+            try:
+                seed_flow(lenient=True)
+                say(f"DIAG lenient seed client connected and heard a member ({time.monotonic() - t:.1f}s)")
+            except Exception as e:  # noqa: BLE001
+                say(f"DIAG lenient seed client failed too: {e}")
+
+        def three_speakers():
+            assert seed_connected, "the seed client is not connected"
+            alice.wait_for(slot_user("dave"), 10, "dave in a slot", STATUS)
+            ma, mb = measure_all([alice, bob])
+            say("  " + describe(ma))
+            say("  " + describe(mb))
+            assert_hears(ma, 440, {"bob": 880, "dave": 330})
+            assert_hears(mb, 880, {"alice": 440, "dave": 330})
+
+        suite.run("three speakers: alice and bob each hear the two others on separate slots", three_speakers)
+        dave.open("about:blank")  # the seed client leaves; it does not understand reconnect events
+
+        def reconnect():
+            pid = front.worker_pid("room1")
+            assert pid, "cannot find room1's worker process"
+            other = front.worker_pid("room2")
+            say(f"  killing room1's worker (pid {pid}) with SIGKILL")
+            os.kill(pid, signal.SIGKILL)
+            told = ("window.beepTest && (s => s.reconnects >= 1 && s.media === 'connected' && "
+                    "(s.slots || []).some(x => x.userid === %s))(beepTest.status())")
+            alice.wait_for(told % '"bob"', 20, "reconnect and media connected again with bob in a slot", STATUS)
+            bob.wait_for(told % '"alice"', 10, "reconnect and media connected again with alice in a slot", STATUS)
+            banners = alice.eval("beepTest.status().banners")
+            assert any("reconnect" in b["text"].lower() for b in banners), f"alice's page does not tell the user: {banners}"
+            say(f"  alice's page says: {[b['text'] for b in banners]}")
+            new = front.worker_pid("room1")
+            assert new and new != pid, f"room1 has no new worker (old {pid}, now {new})"
+            ma, mb = measure_all([alice, bob])
+            say("  " + describe(ma))
+            say("  " + describe(mb))
+            assert_hears(ma, 440, {"bob": 880})
+            assert_hears(mb, 880, {"alice": 440})
+            st = carol.eval("beepTest.status()")
+            assert st["reconnects"] == 0 and st["media"] == "connected", f"room2 was disturbed: {st}"
+            assert front.worker_pid("room2") == other, "room2's worker changed"
+
+        suite.run("reconnect: room1's worker dies; the pages say so, re-offer, and hear each other again; room2 undisturbed",
+                  reconnect)
+        if not joined:
+            say("(the later tests depend on the first one)")
+    except Exception as e:  # noqa: BLE001 - setup failures count as a failed test
+        suite.results.append(("setup", False, 0.0))
+        say(f"FAIL setup: {type(e).__name__}: {e}")
+    finally:
+        signal.alarm(0)
+        for b in browsers.values():
+            b.close()
+        if seed_srv:
+            seed_srv.shutdown()
+        if front:
+            front.stop()
+        shutil.rmtree(tones_dir, ignore_errors=True)
+
+    passed = sum(1 for _, ok, _ in suite.results if ok)
+    failed = len(suite.results) - passed
+    say(f"done in {time.monotonic() - T0:.1f} s; logs and screenshot in {ART}")
+    print(f"{passed} passed, {failed} failed", flush=True)
+    return 0 if failed == 0 and passed > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

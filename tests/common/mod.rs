@@ -1,0 +1,206 @@
+//! Test harness: the real `front` binary (which spawns real `worker` processes), a real HTTP
+//! server on loopback standing in for the permissions service, and helpers to talk to them.
+//! Everything started here is stopped by pid when its guard drops, and every wait has a
+//! deadline, so a broken build fails fast instead of hanging CI.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+/// The permissions stand-in. The conversation id decides the answer, so one server serves
+/// every case: `deny*` → 403, `missing*` → 404, `broken*` → 500, `slow*` → answers after
+/// 5 s, anything else → 200.
+pub struct Permissions {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Permissions {
+    pub async fn start() -> Permissions {
+        async fn check(Path((_user, conv)): Path<(String, String)>) -> StatusCode {
+            if conv.starts_with("deny") {
+                StatusCode::FORBIDDEN
+            } else if conv.starts_with("missing") {
+                StatusCode::NOT_FOUND
+            } else if conv.starts_with("broken") {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else if conv.starts_with("slow") {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                StatusCode::OK
+            } else {
+                StatusCode::OK
+            }
+        }
+        let app = axum::Router::new().route("/user/{user}/conversation/{conv}", get(check));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind permissions stand-in");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Permissions { addr, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Permissions {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A running `front`, killed (and its workers with it) when dropped.
+pub struct Front {
+    pub child: Child,
+    pub port: u16,
+    pub runtime_dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+impl Front {
+    /// Starts front with test defaults plus `extra` environment.
+    pub async fn start(permissions: &str, extra: &[(&str, &str)]) -> Front {
+        let port = free_tcp_port();
+        let runtime_dir = tempfile::tempdir().expect("tempdir");
+        let mut env: HashMap<&str, String> = HashMap::from([
+            ("LISTEN", format!("127.0.0.1:{port}")),
+            ("PERMISSIONS_HOST", permissions.to_string()),
+            ("RTC_BIND_IP", "127.0.0.1".into()),
+            ("RUNTIME_DIR", runtime_dir.path().display().to_string()),
+            ("WORKER_BIN", env!("CARGO_BIN_EXE_worker").into()),
+            ("WORKER_IDLE_MS", "1500".into()),
+            ("ICE_DISCONNECTED_MS", "1000".into()),
+            ("ICE_FAILED_MS", "2000".into()),
+            ("PERMISSIONS_TIMEOUT_MS", "1000".into()),
+            ("NATS", "nats://127.0.0.1:4222".into()),
+            ("DEV_MODE", "0".into()),
+            ("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn,beep_webrtc=info".into())),
+        ]);
+        for (k, v) in extra {
+            env.insert(k, v.to_string());
+        }
+        let child = Command::new(env!("CARGO_BIN_EXE_front"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env)
+            // Run where no `.env` can leak in: the test decides every setting.
+            .current_dir(runtime_dir.path())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn front");
+        let front = Front { child, port, runtime_dir, http: reqwest::Client::new() };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(r) = front.http.get(front.url("/healthz")).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "front did not become healthy within 15 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        front
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn ws(&self, query: &str) -> String {
+        format!("ws://127.0.0.1:{}/connect{query}", self.port)
+    }
+
+    pub async fn join(&self, user: &str, client: &str, conversation: &str) -> (u16, String) {
+        let r = self
+            .http
+            .post(self.url(&format!("/join/{conversation}")))
+            .header("X-User-Claim", claim(user, client))
+            .send()
+            .await
+            .expect("POST /join");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+
+    /// The worker processes this front has spawned and that are still alive.
+    pub fn workers(&self) -> Vec<u32> {
+        children_of(self.child.id())
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM and wait; returns whether it exited within `within`.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGTERM);
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        let workers = self.workers();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in workers {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+        }
+    }
+}
+
+pub fn claim(user: &str, client: &str) -> String {
+    serde_json::json!({"userid": user, "clientid": client}).to_string()
+}
+
+/// Live child processes of `pid` (from /proc).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return v };
+    for e in dir.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let Some(after) = stat.rsplit_once(')').map(|x| x.1) else { continue };
+        let f: Vec<&str> = after.split_whitespace().collect();
+        if f.first() != Some(&"Z") && f.get(1).and_then(|x| x.parse::<u32>().ok()) == Some(pid) {
+            v.push(p);
+        }
+    }
+    v
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub type Shared<T> = Arc<T>;
