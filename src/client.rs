@@ -66,7 +66,10 @@ pub fn parse_probe(p: &[u8]) -> Option<(String, u64, u32)> {
 }
 
 pub fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// What one incoming stream (one slot) delivered.
@@ -106,7 +109,10 @@ impl ClientOptions {
     pub fn new(url: impl Into<String>, userid: &str, clientid: &str) -> Self {
         ClientOptions {
             url: url.into(),
-            identity: Some(Identity { userid: userid.into(), clientid: clientid.into() }),
+            identity: Some(Identity {
+                userid: userid.into(),
+                clientid: clientid.into(),
+            }),
             slots: 1,
             legacy_raw_offer: false,
             bind_ip: "127.0.0.1".into(),
@@ -172,7 +178,9 @@ impl PeerConnectionEventHandler for Handler {
         let cap = self.latency_samples;
         tokio::spawn(async move {
             while let Some(evt) = track.poll().await {
-                let TrackRemoteEvent::OnRtpPacket(pkt) = evt else { continue };
+                let TrackRemoteEvent::OnRtpPacket(pkt) = evt else {
+                    continue;
+                };
                 let now = Instant::now();
                 let probe = parse_probe(&pkt.payload);
                 let mut s = lock(&shared);
@@ -195,7 +203,8 @@ impl PeerConnectionEventHandler for Handler {
                 if let Some((tag, sent, _)) = probe {
                     *st.from.entry(tag).or_default() += 1;
                     if st.latency_us.len() < cap {
-                        st.latency_us.push(now_micros().saturating_sub(sent).min(u32::MAX as u64) as u32);
+                        st.latency_us
+                            .push(now_micros().saturating_sub(sent).min(u32::MAX as u64) as u32);
                     }
                 }
             }
@@ -213,12 +222,16 @@ impl Client {
         let started = Instant::now();
         let mut req = opts.url.as_str().into_client_request()?;
         if let Some(id) = &opts.identity {
-            let claim = serde_json::json!({"userid": id.userid, "clientid": id.clientid}).to_string();
+            let claim =
+                serde_json::json!({"userid": id.userid, "clientid": id.clientid}).to_string();
             req.headers_mut().insert("X-User-Claim", claim.parse()?);
         }
-        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(req))
-            .await
-            .context("websocket connect timed out")??;
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(req),
+        )
+        .await
+        .context("websocket connect timed out")??;
         let (mut ws_sink, mut ws_stream) = ws.split();
         let (ws_out, mut ws_out_rx) = mpsc::unbounded_channel::<Message>();
         tokio::spawn(async move {
@@ -239,7 +252,9 @@ impl Client {
             ws_out: ws_out.clone(),
             latency_samples: opts.latency_samples,
         });
-        let settings = SettingEngineBuilder::new().with_multicast_dns_mode(MulticastDnsMode::Disabled).build();
+        let settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .build();
         let pc: Arc<dyn PeerConnection> = Arc::new(
             PeerConnectionBuilder::new()
                 .with_configuration(RTCConfigurationBuilder::new().build())
@@ -257,14 +272,21 @@ impl Client {
         for _ in 1..opts.slots.max(1) {
             pc.add_transceiver_from_kind(
                 RtpCodecKind::Audio,
-                Some(RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() }),
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    ..Default::default()
+                }),
             )
             .await?;
         }
         let offer = pc.create_offer(None).await?;
         pc.set_local_description(offer).await?;
         let _ = tokio::time::timeout(Duration::from_secs(2), gathered.recv()).await;
-        let sdp = pc.local_description().await.ok_or_else(|| anyhow!("no local description"))?.sdp;
+        let sdp = pc
+            .local_description()
+            .await
+            .ok_or_else(|| anyhow!("no local description"))?
+            .sdp;
 
         // Reader: answer → oneshot; ice → pc; events and errors → shared.
         let (answer_tx, answer_rx) = oneshot::channel::<Result<String, String>>();
@@ -294,7 +316,8 @@ impl Client {
                             }
                         }
                         "event" | "error" => {
-                            let v = serde_json::from_str(payload).unwrap_or(serde_json::Value::String(payload.into()));
+                            let v = serde_json::from_str(payload)
+                                .unwrap_or(serde_json::Value::String(payload.into()));
                             let mut s = lock(&shared);
                             if kind == "event" {
                                 s.events.push(v);
@@ -314,8 +337,14 @@ impl Client {
                 }
             });
         }
-        let frame = if opts.legacy_raw_offer { sdp } else { format!("offer::{sdp}") };
-        ws_out.send(Message::text(frame)).map_err(|_| anyhow!("websocket closed"))?;
+        let frame = if opts.legacy_raw_offer {
+            sdp
+        } else {
+            format!("offer::{sdp}")
+        };
+        ws_out
+            .send(Message::text(frame))
+            .map_err(|_| anyhow!("websocket closed"))?;
         let answer = match tokio::time::timeout(Duration::from_secs(20), answer_rx).await {
             Ok(Ok(Ok(a))) => a,
             Ok(Ok(Err(e))) => bail!("no answer: {e}"),
@@ -324,7 +353,8 @@ impl Client {
         };
         let answer_at = Instant::now();
         let answer_ssrcs = ssrcs_by_mid(&answer);
-        pc.set_remote_description(RTCSessionDescription::answer(answer.clone())?).await?;
+        pc.set_remote_description(RTCSessionDescription::answer(answer.clone())?)
+            .await?;
         Ok(Client {
             pc,
             shared,
@@ -346,7 +376,10 @@ impl Client {
                 return Ok(t.duration_since(self.started));
             }
             if Instant::now() > deadline {
-                bail!("not connected after {timeout:?} (state {:?})", lock(&self.shared).state);
+                bail!(
+                    "not connected after {timeout:?} (state {:?})",
+                    lock(&self.shared).state
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -356,7 +389,12 @@ impl Client {
     /// (−dBov, 0 loudest) until [`Client::stop_sending`].
     pub fn start_sending(&self, tag: &str, dbov: u8) {
         self.sending.store(true, Ordering::Relaxed);
-        let (mic, ssrc, sending, tag) = (self.mic.clone(), self.mic_ssrc, self.sending.clone(), tag.to_string());
+        let (mic, ssrc, sending, tag) = (
+            self.mic.clone(),
+            self.mic_ssrc,
+            self.sending.clone(),
+            tag.to_string(),
+        );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             let (mut seq, mut ts, mut n) = (rand::random::<u16>(), rand::random::<u32>(), 0u32);
@@ -374,7 +412,10 @@ impl Client {
                     },
                     payload: probe_payload(&tag, n),
                 };
-                let level = HeaderExtension::AudioLevel(AudioLevelExtension { level: dbov, voice: true });
+                let level = HeaderExtension::AudioLevel(AudioLevelExtension {
+                    level: dbov,
+                    voice: true,
+                });
                 if mic.write_rtp_with_extensions(pkt, &[level]).await.is_err() {
                     break;
                 }
@@ -397,7 +438,11 @@ impl Client {
             .iter()
             .map(|(ssrc, st)| {
                 let mut st = st.clone();
-                st.mid = self.answer_ssrcs.iter().find(|(_, x)| x == ssrc).map(|(m, _)| m.clone());
+                st.mid = self
+                    .answer_ssrcs
+                    .iter()
+                    .find(|(_, x)| x == ssrc)
+                    .map(|(m, _)| m.clone());
                 (*ssrc, st)
             })
             .collect();
@@ -407,7 +452,11 @@ impl Client {
 
     /// Packets heard from sender `tag`, over all slots.
     pub fn heard_from(&self, tag: &str) -> u64 {
-        lock(&self.shared).streams.values().map(|s| s.from.get(tag).copied().unwrap_or(0)).sum()
+        lock(&self.shared)
+            .streams
+            .values()
+            .map(|s| s.from.get(tag).copied().unwrap_or(0))
+            .sum()
     }
 
     pub fn events(&self) -> Vec<serde_json::Value> {
@@ -421,10 +470,16 @@ impl Client {
     /// The last `slots` event: slot index → userid (None = empty).
     pub fn slot_users(&self) -> Vec<Option<String>> {
         let s = lock(&self.shared);
-        let Some(ev) = s.events.iter().rev().find(|e| e["type"] == "slots") else { return vec![] };
+        let Some(ev) = s.events.iter().rev().find(|e| e["type"] == "slots") else {
+            return vec![];
+        };
         ev["slots"]
             .as_array()
-            .map(|a| a.iter().map(|x| x["userid"].as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|x| x["userid"].as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -82,7 +82,8 @@ impl Config {
         };
         let dev_mode = match var("DEV_MODE") {
             None => false,
-            Some(v) => parse_bool(&v).ok_or_else(|| err("DEV_MODE", &v, "expected 1/0, true/false, on/off".into()))?,
+            Some(v) => parse_bool(&v)
+                .ok_or_else(|| err("DEV_MODE", &v, "expected 1/0, true/false, on/off".into()))?,
         };
         let listen_s = var("LISTEN").unwrap_or_else(|| ":80".into());
         let listen = parse_listen(&listen_s).map_err(|r| err("LISTEN", &listen_s, r))?;
@@ -100,7 +101,11 @@ impl Config {
         } else if perm_s.starts_with("http://") || perm_s.starts_with("https://") {
             Permissions::Http(perm_s.trim_end_matches('/').to_string())
         } else {
-            return Err(err("PERMISSIONS_HOST", &perm_s, "expected an http(s):// URL".into()));
+            return Err(err(
+                "PERMISSIONS_HOST",
+                &perm_s,
+                "expected an http(s):// URL".into(),
+            ));
         };
         let ip = |name: &'static str| -> Result<Option<IpAddr>, ConfigError> {
             match var(name) {
@@ -115,15 +120,20 @@ impl Config {
         let public_ip = ip("PUBLIC_IP")?;
         let ports_s = var("RTC_PORTS").unwrap_or_else(|| "50000-59999".into());
         let ports = parse_port_range(&ports_s).map_err(|r| err("RTC_PORTS", &ports_s, r))?;
-        let num = |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-            match var(name) {
-                None => Ok(default),
-                Some(v) => match v.trim().parse::<u64>() {
-                    Ok(n) if (min..=max).contains(&n) => Ok(n),
-                    _ => Err(err(name, &v, format!("expected a whole number from {min} to {max}"))),
-                },
-            }
-        };
+        let num =
+            |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+                match var(name) {
+                    None => Ok(default),
+                    Some(v) => match v.trim().parse::<u64>() {
+                        Ok(n) if (min..=max).contains(&n) => Ok(n),
+                        _ => Err(err(
+                            name,
+                            &v,
+                            format!("expected a whole number from {min} to {max}"),
+                        )),
+                    },
+                }
+            };
         let max_slots = num("MAX_SLOTS", 3, 1, 16)? as usize;
         let runtime_dir = match var("RUNTIME_DIR") {
             Some(d) => PathBuf::from(d),
@@ -155,7 +165,12 @@ impl Config {
             dev_mode,
             join_timeout: Duration::from_millis(num("JOIN_TIMEOUT_MS", 30_000, 100, 3_600_000)?),
             worker_idle: Duration::from_millis(num("WORKER_IDLE_MS", 30_000, 0, 86_400_000)?),
-            permissions_timeout: Duration::from_millis(num("PERMISSIONS_TIMEOUT_MS", 2_000, 50, 60_000)?),
+            permissions_timeout: Duration::from_millis(num(
+                "PERMISSIONS_TIMEOUT_MS",
+                2_000,
+                50,
+                60_000,
+            )?),
             max_sessions_per_user: num("MAX_SESSIONS_PER_USER", 8, 1, 10_000)? as usize,
             max_frame_bytes: num("MAX_FRAME_BYTES", 65_536, 1_024, 16 << 20)? as usize,
             offers_per_minute: num("OFFERS_PER_MINUTE", 30, 1, 100_000)? as u32,
@@ -176,15 +191,21 @@ fn parse_bool(v: &str) -> Option<bool> {
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     let s = s.trim();
     if let Some(port) = s.strip_prefix(':') {
-        let port: u16 = port.parse().map_err(|_| "expected :PORT or HOST:PORT".to_string())?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| "expected :PORT or HOST:PORT".to_string())?;
         return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
     }
-    s.parse().map_err(|_| "expected :PORT or IP:PORT".to_string())
+    s.parse()
+        .map_err(|_| "expected :PORT or IP:PORT".to_string())
 }
 
 /// `50000-59999`: an inclusive range of UDP ports.
 pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
-    let (a, b) = s.trim().split_once('-').ok_or("expected LOW-HIGH, e.g. 50000-59999")?;
+    let (a, b) = s
+        .trim()
+        .split_once('-')
+        .ok_or("expected LOW-HIGH, e.g. 50000-59999")?;
     let lo: u16 = a.trim().parse().map_err(|_| "LOW is not a port number")?;
     let hi: u16 = b.trim().parse().map_err(|_| "HIGH is not a port number")?;
     if lo == 0 || lo > hi {
@@ -199,8 +220,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let m: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| m.get(k).cloned())
     }
 
@@ -209,7 +232,10 @@ mod tests {
         let c = load(&[]).expect("defaults are valid");
         assert_eq!(c.listen, "0.0.0.0:80".parse::<SocketAddr>().unwrap());
         assert_eq!(c.nats, "nats://localhost:4222");
-        assert_eq!(c.permissions, Permissions::Http("http://permissions".into()));
+        assert_eq!(
+            c.permissions,
+            Permissions::Http("http://permissions".into())
+        );
         assert_eq!(c.media.ports, (50000, 59999));
         assert_eq!(c.media.max_slots, 3);
         assert_eq!(c.media.bind_ip, None);
@@ -218,8 +244,14 @@ mod tests {
 
     #[test]
     fn go_style_listen_means_all_interfaces() {
-        assert_eq!(parse_listen(":8080").unwrap(), "0.0.0.0:8080".parse::<SocketAddr>().unwrap());
-        assert_eq!(parse_listen("127.0.0.1:9").unwrap(), "127.0.0.1:9".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            parse_listen(":8080").unwrap(),
+            "0.0.0.0:8080".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            parse_listen("127.0.0.1:9").unwrap(),
+            "127.0.0.1:9".parse::<SocketAddr>().unwrap()
+        );
         assert!(parse_listen("localhost").is_err());
     }
 

@@ -55,7 +55,10 @@ pub enum JoinError {
 impl JoinError {
     pub fn signal(&self) -> SignalError {
         match self {
-            JoinError::Forbidden(m) => SignalError::new(ErrorCode::Forbidden, format!("not allowed in this conversation: {m}")),
+            JoinError::Forbidden(m) => SignalError::new(
+                ErrorCode::Forbidden,
+                format!("not allowed in this conversation: {m}"),
+            ),
             JoinError::Unavailable(m) => SignalError::new(ErrorCode::Unavailable, m.clone()),
         }
     }
@@ -165,13 +168,19 @@ impl Front {
         if others >= self.cfg.max_sessions_per_user {
             return Err(SignalError::new(
                 ErrorCode::TooManySessions,
-                format!("user {} already has {others} sessions (the limit is {})", who.userid, self.cfg.max_sessions_per_user),
+                format!(
+                    "user {} already has {others} sessions (the limit is {})",
+                    who.userid, self.cfg.max_sessions_per_user
+                ),
             ));
         }
         let id = self.next_id();
         let client = st.clients.entry(who.clone()).or_default();
         if let Some(old) = client.socket.replace(Socket { id, tx }) {
-            let _ = old.tx.send(Out::Fail(SignalError::new(ErrorCode::TooManySessions, "replaced by a newer connection of the same client")));
+            let _ = old.tx.send(Out::Fail(SignalError::new(
+                ErrorCode::TooManySessions,
+                "replaced by a newer connection of the same client",
+            )));
         }
         Ok(id)
     }
@@ -180,7 +189,9 @@ impl Front {
     pub fn detach_socket(&self, who: &Identity, socket_id: u64) {
         let mut st = self.lock();
         let st = &mut *st;
-        let Some(client) = st.clients.get_mut(who) else { return };
+        let Some(client) = st.clients.get_mut(who) else {
+            return;
+        };
         if client.socket.as_ref().map(|s| s.id) != Some(socket_id) {
             return;
         }
@@ -196,7 +207,11 @@ impl Front {
     }
 
     /// Permission check, then join. Used by `POST /join` and `/connect?conversation=`.
-    pub async fn authorize_and_join(self: &Arc<Self>, who: &Identity, conversation: &str) -> Result<(), JoinError> {
+    pub async fn authorize_and_join(
+        self: &Arc<Self>,
+        who: &Identity,
+        conversation: &str,
+    ) -> Result<(), JoinError> {
         let t0 = Instant::now();
         let (verdict, took) = self.permissions.check(&who.userid, conversation).await;
         self.metrics.permission_latency.observe(took);
@@ -222,7 +237,11 @@ impl Front {
         let st = &mut *st;
         let client = st.clients.entry(who.clone()).or_default();
         if client.conversation.as_deref() != Some(conversation) {
-            if client.session.as_ref().is_some_and(|s| s.conversation != conversation) {
+            if client
+                .session
+                .as_ref()
+                .is_some_and(|s| s.conversation != conversation)
+            {
                 end_session(&mut st.conversations, client);
                 client.send(Out::Text(reconnect_event("conversation-changed")));
             }
@@ -241,13 +260,20 @@ impl Front {
         let st = &mut *st;
         let client = st.clients.entry(who.clone()).or_default();
         let now = Instant::now();
-        while client.recent_offers.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+        while client
+            .recent_offers
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
             client.recent_offers.pop_front();
         }
         if client.recent_offers.len() >= self.cfg.offers_per_minute as usize {
             return Err(SignalError::new(
                 ErrorCode::RateLimited,
-                format!("more than {} offers in a minute", self.cfg.offers_per_minute),
+                format!(
+                    "more than {} offers in a minute",
+                    self.cfg.offers_per_minute
+                ),
             ));
         }
         client.recent_offers.push_back(now);
@@ -279,11 +305,16 @@ impl Front {
         let Some(candidate) = candidate else { return };
         let mut st = self.lock();
         let st = &mut *st;
-        let Some(client) = st.clients.get_mut(who) else { return };
+        let Some(client) = st.clients.get_mut(who) else {
+            return;
+        };
         match &client.session {
             Some(live) => {
                 if let Some(conv) = st.conversations.get(&live.conversation) {
-                    let _ = conv.tx.send(ToWorker::Ice { session: live.id, candidate });
+                    let _ = conv.tx.send(ToWorker::Ice {
+                        session: live.id,
+                        candidate,
+                    });
                 }
             }
             // The offer is still waiting for its join: keep a bounded number of candidates.
@@ -292,8 +323,16 @@ impl Front {
         }
     }
 
-    fn dispatch(self: &Arc<Self>, convs: &mut HashMap<String, Conversation>, who: &Identity, client: &mut Client, sdp: String) {
-        let Some(conversation) = client.conversation.clone() else { return };
+    fn dispatch(
+        self: &Arc<Self>,
+        convs: &mut HashMap<String, Conversation>,
+        who: &Identity,
+        client: &mut Client,
+        sdp: String,
+    ) {
+        let Some(conversation) = client.conversation.clone() else {
+            return;
+        };
         // A re-offer replaces the previous peer connection.
         end_session(convs, client);
         let session = self.next_id();
@@ -301,7 +340,12 @@ impl Front {
             let generation = self.next_id();
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             self.metrics.workers_spawned.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(supervisor::run_worker(self.clone(), conversation.clone(), generation, rx));
+            tokio::spawn(supervisor::run_worker(
+                self.clone(),
+                conversation.clone(),
+                generation,
+                rx,
+            ));
             Conversation {
                 generation,
                 tx,
@@ -314,17 +358,29 @@ impl Front {
         });
         conv.sessions.insert(session, who.clone());
         conv.empty_since = None;
-        let _ = conv.tx.send(ToWorker::Offer { session, identity: who.clone(), sdp });
+        let _ = conv.tx.send(ToWorker::Offer {
+            session,
+            identity: who.clone(),
+            sdp,
+        });
         for candidate in client.pending_ice.drain(..) {
             let _ = conv.tx.send(ToWorker::Ice { session, candidate });
         }
-        client.session = Some(Live { id: session, conversation, answered: false });
+        client.session = Some(Live {
+            id: session,
+            conversation,
+            answered: false,
+        });
         self.metrics.offers.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn worker_ready(&self, conversation: &str, generation: u64, pid: u32) {
         let mut st = self.lock();
-        if let Some(c) = st.conversations.get_mut(conversation).filter(|c| c.generation == generation) {
+        if let Some(c) = st
+            .conversations
+            .get_mut(conversation)
+            .filter(|c| c.generation == generation)
+        {
             c.pid = Some(pid);
         }
     }
@@ -333,7 +389,13 @@ impl Front {
     pub fn from_worker(&self, conversation: &str, generation: u64, msg: ToFront) {
         let mut st = self.lock();
         let st = &mut *st;
-        let Some(conv) = st.conversations.get_mut(conversation).filter(|c| c.generation == generation) else { return };
+        let Some(conv) = st
+            .conversations
+            .get_mut(conversation)
+            .filter(|c| c.generation == generation)
+        else {
+            return;
+        };
         let session = match &msg {
             ToFront::Stats(s) => {
                 conv.stats = s.clone();
@@ -346,9 +408,13 @@ impl Front {
             | ToFront::Rejected { session, .. }
             | ToFront::Closed { session, .. } => *session,
         };
-        let Some(who) = conv.sessions.get(&session).cloned() else { return };
+        let Some(who) = conv.sessions.get(&session).cloned() else {
+            return;
+        };
         let client = st.clients.get_mut(&who);
-        let current = client.as_ref().is_some_and(|c| c.session.as_ref().is_some_and(|l| l.id == session));
+        let current = client
+            .as_ref()
+            .is_some_and(|c| c.session.as_ref().is_some_and(|l| l.id == session));
         match msg {
             ToFront::Answer { sdp, .. } => {
                 if let Some(c) = client.filter(|_| current) {
@@ -375,7 +441,10 @@ impl Front {
                 }
                 if let Some(c) = client.filter(|_| current) {
                     c.session = None;
-                    c.send(Out::Fail(SignalError::new(ErrorCode::parse(&code), message)));
+                    c.send(Out::Fail(SignalError::new(
+                        ErrorCode::parse(&code),
+                        message,
+                    )));
                 }
             }
             ToFront::Closed { reason, .. } => {
@@ -399,10 +468,16 @@ impl Front {
     pub fn worker_gone(&self, conversation: &str, generation: u64, reason: &str) {
         let mut st = self.lock();
         let st = &mut *st;
-        if st.conversations.get(conversation).is_none_or(|c| c.generation != generation) {
+        if st
+            .conversations
+            .get(conversation)
+            .is_none_or(|c| c.generation != generation)
+        {
             return;
         }
-        let Some(conv) = st.conversations.remove(conversation) else { return };
+        let Some(conv) = st.conversations.remove(conversation) else {
+            return;
+        };
         let had_members = !conv.sessions.is_empty();
         if had_members {
             self.metrics.worker_failures.fetch_add(1, Ordering::Relaxed);
@@ -427,7 +502,8 @@ impl Front {
         let mut st = self.lock();
         let idle = self.cfg.worker_idle;
         st.conversations.retain(|name, c| {
-            let expired = c.sessions.is_empty() && c.empty_since.is_some_and(|t| now.duration_since(t) >= idle);
+            let expired = c.sessions.is_empty()
+                && c.empty_since.is_some_and(|t| now.duration_since(t) >= idle);
             if expired {
                 tracing::info!(conversation = name.as_str(), "worker idle, stopping it");
                 let _ = c.tx.send(ToWorker::Shutdown);
@@ -436,7 +512,9 @@ impl Front {
         });
         let join_timeout = self.cfg.join_timeout;
         st.clients.retain(|_, c| {
-            c.active() || c.joined_at.is_some_and(|t| now.duration_since(t) < join_timeout)
+            c.active()
+                || c.joined_at
+                    .is_some_and(|t| now.duration_since(t) < join_timeout)
         });
     }
 

@@ -36,7 +36,11 @@ fn bad_request(reason: impl Into<String>) -> Response {
 
 /// The caller's identity: the claim header, or in development mode `?userid=&clientid=`
 /// (browsers cannot set headers on a WebSocket).
-fn identity(front: &Front, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<Identity, String> {
+fn identity(
+    front: &Front,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Identity, String> {
     let header = headers.get(CLAIM_HEADER).map(|v| v.as_bytes());
     if header.is_none() && front.cfg.dev_mode {
         if let (Some(u), Some(c)) = (query.get("userid"), query.get("clientid")) {
@@ -47,7 +51,11 @@ fn identity(front: &Front, headers: &HeaderMap, query: &HashMap<String, String>)
     parse_claim(header)
 }
 
-async fn join(State(front): State<Arc<Front>>, Path(conversation): Path<String>, headers: HeaderMap) -> Response {
+async fn join(
+    State(front): State<Arc<Front>>,
+    Path(conversation): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let who = match identity(&front, &headers, &HashMap::new()) {
         Ok(w) => w,
         Err(r) => return bad_request(r),
@@ -57,8 +65,16 @@ async fn join(State(front): State<Arc<Front>>, Path(conversation): Path<String>,
     }
     match front.authorize_and_join(&who, &conversation).await {
         Ok(()) => StatusCode::OK.into_response(),
-        Err(JoinError::Forbidden(m)) => (StatusCode::UNAUTHORIZED, format!("not allowed in this conversation: {m}")).into_response(),
-        Err(JoinError::Unavailable(m)) => (StatusCode::SERVICE_UNAVAILABLE, format!("cannot check permissions: {m}")).into_response(),
+        Err(JoinError::Forbidden(m)) => (
+            StatusCode::UNAUTHORIZED,
+            format!("not allowed in this conversation: {m}"),
+        )
+            .into_response(),
+        Err(JoinError::Unavailable(m)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot check permissions: {m}"),
+        )
+            .into_response(),
     }
 }
 
@@ -81,10 +97,17 @@ async fn connect(
     // Frames above our limit still reach us (up to 4x) so the client gets a `too-large`
     // error frame instead of a bare protocol error.
     let limit = front.cfg.max_frame_bytes;
-    ws.max_message_size(limit.saturating_mul(4)).max_frame_size(limit.saturating_mul(4)).on_upgrade(move |socket| signalling(front, who, conversation, socket))
+    ws.max_message_size(limit.saturating_mul(4))
+        .max_frame_size(limit.saturating_mul(4))
+        .on_upgrade(move |socket| signalling(front, who, conversation, socket))
 }
 
-async fn signalling(front: Arc<Front>, who: Identity, conversation: Option<String>, mut socket: WebSocket) {
+async fn signalling(
+    front: Arc<Front>,
+    who: Identity,
+    conversation: Option<String>,
+    mut socket: WebSocket,
+) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Out>();
     let socket_id = match front.attach_socket(&who, tx.clone()) {
         Ok(id) => id,
@@ -103,7 +126,8 @@ async fn signalling(front: Arc<Front>, who: Identity, conversation: Option<Strin
     let limit = front.cfg.max_frame_bytes;
     let mut offer_deadline: Option<Instant> = None;
     loop {
-        let deadline = offer_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+        let deadline =
+            offer_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
         tokio::select! {
             incoming = socket.recv() => {
                 let text = match incoming {
@@ -124,7 +148,12 @@ async fn signalling(front: Arc<Front>, who: Identity, conversation: Option<Strin
                     break;
                 }
                 let result = match parse_client_frame(text.as_str()) {
-                    Ok(ClientFrame::Offer(sdp)) => front.offer(&who, sdp).map(|state| {
+                    // Offers that can never work are refused here, before a worker is involved.
+                    Ok(ClientFrame::Offer(sdp)) => match crate::sdp::Offer::parse(&sdp) {
+                        Err(m) => Err(SignalError::new(ErrorCode::BadSdp, m)),
+                        Ok(_) => front.offer(&who, sdp),
+                    }
+                    .map(|state| {
                         offer_deadline = (state == OfferState::WaitingForJoin).then(|| Instant::now() + join_timeout);
                     }),
                     Ok(ClientFrame::Ice(candidate)) => {
@@ -165,10 +194,19 @@ async fn signalling(front: Arc<Front>, who: Identity, conversation: Option<Strin
 }
 
 async fn fail(socket: &mut WebSocket, e: &SignalError) {
-    tracing::info!(code = e.code.as_str(), "closing signalling socket: {}", e.message);
+    tracing::info!(
+        code = e.code.as_str(),
+        "closing signalling socket: {}",
+        e.message
+    );
     let _ = socket.send(Message::Text(e.frame().into())).await;
     let reason: String = e.message.chars().take(100).collect();
-    let _ = socket.send(Message::Close(Some(CloseFrame { code: e.code.close_code(), reason: reason.into() }))).await;
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: e.code.close_code(),
+            reason: reason.into(),
+        })))
+        .await;
 }
 
 async fn healthz(State(front): State<Arc<Front>>) -> Response {
@@ -179,19 +217,42 @@ async fn healthz(State(front): State<Arc<Front>>) -> Response {
         "workers": front.workers().len(),
         "sessions": front.client_count(),
     });
-    (StatusCode::OK, [("content-type", "application/json")], body.to_string()).into_response()
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// A TCP connect to the NATS server, with a short timeout: enough to tell "up" from "down".
 async fn nats_reachable(url: &str) -> bool {
-    let hostport = url.split("://").last().unwrap_or(url).split(',').next().unwrap_or("");
+    let hostport = url
+        .split("://")
+        .last()
+        .unwrap_or(url)
+        .split(',')
+        .next()
+        .unwrap_or("");
     let hostport = hostport.rsplit('@').next().unwrap_or(hostport);
-    matches!(tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(hostport)).await, Ok(Ok(_)))
+    matches!(
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(hostport)
+        )
+        .await,
+        Ok(Ok(_))
+    )
 }
 
 async fn metrics(State(front): State<Arc<Front>>) -> Response {
     let body = front.metrics.render(front.client_count(), &front.workers());
-    (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], body).into_response()
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain; version=0.0.4")],
+        body,
+    )
+        .into_response()
 }
 
 async fn demo_page() -> Html<&'static str> {

@@ -43,7 +43,9 @@ pub fn parse_claim(value: Option<&[u8]>) -> Result<Identity, String> {
 /// Conversation ids become file names and NATS subjects, hence the strict alphabet.
 pub fn valid_conversation_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 pub fn check_conversation_id(id: &str) -> Result<(), String> {
@@ -64,8 +66,16 @@ mod tests {
         assert_eq!(ok.to_string(), "u1/c1");
         assert!(parse_claim(None).unwrap_err().contains("missing"));
         assert!(parse_claim(Some(b"{nope")).unwrap_err().contains("JSON"));
-        assert!(parse_claim(Some(br#"{"userid":"u1"}"#)).unwrap_err().contains("clientid"));
-        assert!(parse_claim(Some(br#"{"userid":"","clientid":"c"}"#)).unwrap_err().contains("userid"));
+        assert!(
+            parse_claim(Some(br#"{"userid":"u1"}"#))
+                .unwrap_err()
+                .contains("clientid")
+        );
+        assert!(
+            parse_claim(Some(br#"{"userid":"","clientid":"c"}"#))
+                .unwrap_err()
+                .contains("userid")
+        );
     }
 
     #[test]

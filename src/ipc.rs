@@ -30,11 +30,21 @@ pub type SessionId = u64;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
     /// First message: which conversation this worker owns and how to run media.
-    Init { conversation: String, media: MediaConfig },
+    Init {
+        conversation: String,
+        media: MediaConfig,
+    },
     /// Build a peer connection for this offer and answer it.
-    Offer { session: SessionId, identity: Identity, sdp: String },
+    Offer {
+        session: SessionId,
+        identity: Identity,
+        sdp: String,
+    },
     /// A trickled remote candidate, JSON `RTCIceCandidateInit`.
-    Ice { session: SessionId, candidate: String },
+    Ice {
+        session: SessionId,
+        candidate: String,
+    },
     /// The session left the conversation: close its peer connection.
     Leave { session: SessionId },
     /// Close everything and exit.
@@ -44,16 +54,34 @@ pub enum ToWorker {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToFront {
     /// The worker is up; sent once, after `Init`.
-    Ready { pid: u32 },
-    Answer { session: SessionId, sdp: String },
+    Ready {
+        pid: u32,
+    },
+    Answer {
+        session: SessionId,
+        sdp: String,
+    },
     /// A trickled local candidate, JSON with `candidate`, `sdpMid`, `sdpMLineIndex`.
-    Ice { session: SessionId, candidate: String },
+    Ice {
+        session: SessionId,
+        candidate: String,
+    },
     /// A JSON event for the client (`slots`, `speakers`), passed through verbatim.
-    Event { session: SessionId, json: String },
+    Event {
+        session: SessionId,
+        json: String,
+    },
     /// The offer could not be answered; `code` is an `error::` code.
-    Rejected { session: SessionId, code: String, message: String },
+    Rejected {
+        session: SessionId,
+        code: String,
+        message: String,
+    },
     /// The peer connection ended (closed, failed, or left).
-    Closed { session: SessionId, reason: String },
+    Closed {
+        session: SessionId,
+        reason: String,
+    },
     /// Counters for metrics and `ctl`, sent every few seconds.
     Stats(WorkerStats),
 }
@@ -105,7 +133,10 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, IpcError> {
     Ok(postcard::from_bytes(&body[2..])?)
 }
 
-pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<(), IpcError> {
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), IpcError> {
     let frame = encode(msg)?;
     w.write_all(&frame).await?;
     Ok(())
@@ -149,14 +180,19 @@ pub fn bind_private(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
 
 /// Accepts a connection only from our own uid and, when given, from that pid.
 pub fn check_peer(stream: &tokio::net::UnixStream, pid: Option<u32>) -> Result<(), String> {
-    let cred = stream.peer_cred().map_err(|e| format!("peer credentials: {e}"))?;
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("peer credentials: {e}"))?;
     let me = nix::unistd::getuid().as_raw();
     if cred.uid() != me {
         return Err(format!("peer uid {} is not ours ({me})", cred.uid()));
     }
     if let Some(pid) = pid {
         if cred.pid() != Some(pid as i32) {
-            return Err(format!("peer pid {:?} is not the spawned worker {pid}", cred.pid()));
+            return Err(format!(
+                "peer pid {:?} is not the spawned worker {pid}",
+                cred.pid()
+            ));
         }
     }
     Ok(())
@@ -171,18 +207,31 @@ mod tests {
         let msgs = vec![
             ToWorker::Init {
                 conversation: "c".into(),
-                media: MediaConfig { bind_ip: None, ports: (1, 2), public_ip: None, max_slots: 3, ice_disconnected_ms: 1, ice_failed_ms: 2 },
+                media: MediaConfig {
+                    bind_ip: None,
+                    ports: (1, 2),
+                    public_ip: None,
+                    max_slots: 3,
+                    ice_disconnected_ms: 1,
+                    ice_failed_ms: 2,
+                },
             },
             ToWorker::Offer {
                 session: 7,
-                identity: Identity { userid: "u".into(), clientid: "c".into() },
+                identity: Identity {
+                    userid: "u".into(),
+                    clientid: "c".into(),
+                },
                 sdp: "v=0\r\n".into(),
             },
             ToWorker::Shutdown,
         ];
         for m in msgs {
             let f = encode(&m).unwrap();
-            assert_eq!(u32::from_be_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);
+            assert_eq!(
+                u32::from_be_bytes(f[..4].try_into().unwrap()) as usize,
+                f.len() - 4
+            );
             assert_eq!(decode::<ToWorker>(&f[4..]).unwrap(), m);
         }
     }
@@ -191,7 +240,10 @@ mod tests {
     fn wrong_version_and_garbage_are_errors() {
         let mut f = encode(&ToFront::Ready { pid: 1 }).unwrap();
         f[5] = 99;
-        assert!(matches!(decode::<ToFront>(&f[4..]), Err(IpcError::Version(_))));
+        assert!(matches!(
+            decode::<ToFront>(&f[4..]),
+            Err(IpcError::Version(_))
+        ));
         assert!(decode::<ToFront>(&[0, 1, 0xff, 0xff, 0xff]).is_err());
         assert!(decode::<ToFront>(&[]).is_err());
     }
@@ -203,6 +255,9 @@ mod tests {
             let _ = a.write_all(&(u32::MAX).to_be_bytes()).await;
         });
         let mut buf = Vec::new();
-        assert!(matches!(read_frame::<_, ToFront>(&mut b, &mut buf).await, Err(IpcError::TooLarge(_))));
+        assert!(matches!(
+            read_frame::<_, ToFront>(&mut b, &mut buf).await,
+            Err(IpcError::TooLarge(_))
+        ));
     }
 }

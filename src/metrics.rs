@@ -26,7 +26,8 @@ pub struct Latency {
 impl Latency {
     pub fn observe(&self, d: Duration) {
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -34,19 +35,86 @@ impl Metrics {
     pub fn render(&self, sessions: usize, workers: &[WorkerInfo]) -> String {
         let mut o = String::new();
         let mut line = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
-        line("beep_sessions", "gauge", "Clients with a signalling socket or a live peer connection.", sessions.to_string());
-        line("beep_workers", "gauge", "Running conversation workers.", workers.len().to_string());
-        line("beep_peers", "gauge", "Peer connections in all workers.", workers.iter().map(|w| w.stats.peers as u64).sum::<u64>().to_string());
-        line("beep_offers_total", "counter", "Offers dispatched to workers.", get(&self.offers));
-        line("beep_workers_spawned_total", "counter", "Worker processes started.", get(&self.workers_spawned));
-        line("beep_worker_failures_total", "counter", "Workers that exited while they had members.", get(&self.worker_failures));
-        line("beep_packets_received_total", "counter", "RTP packets received by running workers.", workers.iter().map(|w| w.stats.packets_in).sum::<u64>().to_string());
-        line("beep_packets_forwarded_total", "counter", "RTP packets forwarded by running workers.", workers.iter().map(|w| w.stats.packets_forwarded).sum::<u64>().to_string());
-        line("beep_bytes_forwarded_total", "counter", "RTP payload bytes forwarded by running workers.", workers.iter().map(|w| w.stats.bytes_forwarded).sum::<u64>().to_string());
-        for (name, l) in [("beep_permission_latency_seconds", &self.permission_latency), ("beep_join_latency_seconds", &self.join_latency)] {
+        line(
+            "beep_sessions",
+            "gauge",
+            "Clients with a signalling socket or a live peer connection.",
+            sessions.to_string(),
+        );
+        line(
+            "beep_workers",
+            "gauge",
+            "Running conversation workers.",
+            workers.len().to_string(),
+        );
+        line(
+            "beep_peers",
+            "gauge",
+            "Peer connections in all workers.",
+            workers
+                .iter()
+                .map(|w| w.stats.peers as u64)
+                .sum::<u64>()
+                .to_string(),
+        );
+        line(
+            "beep_offers_total",
+            "counter",
+            "Offers dispatched to workers.",
+            get(&self.offers),
+        );
+        line(
+            "beep_workers_spawned_total",
+            "counter",
+            "Worker processes started.",
+            get(&self.workers_spawned),
+        );
+        line(
+            "beep_worker_failures_total",
+            "counter",
+            "Workers that exited while they had members.",
+            get(&self.worker_failures),
+        );
+        line(
+            "beep_packets_received_total",
+            "counter",
+            "RTP packets received by running workers.",
+            workers
+                .iter()
+                .map(|w| w.stats.packets_in)
+                .sum::<u64>()
+                .to_string(),
+        );
+        line(
+            "beep_packets_forwarded_total",
+            "counter",
+            "RTP packets forwarded by running workers.",
+            workers
+                .iter()
+                .map(|w| w.stats.packets_forwarded)
+                .sum::<u64>()
+                .to_string(),
+        );
+        line(
+            "beep_bytes_forwarded_total",
+            "counter",
+            "RTP payload bytes forwarded by running workers.",
+            workers
+                .iter()
+                .map(|w| w.stats.bytes_forwarded)
+                .sum::<u64>()
+                .to_string(),
+        );
+        for (name, l) in [
+            ("beep_permission_latency_seconds", &self.permission_latency),
+            ("beep_join_latency_seconds", &self.join_latency),
+        ] {
             let _ = writeln!(
                 o,
                 "# TYPE {name} summary\n{name}_count {}\n{name}_sum {:.6}",

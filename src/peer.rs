@@ -16,11 +16,11 @@ use rtc::ice::mdns::MulticastDnsMode;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
 use rtc::peer_connection::transport::RTCDtlsRole;
-use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverId};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverId};
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::peer_connection::{
@@ -42,7 +42,10 @@ pub struct NegotiationError {
 
 impl NegotiationError {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        NegotiationError { code, message: message.into() }
+        NegotiationError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -77,7 +80,10 @@ pub fn opus_track(stream: &str, id: &str, ssrc: u32) -> Arc<TrackLocalStaticRTP>
         id.to_owned(),
         RtpCodecKind::Audio,
         vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
             codec: opus_codec(),
             ..Default::default()
         }],
@@ -89,9 +95,17 @@ pub fn opus_track(stream: &str, id: &str, ssrc: u32) -> Arc<TrackLocalStaticRTP>
 /// worker and the webrtc-rs test/load clients so both sides negotiate the same way.
 pub fn audio_engine() -> webrtc::error::Result<(MediaEngine, Registry)> {
     let mut engine = MediaEngine::default();
-    engine.register_codec(RTCRtpCodecParameters { rtp_codec: opus_codec(), payload_type: 111 }, RtpCodecKind::Audio)?;
+    engine.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: opus_codec(),
+            payload_type: 111,
+        },
+        RtpCodecKind::Audio,
+    )?;
     engine.register_header_extension(
-        RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.to_owned() },
+        RTCRtpHeaderExtensionCapability {
+            uri: AUDIO_LEVEL_URI.to_owned(),
+        },
         RtpCodecKind::Audio,
         Some(RTCRtpTransceiverDirection::Sendrecv),
     )?;
@@ -109,7 +123,10 @@ pub async fn build_peer(
     let mut last_err = String::from("no attempt");
     for _ in 0..16 {
         let Some(port) = free_port(ip, media.ports) else {
-            return Err(NegotiationError::new(ErrorCode::Unavailable, "no free UDP port in RTC_PORTS"));
+            return Err(NegotiationError::new(
+                ErrorCode::Unavailable,
+                "no free UDP port in RTC_PORTS",
+            ));
         };
         let (engine, registry) = audio_engine().map_err(|e| internal(e.to_string()))?;
         let mut settings = SettingEngineBuilder::new()
@@ -123,7 +140,8 @@ pub async fn build_peer(
                 None,
             );
         if let Some(public) = media.public_ip {
-            settings = settings.with_nat_1to1_ips(vec![public.to_string()], RTCIceCandidateType::Host);
+            settings =
+                settings.with_nat_1to1_ips(vec![public.to_string()], RTCIceCandidateType::Host);
         }
         let built = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
@@ -140,7 +158,9 @@ pub async fn build_peer(
             Err(e) => last_err = e.to_string(),
         }
     }
-    Err(internal(format!("cannot build a peer connection: {last_err}")))
+    Err(internal(format!(
+        "cannot build a peer connection: {last_err}"
+    )))
 }
 
 /// Probes random ports of the range until one binds. The probe socket is closed before the
@@ -167,8 +187,11 @@ pub async fn answer(
 ) -> Result<Vec<SlotTrack>, NegotiationError> {
     let bad_sdp = |e: String| NegotiationError::new(ErrorCode::BadSdp, e);
     let internal = |e: String| NegotiationError::new(ErrorCode::Internal, e);
-    let desc = RTCSessionDescription::offer(offer_sdp).map_err(|e| bad_sdp(format!("unparseable offer: {e}")))?;
-    pc.set_remote_description(desc).await.map_err(|e| bad_sdp(format!("offer rejected: {e}")))?;
+    let desc = RTCSessionDescription::offer(offer_sdp)
+        .map_err(|e| bad_sdp(format!("unparseable offer: {e}")))?;
+    pc.set_remote_description(desc)
+        .await
+        .map_err(|e| bad_sdp(format!("offer rejected: {e}")))?;
 
     let slot_sections = offer.slot_sections(max_slots);
     let last_slot_mid = slot_sections.last().map(|s| s.mid.clone());
@@ -179,7 +202,9 @@ pub async fn answer(
     transceivers.sort_by_key(|t| t.id());
     for t in transceivers {
         let mid = t.mid().await.ok().flatten().unwrap_or_default();
-        let Some(section) = offer.audio.iter().find(|s| s.mid == mid) else { continue };
+        let Some(section) = offer.audio.iter().find(|s| s.mid == mid) else {
+            continue;
+        };
         let slot = slot_sections.iter().position(|s| s.mid == mid);
         if filling {
             // add_track fills the first audio transceiver without a sender, in m-line order;
@@ -190,12 +215,20 @@ pub async fn answer(
                 Some(i) => opus_track(stream_id, &format!("slot{i}"), ssrc),
                 None => opus_track(stream_id, &format!("unused{}", section.index), ssrc),
             };
-            let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal>).await.map_err(|e| internal(format!("add_track: {e}")))?;
+            let sender = pc
+                .add_track(track.clone() as Arc<dyn TrackLocal>)
+                .await
+                .map_err(|e| internal(format!("add_track: {e}")))?;
             if RTCRtpTransceiverId::from(sender.id()) != t.id() {
                 return Err(internal(format!("slot track did not land on m-line {mid}")));
             }
             if slot.is_some() {
-                slots.push(SlotTrack { mid: mid.clone(), payload_type: section.opus_pt, ssrc, track });
+                slots.push(SlotTrack {
+                    mid: mid.clone(),
+                    payload_type: section.opus_pt,
+                    ssrc,
+                    track,
+                });
             }
             if Some(&mid) == last_slot_mid.as_ref() {
                 filling = false;
@@ -205,8 +238,13 @@ pub async fn answer(
             let _ = t.set_direction(RTCRtpTransceiverDirection::Inactive).await;
         }
     }
-    let answer = pc.create_answer(None).await.map_err(|e| internal(format!("create_answer: {e}")))?;
-    pc.set_local_description(answer).await.map_err(|e| internal(format!("set_local_description: {e}")))?;
+    let answer = pc
+        .create_answer(None)
+        .await
+        .map_err(|e| internal(format!("create_answer: {e}")))?;
+    pc.set_local_description(answer)
+        .await
+        .map_err(|e| internal(format!("set_local_description: {e}")))?;
     let _ = tokio::time::timeout(Duration::from_secs(2), gathered.recv()).await;
     Ok(slots)
 }

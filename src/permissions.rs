@@ -41,22 +41,40 @@ impl PermissionClient {
             Ok(mut u) => {
                 match u.path_segments_mut() {
                     Ok(mut p) => {
-                        p.pop_if_empty().extend(["user", userid, "conversation", conversation]);
+                        p.pop_if_empty()
+                            .extend(["user", userid, "conversation", conversation]);
                     }
-                    Err(()) => return (Verdict::Unavailable("PERMISSIONS_HOST cannot be a base URL".into()), t0.elapsed()),
+                    Err(()) => {
+                        return (
+                            Verdict::Unavailable("PERMISSIONS_HOST cannot be a base URL".into()),
+                            t0.elapsed(),
+                        );
+                    }
                 }
                 u
             }
-            Err(e) => return (Verdict::Unavailable(format!("PERMISSIONS_HOST: {e}")), t0.elapsed()),
+            Err(e) => {
+                return (
+                    Verdict::Unavailable(format!("PERMISSIONS_HOST: {e}")),
+                    t0.elapsed(),
+                );
+            }
         };
         let verdict = match self.http.get(url).send().await {
             Ok(r) => match r.status().as_u16() {
                 200 => Verdict::Allowed,
-                s @ (401 | 403 | 404) => Verdict::Denied(format!("the permissions service answered {s}")),
+                s @ (401 | 403 | 404) => {
+                    Verdict::Denied(format!("the permissions service answered {s}"))
+                }
                 s => Verdict::Unavailable(format!("the permissions service answered {s}")),
             },
-            Err(e) if e.is_timeout() => Verdict::Unavailable("the permissions service did not answer in time".into()),
-            Err(e) => Verdict::Unavailable(format!("the permissions service is unreachable: {}", e.without_url())),
+            Err(e) if e.is_timeout() => {
+                Verdict::Unavailable("the permissions service did not answer in time".into())
+            }
+            Err(e) => Verdict::Unavailable(format!(
+                "the permissions service is unreachable: {}",
+                e.without_url()
+            )),
         };
         (verdict, t0.elapsed())
     }

@@ -59,7 +59,10 @@ pub struct Room {
 impl Room {
     pub fn new(to_front: mpsc::UnboundedSender<ToFront>) -> Room {
         Room {
-            core: Mutex::new(Core { selector: Selector::new(SelectorConfig::default()), members: HashMap::new() }),
+            core: Mutex::new(Core {
+                selector: Selector::new(SelectorConfig::default()),
+                members: HashMap::new(),
+            }),
             to_front,
             packets_in: AtomicU64::new(0),
             packets_forwarded: AtomicU64::new(0),
@@ -73,10 +76,23 @@ impl Room {
     }
 
     /// A member whose answer has been sent. Sends its first `slots` event.
-    pub fn add_member(&self, session: SessionId, identity: Identity, slots: Vec<SlotOutput>, audio_level_id: Option<u8>) {
+    pub fn add_member(
+        &self,
+        session: SessionId,
+        identity: Identity,
+        slots: Vec<SlotOutput>,
+        audio_level_id: Option<u8>,
+    ) {
         let mut core = self.lock();
         core.selector.add_member(session, slots.len());
-        core.members.insert(session, Member { identity, slots, audio_level_id });
+        core.members.insert(
+            session,
+            Member {
+                identity,
+                slots,
+                audio_level_id,
+            },
+        );
         let mapping = core.selector.slots_of(session).to_vec();
         let event = slots_event(&core.members, session, &mapping);
         drop(core);
@@ -107,7 +123,10 @@ impl Room {
     fn announce(&self, core: &Core, changes: Vec<SlotChange>) {
         for c in changes {
             if let Some(json) = slots_event(&core.members, c.listener, &c.slots) {
-                let _ = self.to_front.send(ToFront::Event { session: c.listener, json });
+                let _ = self.to_front.send(ToFront::Event {
+                    session: c.listener,
+                    json,
+                });
             }
         }
     }
@@ -116,21 +135,40 @@ impl Room {
     /// audio-level extension id.
     pub fn on_rtp(&self, member: MemberId, level_id: Option<u8>, pkt: &rtp::Packet, now: Instant) {
         self.packets_in.fetch_add(1, Ordering::Relaxed);
-        let level_byte = level_id.and_then(|id| pkt.header.get_extension(id)).and_then(|b| b.first().copied());
+        let level_byte = level_id
+            .and_then(|id| pkt.header.get_extension(id))
+            .and_then(|b| b.first().copied());
         let loudness = match level_byte {
-            Some(b) => Loudness::Level { dbov: b & 0x7f, voice: b & 0x80 != 0 },
-            None => Loudness::Inferred { voiced: pkt.payload.len() >= VOICED_MIN_PAYLOAD },
+            Some(b) => Loudness::Level {
+                dbov: b & 0x7f,
+                voice: b & 0x80 != 0,
+            },
+            None => Loudness::Inferred {
+                voiced: pkt.payload.len() >= VOICED_MIN_PAYLOAD,
+            },
         };
-        let source = SourceKey { member, ssrc: pkt.header.ssrc };
+        let source = SourceKey {
+            member,
+            ssrc: pkt.header.ssrc,
+        };
         let mut core = self.lock();
         let Core { selector, members } = &mut *core;
         selector.on_audio(member, now, loudness);
         for &(listener, slot) in selector.destinations(member) {
-            let Some(m) = members.get_mut(&listener) else { continue };
+            let Some(m) = members.get_mut(&listener) else {
+                continue;
+            };
             let level_ext = m.audio_level_id.zip(level_byte);
-            let Some(out) = m.slots.get_mut(slot) else { continue };
+            let Some(out) = m.slots.get_mut(slot) else {
+                continue;
+            };
             let h = &pkt.header;
-            let Some(rw) = out.rewriter.rewrite(source, h.sequence_number, h.timestamp, h.marker, now) else { continue };
+            let Some(rw) =
+                out.rewriter
+                    .rewrite(source, h.sequence_number, h.timestamp, h.marker, now)
+            else {
+                continue;
+            };
             let mut header = rtp::header::Header {
                 version: 2,
                 padding: false,
@@ -145,7 +183,10 @@ impl Room {
                 let _ = header.set_extension(id, Bytes::copy_from_slice(&[b]));
             }
             let len = pkt.payload.len() as u64;
-            match out.tx.try_send(rtp::Packet { header, payload: pkt.payload.clone() }) {
+            match out.tx.try_send(rtp::Packet {
+                header,
+                payload: pkt.payload.clone(),
+            }) {
                 Ok(()) => {
                     self.packets_forwarded.fetch_add(1, Ordering::Relaxed);
                     self.bytes_forwarded.fetch_add(len, Ordering::Relaxed);
@@ -168,14 +209,23 @@ impl Room {
 }
 
 /// `{"type":"slots","slots":[{"slot":0,"mid":"0","userid":..,"clientid":..}]}`.
-fn slots_event(members: &HashMap<MemberId, Member>, listener: MemberId, mapping: &[Option<MemberId>]) -> Option<String> {
+fn slots_event(
+    members: &HashMap<MemberId, Member>,
+    listener: MemberId,
+    mapping: &[Option<MemberId>],
+) -> Option<String> {
     let m = members.get(&listener)?;
     let slots: Vec<_> = m
         .slots
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let who = mapping.get(i).copied().flatten().and_then(|id| members.get(&id)).map(|o| &o.identity);
+            let who = mapping
+                .get(i)
+                .copied()
+                .flatten()
+                .and_then(|id| members.get(&id))
+                .map(|o| &o.identity);
             serde_json::json!({
                 "slot": i,
                 "mid": s.mid,

@@ -48,9 +48,12 @@ impl Offer {
         // Per m-line state; `None` kind means we are in the session part.
         let mut cur: Option<(bool, AudioSection, Option<u8>)> = None;
         let mut index = 0usize;
-        let flush = |cur: &mut Option<(bool, AudioSection, Option<u8>)>, audio: &mut Vec<AudioSection>| -> Result<(), String> {
+        let flush = |cur: &mut Option<(bool, AudioSection, Option<u8>)>,
+                     audio: &mut Vec<AudioSection>|
+         -> Result<(), String> {
             if let Some((true, mut sec, opus)) = cur.take() {
-                sec.opus_pt = opus.ok_or_else(|| format!("audio m-line {} offers no Opus codec", sec.index))?;
+                sec.opus_pt =
+                    opus.ok_or_else(|| format!("audio m-line {} offers no Opus codec", sec.index))?;
                 if sec.mid.is_empty() {
                     sec.mid = sec.index.to_string();
                 }
@@ -64,13 +67,20 @@ impl Offer {
                 let is_audio = m.starts_with("audio ");
                 cur = Some((
                     is_audio,
-                    AudioSection { index, mid: String::new(), direction: Direction::SendRecv, opus_pt: 0 },
+                    AudioSection {
+                        index,
+                        mid: String::new(),
+                        direction: Direction::SendRecv,
+                        opus_pt: 0,
+                    },
                     None,
                 ));
                 index += 1;
                 continue;
             }
-            let Some((is_audio, sec, opus)) = cur.as_mut() else { continue };
+            let Some((is_audio, sec, opus)) = cur.as_mut() else {
+                continue;
+            };
             if !*is_audio {
                 continue;
             }
@@ -85,7 +95,9 @@ impl Offer {
                 }
             } else if let Some(ext) = line.strip_prefix("a=extmap:") {
                 let mut it = ext.split_whitespace();
-                let id = it.next().and_then(|i| i.split('/').next()?.parse::<u8>().ok());
+                let id = it
+                    .next()
+                    .and_then(|i| i.split('/').next()?.parse::<u8>().ok());
                 if it.next() == Some(AUDIO_LEVEL_URI) && audio_level_id.is_none() {
                     audio_level_id = id;
                 }
@@ -103,12 +115,19 @@ impl Offer {
         if audio.is_empty() {
             return Err("the offer has no audio m-line".into());
         }
-        Ok(Offer { audio, audio_level_id })
+        Ok(Offer {
+            audio,
+            audio_level_id,
+        })
     }
 
     /// Which audio sections become slots, in m-line order, at most `max_slots`.
     pub fn slot_sections(&self, max_slots: usize) -> Vec<&AudioSection> {
-        self.audio.iter().filter(|s| s.direction.client_receives()).take(max_slots).collect()
+        self.audio
+            .iter()
+            .filter(|s| s.direction.client_receives())
+            .take(max_slots)
+            .collect()
     }
 }
 
@@ -147,9 +166,12 @@ pub fn unify_bundle_ice(sdp: &str) -> String {
             }
         }
     }
-    let Some((ufrag, pwd)) = first_creds else { return sdp.to_string() };
+    let Some((ufrag, pwd)) = first_creds else {
+        return sdp.to_string();
+    };
     let differs = sections.iter().skip(1).any(|(m, u, _)| {
-        m.as_deref().is_some_and(|m| bundled.contains(&m)) && u.as_deref().is_some_and(|u| u != ufrag)
+        m.as_deref().is_some_and(|m| bundled.contains(&m))
+            && u.as_deref().is_some_and(|u| u != ufrag)
     });
     if !differs {
         return sdp.to_string();
@@ -205,10 +227,18 @@ m=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=recvonly\r\na=rtpmap:96 opus/4800
     fn reads_audio_sections_in_order() {
         let o = Offer::parse(CHROME_LIKE).unwrap();
         assert_eq!(o.audio_level_id, Some(1));
-        let mids: Vec<_> = o.audio.iter().map(|s| (s.index, s.mid.as_str(), s.direction, s.opus_pt)).collect();
+        let mids: Vec<_> = o
+            .audio
+            .iter()
+            .map(|s| (s.index, s.mid.as_str(), s.direction, s.opus_pt))
+            .collect();
         assert_eq!(
             mids,
-            vec![(0, "0", Direction::SendRecv, 111), (1, "1", Direction::RecvOnly, 111), (3, "2", Direction::RecvOnly, 96)]
+            vec![
+                (0, "0", Direction::SendRecv, 111),
+                (1, "1", Direction::RecvOnly, 111),
+                (3, "2", Direction::RecvOnly, 96)
+            ]
         );
         assert_eq!(o.slot_sections(2).len(), 2);
         assert_eq!(o.slot_sections(9).len(), 3);
@@ -217,8 +247,16 @@ m=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=recvonly\r\na=rtpmap:96 opus/4800
     #[test]
     fn rejects_what_cannot_work() {
         assert!(Offer::parse("hello").unwrap_err().contains("v=0"));
-        assert!(Offer::parse("v=0\r\nm=video 9 X 96\r\na=rtpmap:96 VP8/90000\r\n").unwrap_err().contains("no audio"));
-        assert!(Offer::parse("v=0\r\nm=audio 9 X 0\r\na=rtpmap:0 PCMU/8000\r\n").unwrap_err().contains("Opus"));
+        assert!(
+            Offer::parse("v=0\r\nm=video 9 X 96\r\na=rtpmap:96 VP8/90000\r\n")
+                .unwrap_err()
+                .contains("no audio")
+        );
+        assert!(
+            Offer::parse("v=0\r\nm=audio 9 X 0\r\na=rtpmap:0 PCMU/8000\r\n")
+                .unwrap_err()
+                .contains("Opus")
+        );
     }
 
     #[test]
@@ -241,7 +279,10 @@ a=candidate:b 1 udp 1 127.0.0.1 4001 typ host\r\na=end-of-candidates\r\na=ice-uf
 
     #[test]
     fn send_only_mic_is_not_a_slot() {
-        let o = Offer::parse("v=0\r\nm=audio 9 X 111\r\na=mid:a\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n").unwrap();
+        let o = Offer::parse(
+            "v=0\r\nm=audio 9 X 111\r\na=mid:a\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n",
+        )
+        .unwrap();
         assert!(o.slot_sections(3).is_empty());
         assert_eq!(o.audio_level_id, None);
     }

@@ -81,7 +81,10 @@ pub struct SignalError {
 
 impl SignalError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        SignalError { code, message: message.into() }
+        SignalError {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn frame(&self) -> String {
@@ -90,8 +93,11 @@ impl SignalError {
             code: &'a str,
             message: &'a str,
         }
-        let body = serde_json::to_string(&E { code: self.code.as_str(), message: &self.message })
-            .unwrap_or_else(|_| "{}".into());
+        let body = serde_json::to_string(&E {
+            code: self.code.as_str(),
+            message: &self.message,
+        })
+        .unwrap_or_else(|_| "{}".into());
         format!("error::{body}")
     }
 }
@@ -101,14 +107,20 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, SignalError> {
         return Ok(ClientFrame::Offer(text.to_string()));
     }
     let Some((kind, payload)) = text.split_once("::") else {
-        return Err(SignalError::new(ErrorCode::BadFrame, "expected a frame of the form <type>::<payload>"));
+        return Err(SignalError::new(
+            ErrorCode::BadFrame,
+            "expected a frame of the form <type>::<payload>",
+        ));
     };
     match kind {
         "offer" => Ok(ClientFrame::Offer(payload.to_string())),
         "ice" => parse_ice(payload).map(ClientFrame::Ice),
         other => Err(SignalError::new(
             ErrorCode::BadFrame,
-            format!("unknown frame type {:?}: expected offer or ice", truncate(other, 32)),
+            format!(
+                "unknown frame type {:?}: expected offer or ice",
+                truncate(other, 32)
+            ),
         )),
     }
 }
@@ -125,13 +137,20 @@ fn parse_ice(payload: &str) -> Result<Option<String>, SignalError> {
         let v = serde_json::json!({"candidate": line, "sdpMid": "0", "sdpMLineIndex": 0});
         return Ok(Some(v.to_string()));
     }
-    let v: serde_json::Value = serde_json::from_str(p)
-        .map_err(|e| SignalError::new(ErrorCode::BadFrame, format!("ice payload is neither JSON nor a candidate line: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(p).map_err(|e| {
+        SignalError::new(
+            ErrorCode::BadFrame,
+            format!("ice payload is neither JSON nor a candidate line: {e}"),
+        )
+    })?;
     match v.get("candidate") {
         Some(serde_json::Value::String(s)) if s.is_empty() => Ok(None),
         Some(serde_json::Value::String(_)) => Ok(Some(v.to_string())),
         None if v.is_null() => Ok(None),
-        _ => Err(SignalError::new(ErrorCode::BadFrame, "ice payload has no \"candidate\" string")),
+        _ => Err(SignalError::new(
+            ErrorCode::BadFrame,
+            "ice payload has no \"candidate\" string",
+        )),
     }
 }
 
@@ -148,16 +167,28 @@ mod tests {
 
     #[test]
     fn frames() {
-        assert_eq!(parse_client_frame("offer::v=0\r\n").unwrap(), ClientFrame::Offer("v=0\r\n".into()));
-        assert_eq!(parse_client_frame("v=0\r\no=-").unwrap(), ClientFrame::Offer("v=0\r\no=-".into()));
-        assert_eq!(parse_client_frame(r#"ice::{"candidate":""}"#).unwrap(), ClientFrame::Ice(None));
-        let ClientFrame::Ice(Some(j)) = parse_client_frame("ice::candidate:1 1 udp 1 127.0.0.1 5000 typ host").unwrap() else {
+        assert_eq!(
+            parse_client_frame("offer::v=0\r\n").unwrap(),
+            ClientFrame::Offer("v=0\r\n".into())
+        );
+        assert_eq!(
+            parse_client_frame("v=0\r\no=-").unwrap(),
+            ClientFrame::Offer("v=0\r\no=-".into())
+        );
+        assert_eq!(
+            parse_client_frame(r#"ice::{"candidate":""}"#).unwrap(),
+            ClientFrame::Ice(None)
+        );
+        let ClientFrame::Ice(Some(j)) =
+            parse_client_frame("ice::candidate:1 1 udp 1 127.0.0.1 5000 typ host").unwrap()
+        else {
             panic!()
         };
         assert!(j.contains("\"sdpMid\":\"0\""));
-        let ClientFrame::Ice(Some(j)) =
-            parse_client_frame(r#"ice::{"candidate":"candidate:1 1 udp 1 127.0.0.1 5 typ host","sdpMid":"0"}"#).unwrap()
-        else {
+        let ClientFrame::Ice(Some(j)) = parse_client_frame(
+            r#"ice::{"candidate":"candidate:1 1 udp 1 127.0.0.1 5 typ host","sdpMid":"0"}"#,
+        )
+        .unwrap() else {
             panic!()
         };
         assert!(j.contains("typ host"));
@@ -165,10 +196,20 @@ mod tests {
 
     #[test]
     fn bad_frames_say_why() {
-        assert_eq!(parse_client_frame("hello").unwrap_err().code, ErrorCode::BadFrame);
+        assert_eq!(
+            parse_client_frame("hello").unwrap_err().code,
+            ErrorCode::BadFrame
+        );
         let e = parse_client_frame("bogus::x").unwrap_err();
         assert!(e.message.contains("bogus"));
-        assert_eq!(parse_client_frame("ice::{nope").unwrap_err().code, ErrorCode::BadFrame);
-        assert!(SignalError::new(ErrorCode::BadSdp, "x").frame().starts_with(r#"error::{"code":"bad-sdp""#));
+        assert_eq!(
+            parse_client_frame("ice::{nope").unwrap_err().code,
+            ErrorCode::BadFrame
+        );
+        assert!(
+            SignalError::new(ErrorCode::BadSdp, "x")
+                .frame()
+                .starts_with(r#"error::{"code":"bad-sdp""#)
+        );
     }
 }

@@ -24,7 +24,12 @@ pub fn socket_dir(front: &Front) -> PathBuf {
     front.cfg.runtime_dir.join("workers")
 }
 
-pub async fn run_worker(front: Arc<Front>, conversation: String, generation: u64, rx: UnboundedReceiver<ToWorker>) {
+pub async fn run_worker(
+    front: Arc<Front>,
+    conversation: String,
+    generation: u64,
+    rx: UnboundedReceiver<ToWorker>,
+) {
     let reason = match supervise(&front, &conversation, generation, rx).await {
         Ok(r) => r,
         Err(e) => format!("{e:#}"),
@@ -81,9 +86,21 @@ async fn supervise(
         anyhow::bail!("refused worker connection: {e}");
     }
     let (mut r, mut w) = stream.into_split();
-    ipc::write_frame(&mut w, &ToWorker::Init { conversation: conversation.to_string(), media: front.cfg.media.clone() }).await?;
+    ipc::write_frame(
+        &mut w,
+        &ToWorker::Init {
+            conversation: conversation.to_string(),
+            media: front.cfg.media.clone(),
+        },
+    )
+    .await?;
     let mut buf = Vec::new();
-    match tokio::time::timeout(CONNECT_TIMEOUT, ipc::read_frame::<_, ToFront>(&mut r, &mut buf)).await {
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        ipc::read_frame::<_, ToFront>(&mut r, &mut buf),
+    )
+    .await
+    {
         Ok(Ok(ToFront::Ready { pid: p })) => front.worker_ready(conversation, generation, p),
         other => {
             let _ = child.kill().await;
@@ -138,10 +155,16 @@ async fn supervise(
         }
     };
     match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
-        Ok(Ok(status)) if !status.success() => tracing::warn!(conversation, pid, "worker exit status {status}"),
+        Ok(Ok(status)) if !status.success() => {
+            tracing::warn!(conversation, pid, "worker exit status {status}")
+        }
         Ok(_) => {}
         Err(_) => {
-            tracing::warn!(conversation, pid, "worker did not exit within {EXIT_GRACE:?}, killing it");
+            tracing::warn!(
+                conversation,
+                pid,
+                "worker did not exit within {EXIT_GRACE:?}, killing it"
+            );
             let _ = child.kill().await;
         }
     }

@@ -37,7 +37,12 @@ const STATS_EVERY: Duration = Duration::from_secs(2);
 enum Event {
     Front(ToWorker),
     FrontGone(String),
-    Negotiated { session: SessionId, identity: Identity, result: Result<Answered, NegotiationError>, audio_level_id: Option<u8> },
+    Negotiated {
+        session: SessionId,
+        identity: Identity,
+        result: Result<Answered, NegotiationError>,
+        audio_level_id: Option<u8>,
+    },
     PeerState(SessionId, RTCPeerConnectionState),
     LocalIce(SessionId, String),
 }
@@ -84,7 +89,9 @@ impl PeerConnectionEventHandler for Handler {
         tokio::spawn(async move {
             while let Some(evt) = track.poll().await {
                 match evt {
-                    TrackRemoteEvent::OnRtpPacket(pkt) => room.on_rtp(member, level_id, &pkt, Instant::now()),
+                    TrackRemoteEvent::OnRtpPacket(pkt) => {
+                        room.on_rtp(member, level_id, &pkt, Instant::now())
+                    }
                     TrackRemoteEvent::OnEnded => break,
                     _ => {}
                 }
@@ -101,7 +108,10 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
     let (mut r, mut w) = stream.into_split();
     let mut buf = Vec::new();
     let (conversation, media) = match ipc::read_frame::<_, ToWorker>(&mut r, &mut buf).await? {
-        ToWorker::Init { conversation, media } => (conversation, media),
+        ToWorker::Init {
+            conversation,
+            media,
+        } => (conversation, media),
         other => anyhow::bail!("expected Init, got {other:?}"),
     };
     let span = tracing::info_span!("worker", conversation = conversation.as_str());
@@ -117,7 +127,9 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
         }
         Ok(())
     });
-    let _ = to_front.send(ToFront::Ready { pid: std::process::id() });
+    let _ = to_front.send(ToFront::Ready {
+        pid: std::process::id(),
+    });
 
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
     {
@@ -162,18 +174,40 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
 
     let mut sessions: HashMap<SessionId, Session> = HashMap::new();
     let reason = loop {
-        let Some(event) = events.recv().await else { break "event channel closed".to_string() };
+        let Some(event) = events.recv().await else {
+            break "event channel closed".to_string();
+        };
         match event {
-            Event::Front(ToWorker::Offer { session, identity, sdp }) => {
+            Event::Front(ToWorker::Offer {
+                session,
+                identity,
+                sdp,
+            }) => {
                 tracing::info!(%identity, session, "offer");
-                sessions.insert(session, Session { pc: None, answered: false, pending_ice: Vec::new() });
-                tokio::spawn(negotiate(session, identity, sdp, media.clone(), room.clone(), events_tx.clone()));
+                sessions.insert(
+                    session,
+                    Session {
+                        pc: None,
+                        answered: false,
+                        pending_ice: Vec::new(),
+                    },
+                );
+                tokio::spawn(negotiate(
+                    session,
+                    identity,
+                    sdp,
+                    media.clone(),
+                    room.clone(),
+                    events_tx.clone(),
+                ));
             }
-            Event::Front(ToWorker::Ice { session, candidate }) => match sessions.get_mut(&session) {
-                Some(Session { pc: Some(pc), .. }) => add_candidate(pc.clone(), candidate),
-                Some(s) if s.pending_ice.len() < 64 => s.pending_ice.push(candidate),
-                _ => {}
-            },
+            Event::Front(ToWorker::Ice { session, candidate }) => {
+                match sessions.get_mut(&session) {
+                    Some(Session { pc: Some(pc), .. }) => add_candidate(pc.clone(), candidate),
+                    Some(s) if s.pending_ice.len() < 64 => s.pending_ice.push(candidate),
+                    _ => {}
+                }
+            }
             Event::Front(ToWorker::Leave { session }) => {
                 if let Some(s) = sessions.remove(&session) {
                     close_session(&room, session, s);
@@ -182,17 +216,27 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
             Event::Front(ToWorker::Shutdown) => break "shutdown requested".to_string(),
             Event::Front(ToWorker::Init { .. }) => tracing::warn!("ignoring a second Init"),
             Event::FrontGone(e) => break format!("front channel ended: {e}"),
-            Event::Negotiated { session, identity, result, audio_level_id } => {
+            Event::Negotiated {
+                session,
+                identity,
+                result,
+                audio_level_id,
+            } => {
                 let Some(s) = sessions.get_mut(&session) else {
                     // Left while negotiating.
                     if let Ok(a) = result {
-                        tokio::spawn(async move { let _ = a.pc.close().await; });
+                        tokio::spawn(async move {
+                            let _ = a.pc.close().await;
+                        });
                     }
                     continue;
                 };
                 match result {
                     Ok(a) => {
-                        let _ = to_front.send(ToFront::Answer { session, sdp: a.answer });
+                        let _ = to_front.send(ToFront::Answer {
+                            session,
+                            sdp: a.answer,
+                        });
                         s.answered = true;
                         for c in s.pending_ice.drain(..) {
                             add_candidate(a.pc.clone(), c);
@@ -204,23 +248,36 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
                     Err(e) => {
                         tracing::info!(session, "offer rejected: {}", e.message);
                         sessions.remove(&session);
-                        let _ = to_front.send(ToFront::Rejected { session, code: e.code.as_str().into(), message: e.message });
+                        let _ = to_front.send(ToFront::Rejected {
+                            session,
+                            code: e.code.as_str().into(),
+                            message: e.message,
+                        });
                     }
                 }
             }
             Event::PeerState(session, state) => {
                 tracing::debug!(session, "peer connection {state}");
-                if matches!(state, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed) {
+                if matches!(
+                    state,
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                ) {
                     if let Some(s) = sessions.remove(&session) {
                         close_session(&room, session, s);
-                        let _ = to_front.send(ToFront::Closed { session, reason: format!("peer connection {state}") });
+                        let _ = to_front.send(ToFront::Closed {
+                            session,
+                            reason: format!("peer connection {state}"),
+                        });
                     }
                 }
             }
             Event::LocalIce(session, json) => {
                 // Before the answer, candidates travel inside it.
                 if sessions.get(&session).is_some_and(|s| s.answered) {
-                    let _ = to_front.send(ToFront::Ice { session, candidate: json });
+                    let _ = to_front.send(ToFront::Ice {
+                        session,
+                        candidate: json,
+                    });
                 }
             }
         }
@@ -233,7 +290,11 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
             s.pc
         })
         .collect();
-    let _ = tokio::time::timeout(Duration::from_secs(3), futures_util::future::join_all(closing.iter().map(|pc| pc.close()))).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(3),
+        futures_util::future::join_all(closing.iter().map(|pc| pc.close())),
+    )
+    .await;
     drop(to_front);
     drop(room);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
@@ -292,21 +353,42 @@ async fn negotiate(
     let offer = match Offer::parse(&sdp) {
         Ok(o) => o,
         Err(message) => {
-            let result = Err(NegotiationError { code: crate::signal::ErrorCode::BadSdp, message });
-            let _ = events.send(Event::Negotiated { session, identity, result, audio_level_id: None });
+            let result = Err(NegotiationError {
+                code: crate::signal::ErrorCode::BadSdp,
+                message,
+            });
+            let _ = events.send(Event::Negotiated {
+                session,
+                identity,
+                result,
+                audio_level_id: None,
+            });
             return;
         }
     };
     let audio_level_id = offer.audio_level_id;
     let result = async {
         let (gathered_tx, mut gathered) = mpsc::channel(1);
-        let handler = Arc::new(Handler { session, events: events.clone(), gathered: gathered_tx, room, audio_level_id });
+        let handler = Arc::new(Handler {
+            session,
+            events: events.clone(),
+            gathered: gathered_tx,
+            room,
+            audio_level_id,
+        });
         let pc = peer::build_peer(&media, handler).await?;
         let stream_id = format!("beep-{session}");
         match peer::answer(&pc, &offer, sdp, media.max_slots, &stream_id, &mut gathered).await {
             Ok(slots) => match pc.local_description().await {
-                Some(local) => Ok(Answered { pc, answer: local.sdp, slots }),
-                None => Err(NegotiationError { code: crate::signal::ErrorCode::Internal, message: "no local description".into() }),
+                Some(local) => Ok(Answered {
+                    pc,
+                    answer: local.sdp,
+                    slots,
+                }),
+                None => Err(NegotiationError {
+                    code: crate::signal::ErrorCode::Internal,
+                    message: "no local description".into(),
+                }),
             },
             Err(e) => {
                 let _ = pc.close().await;
@@ -315,5 +397,10 @@ async fn negotiate(
         }
     }
     .await;
-    let _ = events.send(Event::Negotiated { session, identity, result, audio_level_id });
+    let _ = events.send(Event::Negotiated {
+        session,
+        identity,
+        result,
+        audio_level_id,
+    });
 }

@@ -25,7 +25,9 @@ async fn main() {
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.dev_mode {
-        tracing::warn!("DEV_MODE is on: the demo page is served at / and ?userid=&clientid= is accepted as identity");
+        tracing::warn!(
+            "DEV_MODE is on: the demo page is served at / and ?userid=&clientid= is accepted as identity"
+        );
         if cfg.permissions == beep_webrtc::config::Permissions::AllowAll {
             tracing::warn!("PERMISSIONS_HOST=allow-all: every user may join every conversation");
         }
@@ -56,7 +58,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
     };
-    axum::serve(listener, http::router(front.clone())).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, http::router(front.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     front.shutdown_workers();
     // Give the supervisors time to see their workers exit and reap them.
     let deadline = Instant::now() + Duration::from_secs(8);

@@ -6,7 +6,11 @@
 async fn main() {
     beep_webrtc::telemetry::init();
     let args: Vec<String> = std::env::args().collect();
-    let Some(socket) = args.iter().position(|a| a == "--socket").and_then(|i| args.get(i + 1)) else {
+    let Some(socket) = args
+        .iter()
+        .position(|a| a == "--socket")
+        .and_then(|i| args.get(i + 1))
+    else {
         eprintln!("usage: worker --socket PATH [--conversation ID] (started by front)");
         std::process::exit(2);
     };

@@ -47,8 +47,9 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 ART = ROOT / "target" / "browser-e2e"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-FRONT_BIN = Path(os.environ.get("FRONT_BIN", ROOT / "target" / "debug" / "front"))
-WORKER_BIN = Path(os.environ.get("WORKER_BIN", ROOT / "target" / "debug" / "worker"))
+BUILT_FRONT = Path(os.environ.get("FRONT_BIN", ROOT / "target" / "debug" / "front"))
+BUILT_WORKER = Path(os.environ.get("WORKER_BIN", ROOT / "target" / "debug" / "worker"))
+TONE_SECONDS = int(os.environ.get("TONE_SECONDS", "120"))  # longer than the suite: no loop point in a measurement
 SUITE_TIMEOUT = int(os.environ.get("BROWSER_E2E_TIMEOUT", "240"))
 FREQ_TOLERANCE = 20.0  # Hz; the analyser's bins are 5.9 Hz wide at 48 kHz / 8192
 MEASURE_MS = 2500
@@ -301,7 +302,7 @@ class Browser:
 
 
 class Front:
-    def __init__(self):
+    def __init__(self, front_bin, worker_bin):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.runtime = tempfile.mkdtemp(prefix="beep-rt-")
@@ -310,12 +311,12 @@ class Front:
         env = dict(os.environ)
         env.update({
             "DEV_MODE": "1", "PERMISSIONS_HOST": "allow-all", "LISTEN": f"127.0.0.1:{self.port}",
-            "RTC_BIND_IP": "127.0.0.1", "RUNTIME_DIR": self.runtime, "WORKER_BIN": str(WORKER_BIN),
+            "RTC_BIND_IP": "127.0.0.1", "RUNTIME_DIR": self.runtime, "WORKER_BIN": str(worker_bin),
             "NATS": "nats://127.0.0.1:4222",
             "RUST_LOG": os.environ.get("RUST_LOG", "info,beep_webrtc=debug"),
         })
         self.log = ART / "front.log"
-        self.pid = spawn([str(FRONT_BIN)], self.log, env=env, cwd=self.cwd)
+        self.pid = spawn([str(front_bin)], self.log, env=env, cwd=self.cwd)
         deadline = time.monotonic() + 20
         while True:
             if exited(self.pid):
@@ -472,11 +473,16 @@ def main():
         print(f"refusing to run: interfaces {names}; run tests/browser/run.sh (unshare -n, only lo)", file=sys.stderr)
         print("0 passed, 1 failed")
         return 2
-    for exe in (FRONT_BIN, WORKER_BIN):
+    # Run copies: a rebuild during the run (others share target/) must not swap the worker
+    # binary under a running front.
+    for exe in (BUILT_FRONT, BUILT_WORKER):
         if not exe.exists():
             print(f"missing {exe}: cargo build --bins first", file=sys.stderr)
             print("0 passed, 1 failed")
             return 2
+    bins = Path(tempfile.mkdtemp(prefix="beep-bin-"))
+    for exe in (BUILT_FRONT, BUILT_WORKER):
+        shutil.copy2(exe, bins / exe.name)
 
     def on_alarm(signum, frame):
         raise TimeoutError(f"the browser suite exceeded {SUITE_TIMEOUT} s")
@@ -489,13 +495,13 @@ def main():
     tones = {"alice": 440, "bob": 880, "carol": 660, "dave": 330}
     for name, hz in tones.items():
         subprocess.run(["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", str(tones_dir / f"{hz}.wav"),
-                        "synth", "10", "sine", str(hz), "vol", "0.5"], check=True, timeout=30)
+                        "synth", str(TONE_SECONDS), "sine", str(hz), "vol", "0.5"], check=True, timeout=30)
 
     suite = Suite()
     front = seed_srv = None
     browsers = {}
     try:
-        front = Front()
+        front = Front(bins / BUILT_FRONT.name, bins / BUILT_WORKER.name)
         say(f"front on {front.url} (pid {front.pid}), log {front.log}")
         seed_srv = start_seed_server(front.url)
         for name, hz in tones.items():
@@ -572,19 +578,19 @@ def main():
         def seed_flow(lenient=False):
             nonlocal seed_connected
             dave.open(seed_url(lenient))
-            try:
-                dave.wait_for("window.seedTest && seedTest.status().connection === 'connected'", 15,
-                              "connected media", "window.seedTest && seedTest.status()")
-            except AssertionError:
-                st = dave.eval("window.seedTest && seedTest.status()") or {}
+            # Connected, or the first message could not be used as the answer.
+            dave.wait_for("window.seedTest && (s => s.connection === 'connected' || (!s.answerApplied && s.srdErrors.length > 0))"
+                          "(seedTest.status())", 15, "connected media", "window.seedTest && seedTest.status()")
+            st = dave.eval("seedTest.status()")
+            if st["connection"] != "connected":
                 first = (st.get("received") or [""])[0]
                 if first.startswith("answer::"):
                     raise AssertionError(
                         "front answered the raw v=0 offer with an 'answer::' frame; the seed client (like the "
                         "Go service's `c.WriteMessage(mt, []byte(answer.SDP))`) uses every message as the raw "
-                        f"answer SDP, so setRemoteDescription fails. First frames received: {st.get('received')}")
-                raise
-            st = dave.eval("seedTest.status()")
+                        f"answer SDP, so setRemoteDescription fails ({st.get('srdErrors', ['?'])[0][:160]}). "
+                        f"Frames received: {[f[:60] for f in st.get('received', [])]}")
+                raise AssertionError(f"the seed client did not connect: {st}")
             assert st["m_lines"] == 1, f"the seed offer should have one m-line, has {st['m_lines']}"
             seed_connected = True
             m = dave.eval(f"seedTest.measure({MEASURE_MS})", 20)
@@ -654,6 +660,7 @@ def main():
         if front:
             front.stop()
         shutil.rmtree(tones_dir, ignore_errors=True)
+        shutil.rmtree(bins, ignore_errors=True)
 
     passed = sum(1 for _, ok, _ in suite.results if ok)
     failed = len(suite.results) - passed

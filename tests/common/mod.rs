@@ -40,7 +40,9 @@ impl Permissions {
             }
         }
         let app = axum::Router::new().route("/user/{user}/conversation/{conv}", get(check));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind permissions stand-in");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind permissions stand-in");
         let addr = listener.local_addr().expect("local addr");
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -60,7 +62,10 @@ impl Drop for Permissions {
 }
 
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A running `front`, killed (and its workers with it) when dropped.
@@ -88,7 +93,10 @@ impl Front {
             ("PERMISSIONS_TIMEOUT_MS", "1000".into()),
             ("NATS", "nats://127.0.0.1:4222".into()),
             ("DEV_MODE", "0".into()),
-            ("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn,beep_webrtc=info".into())),
+            (
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            ),
         ]);
         for (k, v) in extra {
             env.insert(k, v.to_string());
@@ -102,7 +110,12 @@ impl Front {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn front");
-        let front = Front { child, port, runtime_dir, http: reqwest::Client::new() };
+        let front = Front {
+            child,
+            port,
+            runtime_dir,
+            http: reqwest::Client::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(r) = front.http.get(front.url("/healthz")).send().await {
@@ -110,7 +123,10 @@ impl Front {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "front did not become healthy within 15 s");
+            assert!(
+                Instant::now() < deadline,
+                "front did not become healthy within 15 s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         front
@@ -140,13 +156,23 @@ impl Front {
         children_of(self.child.id())
     }
 
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    /// Running (not exited, not a zombie).
+    pub fn alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|x| x.1.trim_start().starts_with(|c| c != 'Z'))
+            })
+            .unwrap_or(false)
     }
 
     /// SIGTERM and wait; returns whether it exited within `within`.
     pub fn terminate(&mut self, within: Duration) -> bool {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::SIGTERM,
+        );
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -164,7 +190,10 @@ impl Drop for Front {
         let _ = self.child.kill();
         let _ = self.child.wait();
         for pid in workers {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::SIGKILL,
+            );
         }
     }
 }
@@ -176,11 +205,19 @@ pub fn claim(user: &str, client: &str) -> String {
 /// Live child processes of `pid` (from /proc).
 pub fn children_of(pid: u32) -> Vec<u32> {
     let mut v = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return v };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return v;
+    };
     for e in dir.flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
-        let Some(after) = stat.rsplit_once(')').map(|x| x.1) else { continue };
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some(after) = stat.rsplit_once(')').map(|x| x.1) else {
+            continue;
+        };
         let f: Vec<&str> = after.split_whitespace().collect();
         if f.first() != Some(&"Z") && f.get(1).and_then(|x| x.parse::<u32>().ok()) == Some(pid) {
             v.push(p);
