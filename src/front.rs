@@ -561,6 +561,10 @@ fn end_session(convs: &mut HashMap<String, Conversation>, client: &mut Client) {
     }
 }
 
+/// The `event::` frame that asks a client to offer again.
 pub fn reconnect_event(reason: &str) -> String {
-    serde_json::json!({"type": "reconnect", "reason": reason}).to_string()
+    format!(
+        "event::{}",
+        serde_json::json!({"type": "reconnect", "reason": reason})
+    )
 }

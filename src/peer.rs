@@ -134,10 +134,14 @@ pub async fn build_peer(
             .with_answering_dtls_role(RTCDtlsRole::Server)
             // A client that vanishes without closing (crash, lost network) is only noticed
             // by ICE consent; these bound how long its session lingers.
+            // Keepalives must come well within the disconnected timeout, or a silent but
+            // healthy listener flaps between connected and disconnected.
             .with_ice_timeouts(
                 Some(Duration::from_millis(media.ice_disconnected_ms)),
                 Some(Duration::from_millis(media.ice_failed_ms)),
-                None,
+                Some(Duration::from_millis(
+                    (media.ice_disconnected_ms / 3).clamp(100, 2000),
+                )),
             );
         if let Some(public) = media.public_ip {
             settings =

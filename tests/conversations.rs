@@ -213,3 +213,41 @@ async fn three_slots_carry_two_simultaneous_speakers() {
         c.close().await;
     }
 }
+
+/// Joining another conversation leaves the previous one: the client is told to reconnect,
+/// the old room stops carrying it, and the old worker exits once empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_elsewhere_leaves_the_previous_conversation() {
+    let perms = Permissions::start().await;
+    let front = Front::start(&perms.url(), &[]).await;
+    let mover = client(&front, "first", "mover", 1).await;
+    let stayer = client(&front, "first", "stayer", 1).await;
+    mover.start_sending("mover", 20);
+    assert!(eventually(T, || stayer.heard_from("mover") > 20).await);
+    let (status, _) = front.join("mover", "mover-phone", "second").await;
+    assert_eq!(status, 200);
+    assert!(
+        eventually(T, || mover.events().iter().any(|e| e["type"]
+            == "reconnect"
+            && e["reason"] == "conversation-changed"))
+        .await,
+        "no reconnect event: {:?}",
+        mover.events()
+    );
+    // The stayer's slot no longer carries the mover.
+    assert!(
+        eventually(T, || stayer.slot_users() == vec![None]).await,
+        "{:?}",
+        stayer.events()
+    );
+    let before = stayer.heard_from("mover");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stayer.heard_from("mover"),
+        before,
+        "media of a member who left still forwarded"
+    );
+    stayer.close().await;
+    mover.close().await;
+    assert!(eventually(Duration::from_secs(15), || front.workers().is_empty()).await);
+}
