@@ -88,6 +88,9 @@ pub struct StreamStats {
     pub first_at: Option<Instant>,
     /// One-way delay samples (µs), send → receive, capped in number.
     pub latency_us: Vec<u32>,
+    /// Per sender tag, the lowest and highest probe counter seen: with `from`, how many of
+    /// that sender's packets in between never arrived.
+    pub counters: HashMap<String, (u32, u32)>,
     last: Option<(u16, u32)>,
 }
 
@@ -129,6 +132,8 @@ struct Shared {
     closed: bool,
     state: Option<RTCPeerConnectionState>,
     connected_at: Option<Instant>,
+    first_packet_at: Option<Instant>,
+    packets: u64,
 }
 
 pub struct Client {
@@ -140,7 +145,12 @@ pub struct Client {
     /// mid → SSRC of the slot streams, as named by the answer's `a=ssrc` lines.
     pub answer_ssrcs: Vec<(String, u32)>,
     pub answer_sdp: String,
+    /// Before the WebSocket connect.
     pub started: Instant,
+    /// The WebSocket handshake completed.
+    pub ws_open_at: Instant,
+    /// The offer frame was handed to the WebSocket (after local gathering).
+    pub offer_sent_at: Instant,
     pub answer_at: Instant,
     sending: Arc<AtomicBool>,
 }
@@ -184,6 +194,8 @@ impl PeerConnectionEventHandler for Handler {
                 let now = Instant::now();
                 let probe = parse_probe(&pkt.payload);
                 let mut s = lock(&shared);
+                s.packets += 1;
+                s.first_packet_at.get_or_insert(now);
                 let st = s.streams.entry(pkt.header.ssrc).or_default();
                 st.packets += 1;
                 st.bytes += pkt.payload.len() as u64;
@@ -200,7 +212,14 @@ impl PeerConnectionEventHandler for Handler {
                     }
                 }
                 st.last = Some((pkt.header.sequence_number, pkt.header.timestamp));
-                if let Some((tag, sent, _)) = probe {
+                if let Some((tag, sent, counter)) = probe {
+                    st.counters
+                        .entry(tag.clone())
+                        .and_modify(|(lo, hi)| {
+                            *lo = (*lo).min(counter);
+                            *hi = (*hi).max(counter);
+                        })
+                        .or_insert((counter, counter));
                     *st.from.entry(tag).or_default() += 1;
                     if st.latency_us.len() < cap {
                         st.latency_us
@@ -232,6 +251,7 @@ impl Client {
         )
         .await
         .context("websocket connect timed out")??;
+        let ws_open_at = Instant::now();
         let (mut ws_sink, mut ws_stream) = ws.split();
         let (ws_out, mut ws_out_rx) = mpsc::unbounded_channel::<Message>();
         tokio::spawn(async move {
@@ -345,6 +365,7 @@ impl Client {
         ws_out
             .send(Message::text(frame))
             .map_err(|_| anyhow!("websocket closed"))?;
+        let offer_sent_at = Instant::now();
         let answer = match tokio::time::timeout(Duration::from_secs(20), answer_rx).await {
             Ok(Ok(Ok(a))) => a,
             Ok(Ok(Err(e))) => bail!("no answer: {e}"),
@@ -364,6 +385,8 @@ impl Client {
             answer_ssrcs,
             answer_sdp: answer,
             started,
+            ws_open_at,
+            offer_sent_at,
             answer_at,
             sending: Arc::new(AtomicBool::new(false)),
         })
@@ -382,6 +405,28 @@ impl Client {
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// When the peer connection first reached `connected`.
+    pub fn connected_at(&self) -> Option<Instant> {
+        lock(&self.shared).connected_at
+    }
+
+    /// When the first RTP packet arrived on any slot.
+    pub fn first_packet_at(&self) -> Option<Instant> {
+        lock(&self.shared).first_packet_at
+    }
+
+    /// RTP packets received so far over all slots (cheap: no copy of the stats).
+    pub fn packets_received(&self) -> u64 {
+        lock(&self.shared).packets
+    }
+
+    /// Forgets the latency samples gathered so far (start of a measurement window).
+    pub fn reset_latency(&self) {
+        for st in lock(&self.shared).streams.values_mut() {
+            st.latency_us.clear();
         }
     }
 

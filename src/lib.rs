@@ -13,6 +13,7 @@
 //! | module | what it is |
 //! |---|---|
 //! | [`client`] | a webrtc-rs client of the `/connect` protocol (tests, loadgen) |
+//! | [`loadgen`] | the load generator behind the `loadgen` binary: many clients, measured |
 //! | [`config`] | settings from the environment / `.env`, validated at startup |
 //! | [`identity`] | the `X-User-Claim` header and conversation ids |
 //! | [`signal`] | the `type::payload` WebSocket framing and `error::` codes (pure) |
@@ -36,6 +37,7 @@ pub mod front;
 pub mod http;
 pub mod identity;
 pub mod ipc;
+pub mod loadgen;
 pub mod metrics;
 pub mod peer;
 pub mod permissions;

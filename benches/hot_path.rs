@@ -1,0 +1,295 @@
+//! Micro-benchmarks of our own per-packet code, without sockets or the webrtc crate:
+//!
+//! - `room_on_rtp/*`: `Room::on_rtp`, the whole per-packet routing of a worker (audio-level
+//!   parse, selector update, one rewrite + header + bounded-channel `try_send` per destination),
+//!   in a room of 10 with 3 speakers (9 destinations per packet) and in a large room of
+//!   5 speakers + 95 listeners with 3 slots each (≈ 98 destinations per packet). Criterion's
+//!   throughput is set to the number of destinations, so "elem/s" is forwarded packets/s
+//!   and the time per element is our cost per forwarded packet. The slot channels are drained
+//!   every 32 packets (the writer tasks' side of the queue, amortised).
+//! - `rewrite/*`: one `SlotRewriter::rewrite`, steady and with a speaker switch.
+//! - `selector/*`: `Selector::on_audio` per packet and `Selector::tick` (every 50 ms) by room size.
+//! - `ipc/*`: encode and decode of the front ↔ worker messages (an offer with a realistic SDP,
+//!   a stats report, a slots event).
+//!
+//! Run: `cargo bench --bench hot_path` (add `-- room_on_rtp` to filter).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use beep_webrtc::identity::Identity;
+use beep_webrtc::ipc::{self, ToFront, ToWorker, WorkerStats};
+use beep_webrtc::rewrite::{SlotRewriter, SourceKey};
+use beep_webrtc::room::{Room, SLOT_QUEUE, SlotOutput};
+use beep_webrtc::slots::{Loudness, Selector, SelectorConfig};
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use rtc::rtp;
+use tokio::sync::mpsc;
+
+const LEVEL_ID: u8 = 1;
+
+fn packet(ssrc: u32, seq: u16, ts: u32, dbov: u8) -> rtp::Packet {
+    let mut header = rtp::header::Header {
+        version: 2,
+        payload_type: 111,
+        sequence_number: seq,
+        timestamp: ts,
+        ssrc,
+        ..Default::default()
+    };
+    header
+        .set_extension(LEVEL_ID, Bytes::copy_from_slice(&[0x80 | dbov]))
+        .unwrap();
+    rtp::Packet {
+        header,
+        payload: Bytes::from(vec![0xAB; 60]),
+    }
+}
+
+struct Fixture {
+    room: Room,
+    receivers: Vec<mpsc::Receiver<rtp::Packet>>,
+    _to_front: mpsc::UnboundedReceiver<ToFront>,
+    speakers: Vec<u64>,
+    destinations: usize,
+}
+
+/// `members` members, the first `speakers` of them talking, `slots` slots each.
+fn room(members: u64, speakers: u64, slots: usize) -> Fixture {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let room = Room::new(tx);
+    let mut receivers = Vec::new();
+    for m in 0..members {
+        let outputs = (0..slots)
+            .map(|i| {
+                let (tx, rx) = mpsc::channel(SLOT_QUEUE);
+                receivers.push(rx);
+                SlotOutput {
+                    mid: i.to_string(),
+                    payload_type: 111,
+                    rewriter: SlotRewriter::new(1000 + m as u32 * 10 + i as u32, 0, 0),
+                    tx,
+                }
+            })
+            .collect();
+        let identity = Identity {
+            userid: format!("u{m}"),
+            clientid: "c".into(),
+        };
+        room.add_member(m, identity, outputs, Some(LEVEL_ID));
+    }
+    let speakers: Vec<u64> = (0..speakers).collect();
+    let t0 = Instant::now();
+    for n in 0..10u16 {
+        for &s in &speakers {
+            let p = packet(s as u32, n, n as u32 * 960, 30);
+            room.on_rtp(s, Some(LEVEL_ID), &p, t0);
+        }
+    }
+    room.tick(t0);
+    for r in receivers.iter_mut() {
+        while r.try_recv().is_ok() {}
+    }
+    // Destinations of the first speaker's packets.
+    let before = room.stats().packets_forwarded;
+    let p = packet(0, 10, 9600, 30);
+    room.on_rtp(0, Some(LEVEL_ID), &p, t0);
+    let destinations = (room.stats().packets_forwarded - before) as usize;
+    for r in receivers.iter_mut() {
+        while r.try_recv().is_ok() {}
+    }
+    Fixture {
+        room,
+        receivers,
+        _to_front: rx,
+        speakers,
+        destinations,
+    }
+}
+
+fn bench_room(c: &mut Criterion) {
+    let mut g = c.benchmark_group("room_on_rtp");
+    for (name, members, speakers) in [("room10_3spk", 10u64, 3u64), ("large_5spk_95lst", 100, 5)] {
+        let mut f = room(members, speakers, 3);
+        assert!(f.destinations > 0, "{name}: no destinations");
+        g.throughput(Throughput::Elements(f.destinations as u64));
+        let t0 = Instant::now();
+        let mut n: u32 = 1000;
+        g.bench_function(BenchmarkId::new(name, f.destinations), |b| {
+            b.iter(|| {
+                // Round-robin over the speakers, 20 ms apart per speaker.
+                let s = f.speakers[(n as usize) % f.speakers.len()];
+                let k = n / f.speakers.len() as u32;
+                let p = packet(s as u32, k as u16, k.wrapping_mul(960), 30);
+                let now = t0 + Duration::from_millis(20 * k as u64);
+                f.room.on_rtp(s, Some(LEVEL_ID), black_box(&p), now);
+                n = n.wrapping_add(1);
+                if n % 32 == 0 {
+                    for r in f.receivers.iter_mut() {
+                        while r.try_recv().is_ok() {}
+                    }
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_rewrite(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rewrite");
+    g.throughput(Throughput::Elements(1));
+    let t0 = Instant::now();
+    let a = SourceKey {
+        member: 1,
+        ssrc: 11,
+    };
+    let b = SourceKey {
+        member: 2,
+        ssrc: 22,
+    };
+    g.bench_function("steady", |bch| {
+        let mut rw = SlotRewriter::new(5, 100, 1000);
+        let mut n: u32 = 0;
+        bch.iter(|| {
+            n = n.wrapping_add(1);
+            black_box(rw.rewrite(a, n as u16, n.wrapping_mul(960), false, t0))
+        })
+    });
+    g.bench_function("switch_every_packet", |bch| {
+        let mut rw = SlotRewriter::new(5, 100, 1000);
+        let mut n: u32 = 0;
+        bch.iter(|| {
+            n = n.wrapping_add(1);
+            let src = if n % 2 == 0 { a } else { b };
+            let now = t0 + Duration::from_secs(3 * n as u64);
+            black_box(rw.rewrite(src, n as u16, n.wrapping_mul(960), false, now))
+        })
+    });
+    g.finish();
+}
+
+fn bench_selector(c: &mut Criterion) {
+    let mut g = c.benchmark_group("selector");
+    let t0 = Instant::now();
+    g.bench_function("on_audio", |b| {
+        let mut s = Selector::new(SelectorConfig::default());
+        for m in 0..10 {
+            s.add_member(m, 3);
+        }
+        let mut n: u64 = 0;
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            s.on_audio(
+                n % 10,
+                t0 + Duration::from_millis(n),
+                black_box(Loudness::Level {
+                    dbov: 30,
+                    voice: true,
+                }),
+            )
+        })
+    });
+    for members in [10u64, 100, 500] {
+        let mut s = Selector::new(SelectorConfig::default());
+        for m in 0..members {
+            s.add_member(m, 3);
+        }
+        for k in 0..20u64 {
+            for m in 0..5 {
+                s.on_audio(
+                    m,
+                    t0 + Duration::from_millis(20 * k),
+                    Loudness::Level {
+                        dbov: 30 + m as u8,
+                        voice: true,
+                    },
+                );
+            }
+        }
+        let _ = s.tick(t0 + Duration::from_millis(400));
+        let mut k: u64 = 0;
+        g.bench_function(BenchmarkId::new("tick_5_speakers", members), |b| {
+            b.iter(|| {
+                k += 1;
+                let now = t0 + Duration::from_millis(400 + k % 300);
+                black_box(s.tick(now))
+            })
+        });
+    }
+    g.finish();
+}
+
+/// An offer as our webrtc-rs client makes it: three audio m-lines, ICE, DTLS, extensions.
+fn sample_offer() -> String {
+    let mut sdp = String::from(
+        "v=0\r\no=- 4215775240449105457 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1 2\r\na=msid-semantic: WMS\r\n",
+    );
+    for mid in 0..3 {
+        sdp.push_str(&format!(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=candidate:1966762134 1 udp 2130706431 127.0.0.1 51234 typ host\r\n\
+a=ice-ufrag:QWERTYUIOPASDFGH\r\na=ice-pwd:qwertyuiopasdfghjklzxcvbnm123456\r\n\
+a=fingerprint:sha-256 AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89\r\n\
+a=setup:actpass\r\na=mid:{mid}\r\na=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+a=sendrecv\r\na=msid:mic mic\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n\
+a=fmtp:111 minptime=10;useinbandfec=1\r\na=ssrc:123456789 cname:loadgen\r\n"
+        ));
+    }
+    sdp
+}
+
+fn bench_ipc(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ipc");
+    let offer = ToWorker::Offer {
+        session: 42,
+        identity: Identity {
+            userid: "user-1234".into(),
+            clientid: "client-5678".into(),
+        },
+        sdp: sample_offer(),
+    };
+    let stats = ToFront::Stats(WorkerStats {
+        peers: 100,
+        packets_in: 123_456_789,
+        packets_forwarded: 987_654_321,
+        bytes_forwarded: 59_259_259_260,
+    });
+    let event = ToFront::Event {
+        session: 42,
+        json: r#"{"type":"slots","slots":[{"slot":0,"mid":"0","userid":"alice","clientid":"a1"},{"slot":1,"mid":"1","userid":"bob","clientid":"b1"},{"slot":2,"mid":"2","userid":null,"clientid":null}]}"#.into(),
+    };
+    let offer_frame = ipc::encode(&offer).unwrap();
+    let stats_frame = ipc::encode(&stats).unwrap();
+    let event_frame = ipc::encode(&event).unwrap();
+    g.throughput(Throughput::Bytes(offer_frame.len() as u64));
+    g.bench_function("encode_offer", |b| {
+        b.iter(|| ipc::encode(black_box(&offer)).unwrap())
+    });
+    g.bench_function("decode_offer", |b| {
+        b.iter(|| ipc::decode::<ToWorker>(black_box(&offer_frame[4..])).unwrap())
+    });
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode_stats", |b| {
+        b.iter(|| ipc::encode(black_box(&stats)).unwrap())
+    });
+    g.bench_function("decode_stats", |b| {
+        b.iter(|| ipc::decode::<ToFront>(black_box(&stats_frame[4..])).unwrap())
+    });
+    g.bench_function("encode_event", |b| {
+        b.iter(|| ipc::encode(black_box(&event)).unwrap())
+    });
+    g.bench_function("decode_event", |b| {
+        b.iter(|| ipc::decode::<ToFront>(black_box(&event_frame[4..])).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = bench_room, bench_rewrite, bench_selector, bench_ipc
+}
+criterion_main!(benches);
