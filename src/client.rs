@@ -311,7 +311,7 @@ impl Client {
         // Reader: answer → oneshot; ice → pc; events and errors → shared.
         let (answer_tx, answer_rx) = oneshot::channel::<Result<String, String>>();
         {
-            let (pc, shared) = (pc.clone(), shared.clone());
+            let (pc, shared, legacy) = (pc.clone(), shared.clone(), opts.legacy_raw_offer);
             tokio::spawn(async move {
                 let mut answer_tx = Some(answer_tx);
                 while let Some(Ok(msg)) = ws_stream.next().await {
@@ -321,7 +321,16 @@ impl Client {
                         }
                         continue;
                     };
-                    let (kind, payload) = text.split_once("::").unwrap_or(("", ""));
+                    // A seed-era client gets the answer as a bare SDP frame.
+                    let (kind, payload) = if text.starts_with("v=0") {
+                        ("answer", text.as_str())
+                    } else if legacy {
+                        // The seed-era JavaScript hands every frame to setRemoteDescription:
+                        // anything but a raw SDP would break it.
+                        ("error", "a framed message was sent to a raw-SDP client")
+                    } else {
+                        text.split_once("::").unwrap_or(("", ""))
+                    };
                     match kind {
                         "answer" => {
                             if let Some(tx) = answer_tx.take() {

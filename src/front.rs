@@ -122,6 +122,8 @@ pub struct Front {
     permissions: PermissionClient,
     state: Mutex<State>,
     ids: AtomicU64,
+    /// Supervisor tasks still running (a worker process not yet reaped).
+    pub supervisors: AtomicU64,
 }
 
 /// A row of `workers()`, for health, metrics and (later) `ctl`.
@@ -143,6 +145,7 @@ impl Front {
             permissions,
             state: Mutex::new(State::default()),
             ids: AtomicU64::new(1),
+            supervisors: AtomicU64::new(0),
         })
     }
 
@@ -340,6 +343,7 @@ impl Front {
             let generation = self.next_id();
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             self.metrics.workers_spawned.fetch_add(1, Ordering::Relaxed);
+            self.supervisors.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(supervisor::run_worker(
                 self.clone(),
                 conversation.clone(),
@@ -518,13 +522,12 @@ impl Front {
         });
     }
 
-    /// Asks every worker to shut down (SIGTERM, drain); returns how many there were.
-    pub fn shutdown_workers(&self) -> usize {
+    /// Asks every worker to shut down; [`Front::supervisors`] reaches 0 once all are reaped.
+    pub fn shutdown_workers(&self) {
         let mut st = self.lock();
         for (_, c) in st.conversations.drain() {
             let _ = c.tx.send(ToWorker::Shutdown);
         }
-        st.conversations.len()
     }
 
     pub fn workers(&self) -> Vec<WorkerInfo> {

@@ -125,6 +125,8 @@ async fn signalling(
     let join_timeout = front.cfg.join_timeout;
     let limit = front.cfg.max_frame_bytes;
     let mut offer_deadline: Option<Instant> = None;
+    // A seed-era client (raw SDP offer) understands one frame: the raw SDP answer.
+    let mut legacy = false;
     loop {
         let deadline =
             offer_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
@@ -149,9 +151,12 @@ async fn signalling(
                 }
                 let result = match parse_client_frame(text.as_str()) {
                     // Offers that can never work are refused here, before a worker is involved.
-                    Ok(ClientFrame::Offer(sdp)) => match crate::sdp::Offer::parse(&sdp) {
+                    Ok(ClientFrame::Offer { sdp, legacy: raw }) => match crate::sdp::Offer::parse(&sdp) {
                         Err(m) => Err(SignalError::new(ErrorCode::BadSdp, m)),
-                        Ok(_) => front.offer(&who, sdp),
+                        Ok(_) => {
+                            legacy = raw;
+                            front.offer(&who, sdp)
+                        }
                     }
                     .map(|state| {
                         offer_deadline = (state == OfferState::WaitingForJoin).then(|| Instant::now() + join_timeout);
@@ -169,6 +174,11 @@ async fn signalling(
             }
             out = rx.recv() => match out {
                 Some(Out::Text(t)) => {
+                    let t = match (legacy, t.strip_prefix("answer::")) {
+                        (true, Some(sdp)) => sdp.to_string(),
+                        (true, None) => continue,
+                        (false, _) => t,
+                    };
                     if socket.send(Message::Text(t.into())).await.is_err() {
                         break;
                     }

@@ -135,6 +135,12 @@ impl Room {
     /// audio-level extension id.
     pub fn on_rtp(&self, member: MemberId, level_id: Option<u8>, pkt: &rtp::Packet, now: Instant) {
         self.packets_in.fetch_add(1, Ordering::Relaxed);
+        // Padding-only packets (Chromium's bandwidth probes, sent every few seconds when
+        // transport-cc is negotiated) carry no audio and no level: they must neither count
+        // as silence in the selection nor use up a slot's sequence numbers.
+        if pkt.payload.is_empty() {
+            return;
+        }
         let level_byte = level_id
             .and_then(|id| pkt.header.get_extension(id))
             .and_then(|b| b.first().copied());

@@ -6,8 +6,10 @@ use serde::Serialize;
 /// A frame from the client.
 #[derive(Debug, PartialEq)]
 pub enum ClientFrame {
-    /// `offer::<sdp>`, or a legacy frame that is the raw SDP itself (starts with `v=0`).
-    Offer(String),
+    /// `offer::<sdp>`; `legacy` when the frame was the raw SDP itself (starts with `v=0`),
+    /// as the seed README's JavaScript sends it. Such a client gets the answer as raw SDP
+    /// too, and no other frames: it hands every message to `setRemoteDescription`.
+    Offer { sdp: String, legacy: bool },
     /// `ice::<json RTCIceCandidateInit | candidate:... line>`, normalised to JSON.
     /// `None` is the end-of-candidates marker.
     Ice(Option<String>),
@@ -104,7 +106,10 @@ impl SignalError {
 
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame, SignalError> {
     if text.trim_start().starts_with("v=0") {
-        return Ok(ClientFrame::Offer(text.to_string()));
+        return Ok(ClientFrame::Offer {
+            sdp: text.to_string(),
+            legacy: true,
+        });
     }
     let Some((kind, payload)) = text.split_once("::") else {
         return Err(SignalError::new(
@@ -113,7 +118,10 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, SignalError> {
         ));
     };
     match kind {
-        "offer" => Ok(ClientFrame::Offer(payload.to_string())),
+        "offer" => Ok(ClientFrame::Offer {
+            sdp: payload.to_string(),
+            legacy: false,
+        }),
         "ice" => parse_ice(payload).map(ClientFrame::Ice),
         other => Err(SignalError::new(
             ErrorCode::BadFrame,
@@ -169,11 +177,17 @@ mod tests {
     fn frames() {
         assert_eq!(
             parse_client_frame("offer::v=0\r\n").unwrap(),
-            ClientFrame::Offer("v=0\r\n".into())
+            ClientFrame::Offer {
+                sdp: "v=0\r\n".into(),
+                legacy: false
+            }
         );
         assert_eq!(
             parse_client_frame("v=0\r\no=-").unwrap(),
-            ClientFrame::Offer("v=0\r\no=-".into())
+            ClientFrame::Offer {
+                sdp: "v=0\r\no=-".into(),
+                legacy: true
+            }
         );
         assert_eq!(
             parse_client_frame(r#"ice::{"candidate":""}"#).unwrap(),

@@ -36,6 +36,9 @@ pub async fn run_worker(
     };
     tracing::info!(conversation, generation, "worker ended: {reason}");
     front.worker_gone(&conversation, generation, &reason);
+    front
+        .supervisors
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 async fn supervise(

@@ -62,11 +62,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown)
         .await?;
     front.shutdown_workers();
-    // Give the supervisors time to see their workers exit and reap them.
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while !front.workers().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Wait for every supervisor to see its worker exit and reap it (each kills its worker
+    // after a grace period, so this ends).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while front.supervisors.load(std::sync::atomic::Ordering::Relaxed) > 0
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(())
 }

@@ -7,16 +7,21 @@ namespace that has only loopback (every packet provably stays on 127.0.0.1). Deb
 on --remote-debugging-pipe (NUL-separated JSON on fds 3 and 4: no websocket client needed).
 
 What it does:
-  * makes pure tones with sox (440, 880, 660, 330 Hz), one per Chromium instance
-    (--use-file-for-fake-audio-capture is per browser process);
-  * starts front (DEV_MODE=1, PERMISSIONS_HOST=allow-all) on a free port, and a tiny HTTP
-    server that serves tests/browser/seed.html and forwards POST /join to front with the
-    X-User-Claim header, as the auth proxy would;
-  * alice (440) and bob (880) join room1 through the demo page; carol (660) joins room2;
-    each page measures the dominant frequency of every received slot (WebAudio AnalyserNode)
-    and of its own microphone; dave (330) runs the seed README's JavaScript flow into room1;
-  * screenshots alice's page mid-conversation; kills room1's worker and checks that the
-    pages are told to reconnect, do it, and hear each other again.
+  * makes pure tones with sox (alice 440, bob 880, carol 660, dave 330 Hz), one per Chromium
+    instance (--use-file-for-fake-audio-capture is per browser process);
+  * starts front (DEV_MODE=1, PERMISSIONS_HOST=allow-all) on a free port, from copies of the
+    binaries, and a tiny HTTP server that serves tests/browser/seed.html and forwards
+    POST /join to front with the X-User-Claim header, as the auth proxy would;
+  * alice and bob join room1 through the demo page, carol joins room2; each page measures the
+    dominant frequency of every received slot and of its own microphone (WebAudio
+    AnalyserNode, window.beepTest.measure): alice hears only 880 Hz, bob only 440 Hz, carol
+    nothing; screenshot of alice's page;
+  * dave's browser runs the seed README's JavaScript (raw v=0 offer, one m-line, POST /join)
+    into room1 and must hear alice or bob; then joins as a demo page with one slot: alice and
+    bob hear both others on separate slots, and dave's one slot does not flap;
+  * kills room1's worker: the pages are told to reconnect, say so, re-offer and hear each
+    other again while room2 is undisturbed; a second tab with carol's client id replaces her
+    session and her page shows the server's error in words.
 
 Artifacts (logs, screenshot) go to target/browser-e2e/. --update-screenshot also copies the
 screenshot to docs/demo.png. Exit code 0 when every test passed; the last line of output
@@ -102,15 +107,35 @@ def exited(pid):
         return True
 
 
-def stop_group(pid, grace=5.0, sig=signal.SIGTERM):
-    """Signal process group `pid` (the one spawn() made), wait for the leader, then SIGKILL what is left."""
+def group_members(pgid):
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                pids.append(int(d))
+    return pids
+
+
+def stop_group(pid, grace=5.0):
+    """SIGTERM the process `pid` that spawn() started, wait for it, then SIGKILL whatever is
+    left in its process group. Returns the pids that were left behind (should be none)."""
     try:
-        os.killpg(pid, sig)
+        os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and not exited(pid):
         time.sleep(0.05)
+    # Whatever the leader leaves in its group gets a moment to finish on its own.
+    deadline = time.monotonic() + 5
+    left = [p for p in group_members(pid) if p != pid]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [p for p in group_members(pid) if p != pid]
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -118,6 +143,7 @@ def stop_group(pid, grace=5.0, sig=signal.SIGTERM):
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline and not exited(pid):
         time.sleep(0.05)
+    return left
 
 
 def free_port():
@@ -276,7 +302,8 @@ class Browser:
                              + (f"; last error: {last}" if last else ""))
 
     def screenshot(self, path, width=1000):
-        height = int(self.eval("Math.ceil(document.documentElement.scrollHeight)") or 800)
+        height = int(self.eval("Math.ceil(Math.max(...[...document.body.children].map(e => e.getBoundingClientRect().bottom))"
+                               " + 20)") or 800)
         self.cdp.call("Emulation.setDeviceMetricsOverride",
                       {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, self.session)
         time.sleep(0.3)  # a few meter updates at the new size
@@ -349,7 +376,9 @@ class Front:
         return None
 
     def stop(self):
-        stop_group(self.pid, grace=8)
+        left = stop_group(self.pid, grace=8)
+        if left:
+            say(f"note: processes of front's group still running 5 s after front exited on SIGTERM: {left} (killed)")
         shutil.rmtree(self.runtime, ignore_errors=True)
         shutil.rmtree(self.cwd, ignore_errors=True)
 
@@ -568,18 +597,16 @@ def main():
         suite.run("screenshot of the demo page mid-conversation", screenshot)
 
         def seed_url(lenient=False):
-            q = {"server": f"127.0.0.1:{front.port}", "conversation": "room1", "userid": "dave", "clientid": "dave-seed"}
+            q = {"server": f"127.0.0.1:{front.port}", "conversation": "room1", "userid": "seed", "clientid": "seed-client"}
             if lenient:
                 q["lenient"] = 1
             return f"http://127.0.0.1:{seed_srv.server_address[1]}/seed.html?" + urllib.parse.urlencode(q)
 
-        seed_connected = False
-
         def seed_flow(lenient=False):
-            nonlocal seed_connected
             dave.open(seed_url(lenient))
             # Connected, or the first message could not be used as the answer.
-            dave.wait_for("window.seedTest && (s => s.connection === 'connected' || (!s.answerApplied && s.srdErrors.length > 0))"
+            dave.wait_for("window.seedTest && (s => s.connection === 'connected' || "
+                          "(s.received.length > 0 && s.pending === 0 && !s.answerApplied && s.srdErrors.length > 0))"
                           "(seedTest.status())", 15, "connected media", "window.seedTest && seedTest.status()")
             st = dave.eval("seedTest.status()")
             if st["connection"] != "connected":
@@ -592,9 +619,9 @@ def main():
                         f"Frames received: {[f[:60] for f in st.get('received', [])]}")
                 raise AssertionError(f"the seed client did not connect: {st}")
             assert st["m_lines"] == 1, f"the seed offer should have one m-line, has {st['m_lines']}"
-            seed_connected = True
             m = dave.eval(f"seedTest.measure({MEASURE_MS})", 20)
-            say(f"  dave (seed, {'lenient' if lenient else 'strict'}): {m}; frames received: {st['received']}")
+            say(f"  seed client (dave's browser, {'lenient' if lenient else 'strict'}): {m}; "
+                f"frames received: {[f[:70] for f in st['received']]}")
             assert m["freq"] is not None and (near(m["freq"], 440) or near(m["freq"], 880)), \
                 f"the seed client does not hear alice (440 Hz) or bob (880 Hz): {m}"
 
@@ -608,17 +635,41 @@ def main():
             except Exception as e:  # noqa: BLE001
                 say(f"DIAG lenient seed client failed too: {e}")
 
-        def three_speakers():
-            assert seed_connected, "the seed client is not connected"
+        def third_member():
+            # dave joins room1 through the demo page with a single slot. alice and bob (three slots
+            # each) must hear both others on separate slots; dave's one slot carries alice or bob
+            # and, as both speak equally loud without pause, keeps whoever got it (SPEC §4: no flapping).
+            q = urllib.parse.urlencode({"name": "dave", "conversation": "room1", "autojoin": 1, "test": 1,
+                                        "clientid": "dave-tab", "slots": 1})
+            dave.open(f"{front.url}/?{q}")
+            dave.wait_for("window.beepTest && (s => s.media === 'connected' && (s.slots || []).some(x => x.userid))"
+                          "(beepTest.status())", 10, "connected media with someone in its slot", STATUS)
             alice.wait_for(slot_user("dave"), 10, "dave in a slot", STATUS)
-            ma, mb = measure_all([alice, bob])
-            say("  " + describe(ma))
-            say("  " + describe(mb))
+            bob.wait_for(slot_user("dave"), 5, "dave in a slot", STATUS)
+            ma, mb, md = measure_all([alice, bob, dave])
+            for m in (ma, mb, md):
+                say("  " + describe(m))
             assert_hears(ma, 440, {"bob": 880, "dave": 330})
             assert_hears(mb, 880, {"alice": 440, "dave": 330})
+            who = md["slots"][0].get("userid")
+            assert who in ("alice", "bob"), f"dave's slot: {describe(md)}"
+            assert_hears(md, 330, {who: tones[who]})
 
-        suite.run("three speakers: alice and bob each hear the two others on separate slots", three_speakers)
-        dave.open("about:blank")  # the seed client leaves; it does not understand reconnect events
+        suite.run("three members: alice and bob hear the two others on separate slots, dave (one slot) hears one",
+                  third_member)
+
+        def sticky():
+            time.sleep(5)  # dave has been in room1 for ~3 s already: watch ~8 s since the join in all
+            hist = dave.eval("beepTest.status().slotHistory")
+            t0 = hist[0][0] if hist else 0
+            trace = [(t - t0, users[0]) for t, users in hist]
+            say(f"  dave's one slot since joining (ms, userid): {trace}")
+            # Taking a free slot is fine; handing it from one steady speaker to the other is a flap.
+            flaps = [(a, b) for a, b in zip(trace, trace[1:]) if {a[1], b[1]} == {"alice", "bob"}]
+            assert not flaps, f"the slot went back and forth between alice and bob {len(flaps)} times: {trace}"
+
+        suite.run("sticky slots: dave's one slot keeps its speaker while alice and bob talk equally loud", sticky)
+        dave.open("about:blank")  # dave leaves room1 before the reconnect test
 
         def reconnect():
             pid = front.worker_pid("room1")
@@ -626,10 +677,20 @@ def main():
             other = front.worker_pid("room2")
             say(f"  killing room1's worker (pid {pid}) with SIGKILL")
             os.kill(pid, signal.SIGKILL)
-            told = ("window.beepTest && (s => s.reconnects >= 1 && s.media === 'connected' && "
+            for b in (alice, bob):
+                try:
+                    b.wait_for("window.beepTest && beepTest.status().reconnects >= 1", 5,
+                               "event::{\"type\":\"reconnect\"} from the server", STATUS)
+                except AssertionError as e:
+                    odd = b.eval("document.getElementById('log').textContent.split('\\n')"
+                                 ".filter(l => l.includes('unknown frame')).slice(0, 3)")
+                    if odd:
+                        raise AssertionError(f"{e}; the page received frames it could not classify: {odd}")
+                    raise
+            back = ("window.beepTest && (s => s.media === 'connected' && "
                     "(s.slots || []).some(x => x.userid === %s))(beepTest.status())")
-            alice.wait_for(told % '"bob"', 20, "reconnect and media connected again with bob in a slot", STATUS)
-            bob.wait_for(told % '"alice"', 10, "reconnect and media connected again with alice in a slot", STATUS)
+            alice.wait_for(back % '"bob"', 15, "media connected again with bob in a slot", STATUS)
+            bob.wait_for(back % '"alice"', 10, "media connected again with alice in a slot", STATUS)
             banners = alice.eval("beepTest.status().banners")
             assert any("reconnect" in b["text"].lower() for b in banners), f"alice's page does not tell the user: {banners}"
             say(f"  alice's page says: {[b['text'] for b in banners]}")
@@ -646,6 +707,23 @@ def main():
 
         suite.run("reconnect: room1's worker dies; the pages say so, re-offer, and hear each other again; room2 undisturbed",
                   reconnect)
+        def server_error():
+            # A second tab with carol's client id replaces carol's session: the server sends her
+            # error::{"code":"too-many-sessions",...} and closes; her page must say so in words.
+            q = urllib.parse.urlencode({"name": "carol", "conversation": "room2", "autojoin": 1, "test": 1,
+                                        "clientid": "carol-tab"})
+            dave.open(f"{front.url}/?{q}")
+            carol.wait_for("window.beepTest && beepTest.status().errors.length > 0", 10, "an error frame", STATUS)
+            st = carol.eval("beepTest.status()")
+            err = st["errors"][0]
+            shown = [b["text"] for b in st["banners"] if b["kind"] == "error"]
+            say(f"  carol's page says: {shown}")
+            assert err.get("code") and err.get("message"), f"error frame without code or message: {err}"
+            assert any(err["message"] in t for t in shown), f"the page does not show {err['message']!r}: {st['banners']}"
+            assert not st["joined"] and st["signalling"] in ("closed", "idle"), f"carol's page did not stop: {st}"
+
+        suite.run("errors: a page shows the server's error:: message in words (its session replaced by another tab)",
+                  server_error)
         if not joined:
             say("(the later tests depend on the first one)")
     except Exception as e:  # noqa: BLE001 - setup failures count as a failed test
@@ -653,12 +731,14 @@ def main():
         say(f"FAIL setup: {type(e).__name__}: {e}")
     finally:
         signal.alarm(0)
-        for b in browsers.values():
-            b.close()
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(browsers))) as ex:
+            list(ex.map(lambda b: b.close(), browsers.values()))
         if seed_srv:
             seed_srv.shutdown()
         if front:
+            t = time.monotonic()
             front.stop()
+            say(f"front stopped in {time.monotonic() - t:.1f} s")
         shutil.rmtree(tones_dir, ignore_errors=True)
         shutil.rmtree(bins, ignore_errors=True)
 

@@ -1,0 +1,130 @@
+//! Process lifecycle: a worker that dies affects only its conversation (its clients are told
+//! to reconnect, and can), and SIGTERM on front leaves nothing behind.
+
+mod common;
+
+use std::time::Duration;
+
+use beep_webrtc::client::{Client, ClientOptions};
+use common::{Front, Permissions, eventually};
+
+const T: Duration = Duration::from_secs(20);
+
+async fn member(front: &Front, conv: &str, user: &str) -> Client {
+    let c = Client::connect(ClientOptions::new(
+        front.ws(&format!("?conversation={conv}")),
+        user,
+        "app",
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{user}: {e:#}"));
+    c.wait_connected(T).await.expect("connected");
+    c
+}
+
+fn worker_of(front: &Front, conversation: &str) -> Option<u32> {
+    front.workers().into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| {
+                String::from_utf8_lossy(&c)
+                    .split('\0')
+                    .any(|a| a == conversation)
+            })
+            .unwrap_or(false)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_worker_only_affects_its_conversation() {
+    let perms = Permissions::start().await;
+    let front = Front::start(&perms.url(), &[]).await;
+    let a1 = member(&front, "doomed", "a1").await;
+    let a2 = member(&front, "doomed", "a2").await;
+    let b1 = member(&front, "safe", "b1").await;
+    let b2 = member(&front, "safe", "b2").await;
+    a1.start_sending("a1", 20);
+    b1.start_sending("b1", 20);
+    assert!(eventually(T, || a2.heard_from("a1") > 20 && b2.heard_from("b1") > 20).await);
+    let doomed = worker_of(&front, "doomed").expect("worker of 'doomed'");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(doomed as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .expect("kill worker");
+    let told = |c: &Client| {
+        c.events()
+            .iter()
+            .any(|e| e["type"] == "reconnect" && e["reason"] == "worker-exited")
+    };
+    assert!(
+        eventually(T, || told(&a1) && told(&a2)).await,
+        "a1 {:?} a2 {:?}",
+        a1.events(),
+        a2.events()
+    );
+    // The other conversation carries on, untouched.
+    let before = b2.heard_from("b1");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        b2.heard_from("b1") > before + 20,
+        "the other conversation stalled"
+    );
+    assert!(!told(&b1) && !told(&b2));
+    // The clients of the dead worker re-offer and talk again through a fresh worker.
+    a1.close().await;
+    a2.close().await;
+    let a1 = member(&front, "doomed", "a1").await;
+    let a2 = member(&front, "doomed", "a2").await;
+    a1.start_sending("a1", 20);
+    assert!(
+        eventually(T, || a2.heard_from("a1") > 20).await,
+        "no audio after the re-offer"
+    );
+    assert_ne!(worker_of(&front, "doomed"), Some(doomed));
+    let r = front
+        .http
+        .get(front.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(r.contains("beep_worker_failures_total 1"), "{r}");
+    for c in [&a1, &a2, &b1, &b2] {
+        c.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_workers_and_leaves_nothing_behind() {
+    let perms = Permissions::start().await;
+    let mut front = Front::start(&perms.url(), &[]).await;
+    let a = member(&front, "one", "a").await;
+    let b = member(&front, "two", "b").await;
+    let workers = front.workers();
+    assert_eq!(workers.len(), 2);
+    assert!(
+        front.terminate(Duration::from_secs(15)),
+        "front did not exit after SIGTERM"
+    );
+    for pid in workers {
+        assert!(
+            eventually(Duration::from_millis(300), || !std::path::Path::new(
+                &format!("/proc/{pid}")
+            )
+            .exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| s.contains(") Z"))
+                    .unwrap_or(true))
+            .await,
+            "worker {pid} outlived front"
+        );
+    }
+    let sockets_left: Vec<_> = std::fs::read_dir(front.runtime_dir.path().join("workers"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(sockets_left.is_empty(), "left behind: {sockets_left:?}");
+    a.close().await;
+    b.close().await;
+}
