@@ -28,8 +28,8 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, SettingEngineBuilder,
+    RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
 };
 
 use crate::identity::Identity;
@@ -132,6 +132,7 @@ struct Shared {
     closed: bool,
     state: Option<RTCPeerConnectionState>,
     connected_at: Option<Instant>,
+    ice_connected_at: Option<Instant>,
     first_packet_at: Option<Instant>,
     packets: u64,
 }
@@ -174,6 +175,13 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
             let _ = self.gathered.try_send(());
+        }
+    }
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        if state == RTCIceConnectionState::Connected {
+            lock(&self.shared)
+                .ice_connected_at
+                .get_or_insert(Instant::now());
         }
     }
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
@@ -247,7 +255,10 @@ impl Client {
         }
         let (ws, _) = tokio::time::timeout(
             Duration::from_secs(10),
-            tokio_tungstenite::connect_async(req),
+            // TCP_NODELAY, as browsers do: with Nagle, the offer frame waits behind the
+            // unacknowledged `ice::` frames trickled before it for the server's delayed ACK
+            // (~40 ms on Linux), which would be charged to the server's answer time.
+            tokio_tungstenite::connect_async_with_config(req, None, true),
         )
         .await
         .context("websocket connect timed out")??;
@@ -420,6 +431,11 @@ impl Client {
     /// When the peer connection first reached `connected`.
     pub fn connected_at(&self) -> Option<Instant> {
         lock(&self.shared).connected_at
+    }
+
+    /// When ICE first reached `connected` (before DTLS: `connected_at` is ICE + DTLS).
+    pub fn ice_connected_at(&self) -> Option<Instant> {
+        lock(&self.shared).ice_connected_at
     }
 
     /// When the first RTP packet arrived on any slot.

@@ -613,6 +613,10 @@ pub struct JoinRecord {
     /// Offer frame sent → answer frame received: the server's share of the join.
     pub offer_to_answer_ms: f64,
     pub ws_open_to_answer_ms: f64,
+    /// ICE connectivity checks done (DTLS not yet).
+    pub ws_open_to_ice_connected_ms: Option<f64>,
+    /// Peer connection `connected`: ICE and DTLS (our webrtc-rs client is the DTLS client,
+    /// which costs ~200 ms, a crate quirk: see RECIPES "Answer as DTLS server").
     pub ws_open_to_connected_ms: Option<f64>,
     pub ws_open_to_first_packet_ms: Option<f64>,
 }
@@ -621,7 +625,9 @@ pub struct JoinRecord {
 pub struct JoinDists {
     pub count: usize,
     pub offer_to_answer: Dist,
+    pub ws_open_to_offer: Dist,
     pub ws_open_to_answer: Dist,
+    pub ws_open_to_ice_connected: Dist,
     pub ws_open_to_connected: Dist,
     pub ws_open_to_first_packet: Dist,
     /// Answered but never connected / never heard the speakers that were there.
@@ -641,7 +647,9 @@ impl JoinDists {
         JoinDists {
             count: recs.len(),
             offer_to_answer: get(&|r| Some(r.offer_to_answer_ms)),
+            ws_open_to_offer: get(&|r| Some(r.ws_open_to_offer_ms)),
             ws_open_to_answer: get(&|r| Some(r.ws_open_to_answer_ms)),
+            ws_open_to_ice_connected: get(&|r| r.ws_open_to_ice_connected_ms),
             ws_open_to_connected: get(&|r| r.ws_open_to_connected_ms),
             ws_open_to_first_packet: get(&|r| {
                 r.ws_open_to_first_packet_ms.filter(|_| expect_packet(r))
@@ -663,6 +671,10 @@ impl JoinDists {
         }
         println!("  {name} joins: {}", self.count);
         println!(
+            "    ws open → offer sent      {}",
+            self.ws_open_to_offer.line()
+        );
+        println!(
             "    offer → answer (server)   {}",
             self.offer_to_answer.line()
         );
@@ -672,6 +684,10 @@ impl JoinDists {
         );
         println!(
             "    ws open → ICE connected   {}",
+            self.ws_open_to_ice_connected.line()
+        );
+        println!(
+            "    ws open → DTLS connected  {}",
             self.ws_open_to_connected.line()
         );
         println!(
@@ -884,6 +900,7 @@ async fn join_one(
         ws_open_to_offer_ms: 0.0,
         offer_to_answer_ms: 0.0,
         ws_open_to_answer_ms: 0.0,
+        ws_open_to_ice_connected_ms: None,
         ws_open_to_connected_ms: None,
         ws_open_to_first_packet_ms: None,
     };
@@ -1193,6 +1210,7 @@ async fn load(o: &Options, server: &Server, report: &mut Report) -> anyhow::Resu
         .map(|j| {
             let mut r = j.record.clone();
             if let Some(c) = &j.client {
+                r.ws_open_to_ice_connected_ms = c.ice_connected_at().map(|t| ms(t - c.ws_open_at));
                 r.ws_open_to_connected_ms = c.connected_at().map(|t| ms(t - c.ws_open_at));
                 r.ws_open_to_first_packet_ms = c.first_packet_at().map(|t| ms(t - c.ws_open_at));
             }
@@ -1269,6 +1287,7 @@ async fn churn_cycle(
         ws_open_to_offer_ms: ms(c.offer_sent_at - c.ws_open_at),
         offer_to_answer_ms: ms(c.answer_at - c.offer_sent_at),
         ws_open_to_answer_ms: ms(c.answer_at - c.ws_open_at),
+        ws_open_to_ice_connected_ms: None,
         ws_open_to_connected_ms: None,
         ws_open_to_first_packet_ms: None,
     };
@@ -1279,6 +1298,7 @@ async fn churn_cycle(
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+    r.ws_open_to_ice_connected_ms = c.ice_connected_at().map(|t| ms(t - c.ws_open_at));
     r.ws_open_to_connected_ms = c.connected_at().map(|t| ms(t - c.ws_open_at));
     r.ws_open_to_first_packet_ms = c.first_packet_at().map(|t| ms(t - c.ws_open_at));
     c.close().await;
@@ -1419,6 +1439,7 @@ async fn churn(o: &Options, server: &Server, report: &mut Report) -> anyhow::Res
                 ws_open_to_offer_ms: 0.0,
                 offer_to_answer_ms: 0.0,
                 ws_open_to_answer_ms: 0.0,
+                ws_open_to_ice_connected_ms: None,
                 ws_open_to_connected_ms: None,
                 ws_open_to_first_packet_ms: None,
             }),
