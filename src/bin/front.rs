@@ -38,7 +38,19 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("LISTEN {}: {e}", cfg.listen))?;
     let front = Front::new(cfg);
-    tracing::info!(addr = %listener.local_addr()?, "front listening");
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "front listening");
+    if front.cfg.dev_mode {
+        let host = if addr.ip().is_unspecified() {
+            "localhost".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        tracing::info!(
+            "demo page: open http://{host}:{}/ in two tabs and talk",
+            addr.port()
+        );
+    }
     {
         let front = front.clone();
         tokio::spawn(async move {
