@@ -128,3 +128,49 @@ async fn sigterm_stops_workers_and_leaves_nothing_behind() {
     a.close().await;
     b.close().await;
 }
+
+/// A worker that breaks the protocol is killed, never trusted; its clients are told to
+/// reconnect, and front keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_sends_garbage_is_killed() {
+    let perms = Permissions::start().await;
+    let front = Front::start(
+        &perms.url(),
+        &[(
+            "WORKER_BIN",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/garbage_worker.py"),
+        )],
+    )
+    .await;
+    let connecting = tokio::spawn(Client::connect(ClientOptions::new(
+        front.ws("?conversation=bad"),
+        "u",
+        "c",
+    )));
+    // The impostor is spawned for the offer, then killed for what it sent.
+    assert!(
+        eventually(T, || !front.workers().is_empty()).await,
+        "no worker spawned"
+    );
+    let impostor = front.workers()[0];
+    assert!(
+        eventually(T, || !std::path::Path::new(&format!("/proc/{impostor}"))
+            .exists())
+        .await,
+        "the worker that sent garbage is still alive"
+    );
+    // No answer ever comes from it; the client learns why and front is fine.
+    let outcome = tokio::time::timeout(Duration::from_secs(5), connecting).await;
+    assert!(
+        !matches!(outcome, Ok(Ok(Ok(_)))),
+        "an answer came from a garbage worker"
+    );
+    let r = front
+        .http
+        .get(front.url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(r.status(), 200);
+    assert!(front.alive());
+}
