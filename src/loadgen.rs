@@ -57,6 +57,8 @@ Churn (instead of load):
   --churn-concurrency C     cycles in flight at once (default 4)
   --churn-spawn             every cycle in a new conversation (worker spawn each time)
                             instead of one warm conversation with an anchor speaker
+  --churn-rounds R          repeat the CYCLES R times, with a snapshot after each round (growth
+                            in round 1 only is a high-water mark, growth in every round a leak)
   --settle SECS             after the cycles, wait at most this long for the server to drop
                             every closed session (default 60)
 
@@ -88,6 +90,7 @@ pub struct Options {
     pub churn: usize,
     pub churn_concurrency: usize,
     pub churn_spawn: bool,
+    pub churn_rounds: usize,
     pub settle: f64,
     pub json: Option<PathBuf>,
     pub prefix: String,
@@ -116,6 +119,7 @@ impl Default for Options {
             churn: 0,
             churn_concurrency: 4,
             churn_spawn: false,
+            churn_rounds: 1,
             settle: 60.0,
             json: None,
             prefix: format!("lg{}", std::process::id()),
@@ -168,6 +172,7 @@ impl Options {
                 "--churn" => o.churn = num(a, val()?)?,
                 "--churn-concurrency" => o.churn_concurrency = num(a, val()?)?,
                 "--settle" => o.settle = num(a, val()?)?,
+                "--churn-rounds" => o.churn_rounds = num(a, val()?)?,
                 "--json" => o.json = Some(val()?.into()),
                 "--prefix" => o.prefix = val()?,
                 "-h" | "--help" => bail!("{USAGE}"),
@@ -187,6 +192,7 @@ impl Options {
             bail!("--prefix must be letters, digits, '-' or '_'");
         }
         o.churn_concurrency = o.churn_concurrency.max(1);
+        o.churn_rounds = o.churn_rounds.max(1);
         Ok(o)
     }
 }
@@ -791,7 +797,10 @@ pub struct ChurnReport {
     pub failed: usize,
     pub warmup_cycles: usize,
     pub elapsed_s: f64,
+    pub rounds: usize,
     pub before: Snapshot,
+    /// After each round of `cycles`, once settled.
+    pub after_round: Vec<Snapshot>,
     pub after: Snapshot,
     pub front_delta: ProcDelta,
     /// Only when the same workers are there before and after (warm mode).
@@ -840,6 +849,9 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         load(&o, &server, &mut report).await
     };
     server.stop();
+    if result.is_err() && !server.log_path().is_empty() {
+        eprintln!("front log kept: {}", server.log_path());
+    }
     result?;
     if let (false, Some(dir)) = (o.keep_log, &server.runtime_dir) {
         let _ = std::fs::remove_dir_all(dir);
@@ -1069,6 +1081,11 @@ async fn load(o: &Options, server: &Server, report: &mut Report) -> anyhow::Resu
     let jiffies1: Vec<_> = (0..cpu_count()).map(cpu_jiffies).collect();
     let me1 = proc_sample(std::process::id()).unwrap_or_default();
     let window = (t1 - t0).as_secs_f64();
+    if let Some(pid) = server.front_pid {
+        if proc_sample(pid).is_none() {
+            bail!("front (pid {pid}) is gone: it exited or was killed during the run");
+        }
+    }
     let latency: Vec<f64> = clients
         .iter()
         .flat_map(|c| c.streams())
@@ -1307,6 +1324,9 @@ async fn churn_cycle(
 
 async fn churn(o: &Options, server: &Server, report: &mut Report) -> anyhow::Result<()> {
     let anchored = !o.churn_spawn;
+    // Sessions the server had before we came (attach mode), plus our anchor.
+    let initial = server.metric("beep_sessions").await.unwrap_or(0.0);
+    let target = initial + if anchored { 1.0 } else { 0.0 };
     let anchor = if anchored {
         let url = server.ws(&format!("{}-churn", o.prefix));
         let co = client_options(o, url, format!("{}-anchor", o.prefix), 100);
@@ -1320,7 +1340,7 @@ async fn churn(o: &Options, server: &Server, report: &mut Report) -> anyhow::Res
         None
     };
     let warmup = (o.churn / 10).clamp(1, 50);
-    let total = warmup + o.churn;
+    let total = warmup + o.churn * o.churn_rounds;
     let next = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -1394,15 +1414,25 @@ async fn churn(o: &Options, server: &Server, report: &mut Report) -> anyhow::Res
     records.lock().unwrap().clear();
     ok.store(0, Ordering::Relaxed);
     failed.store(0, Ordering::Relaxed);
-    let baseline_sessions = settle(o, server, None).await.1;
+    // Closed sessions end when ICE gives up on them (ICE_DISCONNECTED_MS + ICE_FAILED_MS):
+    // measure "before" once the warm-up ones are gone too.
+    settle(o, server, Some(target)).await;
     *before.lock().unwrap() = Some(snapshot(server).await);
-    let t0 = Instant::now();
-    for t in run_cycles(warmup, total) {
-        t.await?;
+    let mut elapsed = 0.0;
+    let mut settle_s = Some(0.0f64);
+    let mut after_round = Vec::new();
+    for round in 0..o.churn_rounds {
+        let t0 = Instant::now();
+        let from = warmup + round * o.churn;
+        for t in run_cycles(from, from + o.churn) {
+            t.await?;
+        }
+        elapsed += t0.elapsed().as_secs_f64();
+        let (s, _) = settle(o, server, Some(target)).await;
+        settle_s = settle_s.zip(s).map(|(a, b)| a.max(b));
+        after_round.push(snapshot(server).await);
     }
-    let elapsed = t0.elapsed().as_secs_f64();
-    let (settle_s, _) = settle(o, server, baseline_sessions).await;
-    let after = snapshot(server).await;
+    let after = after_round.pop().unwrap_or_default();
     stop_printer.store(true, Ordering::Relaxed);
     let _ = printer.await;
     let before = before.lock().unwrap().take().unwrap_or_default();
@@ -1446,14 +1476,16 @@ async fn churn(o: &Options, server: &Server, report: &mut Report) -> anyhow::Res
     );
     report.joins = join_report(&all, |_| anchored);
     report.churn = Some(ChurnReport {
-        cycles: o.churn,
+        cycles: o.churn * o.churn_rounds,
         ok: ok.load(Ordering::Relaxed) as usize,
         failed: failed.load(Ordering::Relaxed) as usize,
         warmup_cycles: warmup,
         elapsed_s: elapsed,
         front_delta: delta(&after.front, &before.front),
         workers_delta,
+        rounds: o.churn_rounds,
         before,
+        after_round,
         after,
         settle_s,
     });
@@ -1607,6 +1639,18 @@ pub fn print_summary(r: &Report) {
         p("front", &c.before.front, &c.after.front);
         for (i, (b, a)) in c.before.workers.iter().zip(&c.after.workers).enumerate() {
             p(&format!("worker {i}"), b, a);
+        }
+        for (i, r) in c.after_round.iter().enumerate() {
+            println!(
+                "  after round {}: front RSS {} KiB fds {} threads {}; workers RSS {} KiB fds {} threads {}",
+                i + 1,
+                r.front.rss_kib,
+                r.front.fds,
+                r.front.threads,
+                r.workers.iter().map(|w| w.rss_kib).sum::<u64>(),
+                r.workers.iter().map(|w| w.fds).sum::<u64>(),
+                r.workers.iter().map(|w| w.threads).sum::<u64>()
+            );
         }
         println!(
             "  sessions {:?} → {:?}, peers {:?} → {:?}, workers {} → {}",
