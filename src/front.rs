@@ -14,7 +14,7 @@
 //! answer keeps its media.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -124,6 +124,8 @@ pub struct Front {
     ids: AtomicU64,
     /// Supervisor tasks still running (a worker process not yet reaped).
     pub supervisors: AtomicU64,
+    /// Shutting down: no new joins, offers or workers.
+    draining: AtomicBool,
 }
 
 /// A row of `workers()`, for health, metrics and (later) `ctl`.
@@ -146,6 +148,7 @@ impl Front {
             state: Mutex::new(State::default()),
             ids: AtomicU64::new(1),
             supervisors: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -178,8 +181,11 @@ impl Front {
             ));
         }
         let id = self.next_id();
+        let st = &mut *st;
         let client = st.clients.entry(who.clone()).or_default();
         if let Some(old) = client.socket.replace(Socket { id, tx }) {
+            // What the old socket left unfinished is not the new socket's to receive.
+            drop_unanswered(&mut st.conversations, client);
             let _ = old.tx.send(Out::Fail(SignalError::new(
                 ErrorCode::TooManySessions,
                 "replaced by a newer connection of the same client",
@@ -199,14 +205,9 @@ impl Front {
             return;
         }
         client.socket = None;
-        client.pending_offer = None;
-        client.pending_ice.clear();
-        if client.session.as_ref().is_some_and(|s| !s.answered) {
-            end_session(&mut st.conversations, client);
-        }
-        if client.session.is_none() {
-            st.clients.remove(who);
-        }
+        drop_unanswered(&mut st.conversations, client);
+        // The entry itself stays until housekeeping: it remembers the join and the offer
+        // rate limit across a reconnect.
     }
 
     /// Permission check, then join. Used by `POST /join` and `/connect?conversation=`.
@@ -215,6 +216,11 @@ impl Front {
         who: &Identity,
         conversation: &str,
     ) -> Result<(), JoinError> {
+        if self.is_draining() {
+            return Err(JoinError::Unavailable(
+                "this server is shutting down".into(),
+            ));
+        }
         let t0 = Instant::now();
         let (verdict, took) = self.permissions.check(&who.userid, conversation).await;
         self.metrics.permission_latency.observe(took);
@@ -259,6 +265,12 @@ impl Front {
 
     /// An offer from the client's socket.
     pub fn offer(self: &Arc<Self>, who: &Identity, sdp: String) -> Result<OfferState, SignalError> {
+        if self.is_draining() {
+            return Err(SignalError::new(
+                ErrorCode::Unavailable,
+                "this server is shutting down",
+            ));
+        }
         let mut st = self.lock();
         let st = &mut *st;
         let client = st.clients.entry(who.clone()).or_default();
@@ -326,6 +338,10 @@ impl Front {
         }
     }
 
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     fn dispatch(
         self: &Arc<Self>,
         convs: &mut HashMap<String, Conversation>,
@@ -333,6 +349,13 @@ impl Front {
         client: &mut Client,
         sdp: String,
     ) {
+        if self.is_draining() {
+            client.send(Out::Fail(SignalError::new(
+                ErrorCode::Unavailable,
+                "this server is shutting down",
+            )));
+            return;
+        }
         let Some(conversation) = client.conversation.clone() else {
             return;
         };
@@ -459,9 +482,8 @@ impl Front {
                 }
                 if let Some(c) = client.filter(|_| current) {
                     c.session = None;
-                    if c.socket.is_none() {
-                        st.clients.remove(&who);
-                    }
+                    // Still signalling: the client can get its media back with a new offer.
+                    c.send(Out::Text(reconnect_event(&reason)));
                 }
             }
             ToFront::Stats(_) | ToFront::Ready { .. } => {}
@@ -519,11 +541,15 @@ impl Front {
             c.active()
                 || c.joined_at
                     .is_some_and(|t| now.duration_since(t) < join_timeout)
+                || c.recent_offers
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
         });
     }
 
     /// Asks every worker to shut down; [`Front::supervisors`] reaches 0 once all are reaped.
     pub fn shutdown_workers(&self) {
+        self.draining.store(true, Ordering::Relaxed);
         let mut st = self.lock();
         for (_, c) in st.conversations.drain() {
             let _ = c.tx.send(ToWorker::Shutdown);
@@ -549,6 +575,15 @@ impl Front {
 
     pub fn client_count(&self) -> usize {
         self.lock().clients.values().filter(|c| c.active()).count()
+    }
+}
+
+/// Forgets an offer still waiting for its join, and ends a session not yet answered.
+fn drop_unanswered(convs: &mut HashMap<String, Conversation>, client: &mut Client) {
+    client.pending_offer = None;
+    client.pending_ice.clear();
+    if client.session.as_ref().is_some_and(|s| !s.answered) {
+        end_session(convs, client);
     }
 }
 

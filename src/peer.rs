@@ -175,7 +175,7 @@ fn free_port(ip: IpAddr, (lo, hi): (u16, u16)) -> Option<u16> {
     let start = rng.random_range(0..span);
     let tries = span.min(256);
     (0..tries)
-        .map(|i| lo + ((start + i * 7919) % span) as u16)
+        .map(|i| lo + ((start + i) % span) as u16)
         .find(|p| UdpSocket::bind((ip, *p)).is_ok())
 }
 

@@ -159,6 +159,33 @@ impl SlotRewriter {
         self.ssrc
     }
 
+    /// The selector took the current source off this slot. Whoever feeds it next, even the
+    /// same source after a pause, starts a new run: continuing the old offset would turn
+    /// every packet the source sent meanwhile into a gap (and after ~11 minutes its
+    /// sequence numbers would wrap to "before the switch-in point" and all be dropped).
+    pub fn vacate(&mut self, now: Instant) {
+        if let Some(old) = self.current.take() {
+            self.previous = Some(Previous {
+                key: old.key,
+                top_seq: (old.top_seq & 0xffff) as u16,
+                left_at: now,
+            });
+        }
+    }
+
+    /// A packet of `source` that is not forwarded (padding only, no audio). When it is the
+    /// current source's next packet in order, later ones move down by one, so the slot
+    /// shows no gap the SFU made.
+    pub fn skip(&mut self, source: SourceKey, seq: u16) {
+        if let Some(cur) = self.current.as_mut().filter(|c| c.key == source) {
+            let ext = extend(cur.top_seq, u64::from(seq), 16);
+            if ext == cur.top_seq + 1 {
+                cur.top_seq = ext;
+                cur.seq_offset = cur.seq_offset.wrapping_sub(1);
+            }
+        }
+    }
+
     fn is_straggler(&self, source: SourceKey, seq: u16, now: Instant) -> bool {
         self.previous.as_ref().is_some_and(|p| {
             p.key == source
@@ -520,5 +547,53 @@ mod tests {
             .expect("switch back");
         assert!(r.marker);
         assert_eq!(r.seq, 2);
+    }
+
+    #[test]
+    fn a_source_back_on_a_vacated_slot_starts_a_new_run() {
+        let t0 = Instant::now();
+        let a = SourceKey {
+            member: 1,
+            ssrc: 10,
+        };
+        let mut rw = SlotRewriter::new(7, 100, 5000);
+        let first = rw.rewrite(a, 1000, 0, false, t0).unwrap();
+        rw.vacate(t0);
+        // A talked on for 12 minutes (36,000 packets) while off the slot, then comes back.
+        let back = t0 + Duration::from_secs(720);
+        let seq = 1000u16.wrapping_add(36_000);
+        let again = rw
+            .rewrite(a, seq, 36_000 * 960, false, back)
+            .expect("not dropped");
+        assert_eq!(
+            again.seq,
+            first.seq.wrapping_add(1),
+            "no gap made by the SFU"
+        );
+        assert!(again.marker, "a new talkspurt");
+        assert!(again.ts.wrapping_sub(first.ts) >= 960);
+        let next = rw
+            .rewrite(a, seq.wrapping_add(1), 36_001 * 960, false, back)
+            .unwrap();
+        assert_eq!(next.seq, again.seq.wrapping_add(1));
+    }
+
+    #[test]
+    fn skipped_padding_leaves_no_gap() {
+        let t0 = Instant::now();
+        let a = SourceKey {
+            member: 1,
+            ssrc: 10,
+        };
+        let mut rw = SlotRewriter::new(7, 100, 5000);
+        let p1 = rw.rewrite(a, 10, 0, false, t0).unwrap();
+        rw.skip(a, 11);
+        let p2 = rw.rewrite(a, 12, 960, false, t0).unwrap();
+        assert_eq!(p2.seq, p1.seq.wrapping_add(1));
+        // A skip that is not the next in order (or of another source) changes nothing.
+        rw.skip(a, 20);
+        rw.skip(SourceKey { member: 2, ssrc: 3 }, 13);
+        let p3 = rw.rewrite(a, 13, 1920, false, t0).unwrap();
+        assert_eq!(p3.seq, p2.seq.wrapping_add(1));
     }
 }

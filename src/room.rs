@@ -38,6 +38,8 @@ pub struct SlotOutput {
 struct Member {
     identity: Identity,
     slots: Vec<SlotOutput>,
+    /// Who is on each slot, as last announced: a slot whose occupant changes is vacated.
+    mapping: Vec<Option<MemberId>>,
     /// Listener's negotiated audio-level id: forwarded packets carry the speaker's level.
     audio_level_id: Option<u8>,
 }
@@ -85,15 +87,16 @@ impl Room {
     ) {
         let mut core = self.lock();
         core.selector.add_member(session, slots.len());
+        let mapping = core.selector.slots_of(session).to_vec();
         core.members.insert(
             session,
             Member {
                 identity,
                 slots,
+                mapping: mapping.clone(),
                 audio_level_id,
             },
         );
-        let mapping = core.selector.slots_of(session).to_vec();
         let event = slots_event(&core.members, session, &mapping);
         drop(core);
         if let Some(json) = event {
@@ -106,7 +109,7 @@ impl Room {
         let mut core = self.lock();
         let changes = core.selector.remove_member(session);
         core.members.remove(&session);
-        self.announce(&core, changes);
+        self.apply(&mut core, changes, Instant::now());
     }
 
     pub fn member_count(&self) -> usize {
@@ -117,11 +120,21 @@ impl Room {
     pub fn tick(&self, now: Instant) {
         let mut core = self.lock();
         let changes = core.selector.tick(now);
-        self.announce(&core, changes);
+        self.apply(&mut core, changes, now);
     }
 
-    fn announce(&self, core: &Core, changes: Vec<SlotChange>) {
+    /// Vacates the slots whose occupant changed and tells each listener its new mapping.
+    fn apply(&self, core: &mut Core, changes: Vec<SlotChange>, now: Instant) {
         for c in changes {
+            let Some(m) = core.members.get_mut(&c.listener) else {
+                continue;
+            };
+            for (i, out) in m.slots.iter_mut().enumerate() {
+                if m.mapping.get(i).copied().flatten() != c.slots.get(i).copied().flatten() {
+                    out.rewriter.vacate(now);
+                }
+            }
+            m.mapping = c.slots.clone();
             if let Some(json) = slots_event(&core.members, c.listener, &c.slots) {
                 let _ = self.to_front.send(ToFront::Event {
                     session: c.listener,
@@ -135,10 +148,24 @@ impl Room {
     /// audio-level extension id.
     pub fn on_rtp(&self, member: MemberId, level_id: Option<u8>, pkt: &rtp::Packet, now: Instant) {
         self.packets_in.fetch_add(1, Ordering::Relaxed);
+        let source = SourceKey {
+            member,
+            ssrc: pkt.header.ssrc,
+        };
         // Padding-only packets (Chromium's bandwidth probes, sent every few seconds when
         // transport-cc is negotiated) carry no audio and no level: they must neither count
-        // as silence in the selection nor use up a slot's sequence numbers.
+        // as silence in the selection nor leave a gap in the slots they are not sent on.
         if pkt.payload.is_empty() {
+            let mut core = self.lock();
+            let Core { selector, members } = &mut *core;
+            for &(listener, slot) in selector.destinations(member) {
+                if let Some(out) = members
+                    .get_mut(&listener)
+                    .and_then(|m| m.slots.get_mut(slot))
+                {
+                    out.rewriter.skip(source, pkt.header.sequence_number);
+                }
+            }
             return;
         }
         let level_byte = level_id
@@ -152,10 +179,6 @@ impl Room {
             None => Loudness::Inferred {
                 voiced: pkt.payload.len() >= VOICED_MIN_PAYLOAD,
             },
-        };
-        let source = SourceKey {
-            member,
-            ssrc: pkt.header.ssrc,
         };
         let mut core = self.lock();
         let Core { selector, members } = &mut *core;

@@ -49,7 +49,9 @@ async fn supervise(
 ) -> anyhow::Result<String> {
     let dir = socket_dir(front);
     ipc::private_dir(&dir)?;
-    let path = dir.join(format!("{conversation}.{generation}.sock"));
+    // Not named after the conversation: a 128-character id would overflow the 108-byte
+    // limit of a Unix socket path. `ps` shows the conversation (an argument of the worker).
+    let path = dir.join(format!("w{generation}.sock"));
     let listener = ipc::bind_private(&path)?;
     let spawned = Command::new(&front.cfg.worker_bin)
         .arg("--socket")

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{self, UnboundedSender};
+use tracing::Instrument;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
@@ -49,8 +50,12 @@ enum Event {
 
 struct Session {
     pc: Option<Arc<dyn PeerConnection>>,
-    answered: bool,
+    /// The answer, once sent: later local candidates trickle unless it already has them.
+    answer: Option<String>,
+    /// Remote candidates that came before the peer connection existed.
     pending_ice: Vec<String>,
+    /// Local candidates gathered before the answer went out.
+    local_ice: Vec<String>,
 }
 
 /// Per-connection callbacks. They run inside the connection's driver loop, so each one only
@@ -61,12 +66,17 @@ struct Handler {
     gathered: mpsc::Sender<()>,
     room: Arc<Room>,
     audio_level_id: Option<u8>,
+    /// The offer's first m-line: with BUNDLE every candidate belongs to it, and clients
+    /// (aiortc, the W3C API) refuse a candidate with an empty `sdpMid`.
+    first_mid: (String, u16),
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, ev: RTCPeerConnectionIceEvent) {
-        if let Ok(init) = ev.candidate.to_json() {
+        if let Ok(mut init) = ev.candidate.to_json() {
+            init.sdp_mid = Some(self.first_mid.0.clone());
+            init.sdp_mline_index = Some(self.first_mid.1);
             if let Ok(json) = serde_json::to_string(&init) {
                 let _ = self.events.send(Event::LocalIce(self.session, json));
             }
@@ -105,7 +115,7 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
     let stream = tokio::net::UnixStream::connect(socket).await?;
     // Front is the only other party; make sure the socket is not someone else's.
     ipc::check_peer(&stream, None).map_err(anyhow::Error::msg)?;
-    let (mut r, mut w) = stream.into_split();
+    let (mut r, w) = stream.into_split();
     let mut buf = Vec::new();
     let (conversation, media) = match ipc::read_frame::<_, ToWorker>(&mut r, &mut buf).await? {
         ToWorker::Init {
@@ -114,8 +124,17 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
         } => (conversation, media),
         other => anyhow::bail!("expected Init, got {other:?}"),
     };
+    // Every log line of this process, spawned tasks included, names the conversation.
     let span = tracing::info_span!("worker", conversation = conversation.as_str());
-    let _enter = span.enter();
+    serve(media, r, w).instrument(span).await;
+    Ok(())
+}
+
+async fn serve(
+    media: MediaConfig,
+    mut r: tokio::net::unix::OwnedReadHalf,
+    mut w: tokio::net::unix::OwnedWriteHalf,
+) {
     tracing::info!(pid = std::process::id(), "worker started");
 
     let (to_front, mut outbox) = mpsc::unbounded_channel::<ToFront>();
@@ -188,18 +207,22 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
                     session,
                     Session {
                         pc: None,
-                        answered: false,
+                        answer: None,
                         pending_ice: Vec::new(),
+                        local_ice: Vec::new(),
                     },
                 );
-                tokio::spawn(negotiate(
-                    session,
-                    identity,
-                    sdp,
-                    media.clone(),
-                    room.clone(),
-                    events_tx.clone(),
-                ));
+                tokio::spawn(
+                    negotiate(
+                        session,
+                        identity,
+                        sdp,
+                        media.clone(),
+                        room.clone(),
+                        events_tx.clone(),
+                    )
+                    .in_current_span(),
+                );
             }
             Event::Front(ToWorker::Ice { session, candidate }) => {
                 match sessions.get_mut(&session) {
@@ -233,11 +256,17 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
                 };
                 match result {
                     Ok(a) => {
+                        for json in s.local_ice.drain(..).filter(|j| !answer_has(&a.answer, j)) {
+                            let _ = to_front.send(ToFront::Ice {
+                                session,
+                                candidate: json,
+                            });
+                        }
                         let _ = to_front.send(ToFront::Answer {
                             session,
-                            sdp: a.answer,
+                            sdp: a.answer.clone(),
                         });
-                        s.answered = true;
+                        s.answer = Some(a.answer);
                         for c in s.pending_ice.drain(..) {
                             add_candidate(a.pc.clone(), c);
                         }
@@ -266,20 +295,27 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
                         close_session(&room, session, s);
                         let _ = to_front.send(ToFront::Closed {
                             session,
-                            reason: format!("peer connection {state}"),
+                            reason: format!("peer-connection-{state}"),
                         });
                     }
                 }
             }
-            Event::LocalIce(session, json) => {
-                // Before the answer, candidates travel inside it.
-                if sessions.get(&session).is_some_and(|s| s.answered) {
+            Event::LocalIce(session, json) => match sessions.get_mut(&session) {
+                Some(Session {
+                    answer: Some(answer),
+                    ..
+                }) if !answer_has(answer, &json) => {
                     let _ = to_front.send(ToFront::Ice {
                         session,
                         candidate: json,
                     });
                 }
-            }
+                // Held until the answer: most will be inside it.
+                Some(s @ Session { answer: None, .. }) if s.local_ice.len() < 64 => {
+                    s.local_ice.push(json)
+                }
+                _ => {}
+            },
         }
     };
     tracing::info!("worker stopping: {reason}");
@@ -298,7 +334,13 @@ pub async fn run(socket: &Path) -> anyhow::Result<()> {
     drop(to_front);
     drop(room);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
-    Ok(())
+}
+
+/// Whether the answer SDP already carries this candidate (JSON `RTCIceCandidateInit`).
+fn answer_has(answer: &str, json: &str) -> bool {
+    serde_json::from_str::<RTCIceCandidateInit>(json)
+        .map(|c| !c.candidate.is_empty() && answer.contains(&c.candidate))
+        .unwrap_or(false)
 }
 
 fn close_session(room: &Room, session: SessionId, s: Session) {
@@ -375,6 +417,11 @@ async fn negotiate(
             gathered: gathered_tx,
             room,
             audio_level_id,
+            first_mid: offer
+                .audio
+                .first()
+                .map(|a| (a.mid.clone(), a.index as u16))
+                .unwrap_or_else(|| ("0".into(), 0)),
         });
         let pc = peer::build_peer(&media, handler).await?;
         let stream_id = format!("beep-{session}");
@@ -385,10 +432,13 @@ async fn negotiate(
                     answer: local.sdp,
                     slots,
                 }),
-                None => Err(NegotiationError {
-                    code: crate::signal::ErrorCode::Internal,
-                    message: "no local description".into(),
-                }),
+                None => {
+                    let _ = pc.close().await;
+                    Err(NegotiationError {
+                        code: crate::signal::ErrorCode::Internal,
+                        message: "no local description".into(),
+                    })
+                }
             },
             Err(e) => {
                 let _ = pc.close().await;
