@@ -202,29 +202,8 @@ pub fn claim(user: &str, client: &str) -> String {
     serde_json::json!({"userid": user, "clientid": client}).to_string()
 }
 
-/// Live child processes of `pid` (from /proc).
-pub fn children_of(pid: u32) -> Vec<u32> {
-    let mut v = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return v;
-    };
-    for e in dir.flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let Some(after) = stat.rsplit_once(')').map(|x| x.1) else {
-            continue;
-        };
-        let f: Vec<&str> = after.split_whitespace().collect();
-        if f.first() != Some(&"Z") && f.get(1).and_then(|x| x.parse::<u32>().ok()) == Some(pid) {
-            v.push(p);
-        }
-    }
-    v
-}
+/// Live child processes of `pid` (from /proc): the same reading loadgen uses.
+pub use beep_webrtc::loadgen::children_of;
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.
 pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
