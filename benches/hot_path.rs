@@ -78,6 +78,7 @@ fn room(members: u64, speakers: u64, slots: usize) -> Fixture {
             clientid: "c".into(),
         };
         room.add_member(m, identity, outputs, Some(LEVEL_ID));
+        room.set_live(m);
     }
     let speakers: Vec<u64> = (0..speakers).collect();
     let t0 = Instant::now();

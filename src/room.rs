@@ -42,6 +42,9 @@ struct Member {
     mapping: Vec<Option<MemberId>>,
     /// Listener's negotiated audio-level id: forwarded packets carry the speaker's level.
     audio_level_id: Option<u8>,
+    /// Its connection is up (DTLS done). Until then nothing is sent to it: SRTP cannot
+    /// encrypt yet, and every packet would be dropped by the crate with a warning.
+    live: bool,
 }
 
 struct Core {
@@ -95,12 +98,21 @@ impl Room {
                 slots,
                 mapping: mapping.clone(),
                 audio_level_id,
+                live: false,
             },
         );
         let event = slots_event(&core.members, session, &mapping);
         drop(core);
         if let Some(json) = event {
             let _ = self.to_front.send(ToFront::Event { session, json });
+        }
+    }
+
+    /// The member's connection is up: start forwarding to it. (Its slots are assigned from
+    /// the start, so the `slots` event does not wait for this.)
+    pub fn set_live(&self, session: SessionId) {
+        if let Some(m) = self.lock().members.get_mut(&session) {
+            m.live = true;
         }
     }
 
@@ -161,6 +173,7 @@ impl Room {
             for &(listener, slot) in selector.destinations(member) {
                 if let Some(out) = members
                     .get_mut(&listener)
+                    .filter(|m| m.live)
                     .and_then(|m| m.slots.get_mut(slot))
                 {
                     out.rewriter.skip(source, pkt.header.sequence_number);
@@ -184,7 +197,7 @@ impl Room {
         let Core { selector, members } = &mut *core;
         selector.on_audio(member, now, loudness);
         for &(listener, slot) in selector.destinations(member) {
-            let Some(m) = members.get_mut(&listener) else {
+            let Some(m) = members.get_mut(&listener).filter(|m| m.live) else {
                 continue;
             };
             let level_ext = m.audio_level_id.zip(level_byte);

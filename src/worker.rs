@@ -287,6 +287,9 @@ async fn serve(
             }
             Event::PeerState(session, state) => {
                 tracing::debug!(session, "peer connection {state}");
+                if state == RTCPeerConnectionState::Connected {
+                    room.set_live(session);
+                }
                 if matches!(
                     state,
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
