@@ -262,16 +262,30 @@ async fn a_join_survives_a_reconnect_and_long_ids_work() {
     let (status, body) = front.join("re", "app", &long).await;
     assert_eq!(status, 200, "{body}");
     // A socket that opens and drops before offering does not lose the join.
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(front.ws("")).expect("request");
-    req.headers_mut().insert("X-User-Claim", common::claim("re", "app").parse().expect("header"));
-    let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("first socket");
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        front.ws(""),
+    )
+    .expect("request");
+    req.headers_mut().insert(
+        "X-User-Claim",
+        common::claim("re", "app").parse().expect("header"),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("first socket");
     drop(ws);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let c = Client::connect(ClientOptions::new(front.ws(""), "re", "app")).await.expect("answered after the reconnect");
+    let c = Client::connect(ClientOptions::new(front.ws(""), "re", "app"))
+        .await
+        .expect("answered after the reconnect");
     c.wait_connected(T).await.expect("connected");
     let peer = client(&front, &long, "other", 1).await;
     peer.start_sending("other", 20);
-    assert!(eventually(T, || c.heard_from("other") > 20).await, "{:?}", c.streams());
+    assert!(
+        eventually(T, || c.heard_from("other") > 20).await,
+        "{:?}",
+        c.streams()
+    );
     c.close().await;
     peer.close().await;
 }

@@ -82,17 +82,6 @@ impl WsConn {
     }
 }
 
-async fn still_serves(front: &Front) {
-    assert!(front.alive(), "front died");
-    let r = front
-        .http
-        .get(front.url("/healthz"))
-        .send()
-        .await
-        .expect("healthz");
-    assert_eq!(r.status(), 200);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_claims_and_ids_are_400_with_a_reason() {
     let perms = Permissions::start().await;
@@ -122,7 +111,7 @@ async fn bad_claims_and_ids_are_400_with_a_reason() {
             body.contains(reason),
             "reason {body:?} should mention {reason}"
         );
-        still_serves(&front).await;
+        front.assert_serving().await;
     }
     // The misspelled header of the seed README is not an identity.
     let r = front
@@ -149,7 +138,7 @@ async fn bad_claims_and_ids_are_400_with_a_reason() {
             .map(|e| e.0),
         Some(400)
     );
-    still_serves(&front).await;
+    front.assert_serving().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,7 +165,7 @@ async fn permission_answers_map_to_401_and_503() {
                 "the permission timeout applies"
             );
         }
-        still_serves(&front).await;
+        front.assert_serving().await;
     }
     // The same through /connect?conversation=: error frames.
     let mut s = ws(&front, "?conversation=deny-2", Some(&claim("u", "c2")))
@@ -189,7 +178,7 @@ async fn permission_answers_map_to_401_and_503() {
         ("forbidden", Some(4003)),
         "{message}"
     );
-    still_serves(&front).await;
+    front.assert_serving().await;
 
     // A permissions service that is down: fail closed.
     let closed_port = common::free_tcp_port();
@@ -197,7 +186,7 @@ async fn permission_answers_map_to_401_and_503() {
     let (s, body) = front2.join("u", "c", "room").await;
     assert_eq!(s, 503, "{body}");
     assert!(body.contains("unreachable"), "{body}");
-    still_serves(&front2).await;
+    front2.assert_serving().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +263,7 @@ async fn bad_frames_get_error_frames_and_front_keeps_serving() {
             "case {i}: {message:?} should say {says:?}"
         );
         assert!(close.is_some_and(|c| c >= 1000), "case {i}: a close code");
-        still_serves(&front).await;
+        front.assert_serving().await;
     }
     // Binary frames are not part of the protocol.
     let mut s = ws(&front, "", Some(&claim("user", "bin")))
@@ -297,7 +286,7 @@ async fn bad_frames_get_error_frames_and_front_keeps_serving() {
     }
     let (code, message, _) = s.error().await;
     assert_eq!(code, "rate-limited", "{message}");
-    still_serves(&front).await;
+    front.assert_serving().await;
 
     // Too many sessions: two open sockets for one user, the third is refused.
     let _a = ws(&front, "", Some(&claim("many", "a")))
@@ -320,5 +309,5 @@ async fn bad_frames_get_error_frames_and_front_keeps_serving() {
         "{message}"
     );
     assert!(message.contains("limit"), "{message}");
-    still_serves(&front).await;
+    front.assert_serving().await;
 }

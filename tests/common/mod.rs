@@ -151,6 +151,18 @@ impl Front {
         (r.status().as_u16(), r.text().await.unwrap_or_default())
     }
 
+    /// Front is alive and answers `/healthz` with 200.
+    pub async fn assert_serving(&self) {
+        assert!(self.alive(), "front died");
+        let r = self
+            .http
+            .get(self.url("/healthz"))
+            .send()
+            .await
+            .expect("healthz");
+        assert_eq!(r.status(), 200);
+    }
+
     /// The worker processes this front has spawned and that are still alive.
     pub fn workers(&self) -> Vec<u32> {
         children_of(self.child.id())
