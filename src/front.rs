@@ -110,6 +110,16 @@ pub struct Conversation {
     pub stats: WorkerStats,
 }
 
+impl Conversation {
+    /// Forgets a session; the idle clock starts when the last one goes.
+    fn remove_session(&mut self, session: SessionId) {
+        self.sessions.remove(&session);
+        if self.sessions.is_empty() {
+            self.empty_since = Some(Instant::now());
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     clients: HashMap<Identity, Client>,
@@ -462,10 +472,7 @@ impl Front {
                 }
             }
             ToFront::Rejected { code, message, .. } => {
-                conv.sessions.remove(&session);
-                if conv.sessions.is_empty() {
-                    conv.empty_since = Some(Instant::now());
-                }
+                conv.remove_session(session);
                 if let Some(c) = client.filter(|_| current) {
                     c.session = None;
                     c.send(Out::Fail(SignalError::new(
@@ -476,10 +483,7 @@ impl Front {
             }
             ToFront::Closed { reason, .. } => {
                 tracing::info!(%who, conversation, session, "session closed: {reason}");
-                conv.sessions.remove(&session);
-                if conv.sessions.is_empty() {
-                    conv.empty_since = Some(Instant::now());
-                }
+                conv.remove_session(session);
                 if let Some(c) = client.filter(|_| current) {
                     c.session = None;
                     // Still signalling: the client can get its media back with a new offer.
@@ -590,10 +594,7 @@ fn drop_unanswered(convs: &mut HashMap<String, Conversation>, client: &mut Clien
 fn end_session(convs: &mut HashMap<String, Conversation>, client: &mut Client) {
     if let Some(live) = client.session.take() {
         if let Some(conv) = convs.get_mut(&live.conversation) {
-            conv.sessions.remove(&live.id);
-            if conv.sessions.is_empty() {
-                conv.empty_since = Some(Instant::now());
-            }
+            conv.remove_session(live.id);
             let _ = conv.tx.send(ToWorker::Leave { session: live.id });
         }
     }

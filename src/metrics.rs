@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::front::WorkerInfo;
+use crate::ipc::WorkerStats;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -41,6 +42,10 @@ impl Metrics {
             );
         };
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+        // A counter summed over the running workers' last reports.
+        let total = |f: fn(&WorkerStats) -> u64| {
+            workers.iter().map(|w| f(&w.stats)).sum::<u64>().to_string()
+        };
         line(
             "beep_sessions",
             "gauge",
@@ -57,11 +62,7 @@ impl Metrics {
             "beep_peers",
             "gauge",
             "Peer connections in all workers.",
-            workers
-                .iter()
-                .map(|w| w.stats.peers as u64)
-                .sum::<u64>()
-                .to_string(),
+            total(|s| u64::from(s.peers)),
         );
         line(
             "beep_offers_total",
@@ -85,31 +86,19 @@ impl Metrics {
             "beep_packets_received_total",
             "counter",
             "RTP packets received by running workers.",
-            workers
-                .iter()
-                .map(|w| w.stats.packets_in)
-                .sum::<u64>()
-                .to_string(),
+            total(|s| s.packets_in),
         );
         line(
             "beep_packets_forwarded_total",
             "counter",
             "RTP packets forwarded by running workers.",
-            workers
-                .iter()
-                .map(|w| w.stats.packets_forwarded)
-                .sum::<u64>()
-                .to_string(),
+            total(|s| s.packets_forwarded),
         );
         line(
             "beep_bytes_forwarded_total",
             "counter",
             "RTP payload bytes forwarded by running workers.",
-            workers
-                .iter()
-                .map(|w| w.stats.bytes_forwarded)
-                .sum::<u64>()
-                .to_string(),
+            total(|s| s.bytes_forwarded),
         );
         for (name, l) in [
             ("beep_permission_latency_seconds", &self.permission_latency),
