@@ -1,12 +1,12 @@
 //! Micro-benchmarks of our own per-packet code, without sockets or the webrtc crate:
 //!
 //! - `room_on_rtp/*`: `Room::on_rtp`, the whole per-packet routing of a worker (audio-level
-//!   parse, selector update, one rewrite + header + bounded-channel `try_send` per destination),
+//!   parse, selector update, one rewrite + header + `Forward` per destination),
 //!   in a room of 10 with 3 speakers (9 destinations per packet) and in a large room of
 //!   5 speakers + 95 listeners with 3 slots each (≈ 98 destinations per packet). Criterion's
 //!   throughput is set to the number of destinations, so "elem/s" is forwarded packets/s
-//!   and the time per element is our cost per forwarded packet. The slot channels are drained
-//!   every 32 packets (the writer tasks' side of the queue, amortised).
+//!   and the time per element is our cost per forwarded packet (the forwards are dropped,
+//!   as the engine does once it has handed them to the peer connections).
 //! - `rewrite/*`: one `SlotRewriter::rewrite`, steady and with a speaker switch.
 //! - `selector/*`: `Selector::on_audio` per packet and `Selector::tick` (every 50 ms) by room size.
 //! - `ipc/*`: encode and decode of the front ↔ worker messages (an offer with a realistic SDP,
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use beep_webrtc::identity::Identity;
 use beep_webrtc::ipc::{self, ToFront, ToWorker, WorkerStats};
 use beep_webrtc::rewrite::{SlotRewriter, SourceKey};
-use beep_webrtc::room::{Room, SLOT_QUEUE, SlotOutput};
+use beep_webrtc::room::{Forward, Room, SlotOutput};
 use beep_webrtc::slots::{Loudness, Selector, SelectorConfig};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -49,7 +49,7 @@ fn packet(ssrc: u32, seq: u16, ts: u32, dbov: u8) -> rtp::Packet {
 
 struct Fixture {
     room: Room,
-    receivers: Vec<mpsc::Receiver<rtp::Packet>>,
+    out: Vec<Forward>,
     _to_front: mpsc::UnboundedReceiver<ToFront>,
     speakers: Vec<u64>,
     destinations: usize,
@@ -58,19 +58,14 @@ struct Fixture {
 /// `members` members, the first `speakers` of them talking, `slots` slots each.
 fn room(members: u64, speakers: u64, slots: usize) -> Fixture {
     let (tx, rx) = mpsc::unbounded_channel();
-    let room = Room::new(tx);
-    let mut receivers = Vec::new();
+    let mut room = Room::new(tx);
+    let mut out = Vec::new();
     for m in 0..members {
         let outputs = (0..slots)
-            .map(|i| {
-                let (tx, rx) = mpsc::channel(SLOT_QUEUE);
-                receivers.push(rx);
-                SlotOutput {
-                    mid: i.to_string(),
-                    payload_type: 111,
-                    rewriter: SlotRewriter::new(1000 + m as u32 * 10 + i as u32, 0, 0),
-                    tx,
-                }
+            .map(|i| SlotOutput {
+                mid: i.to_string(),
+                payload_type: 111,
+                rewriter: SlotRewriter::new(1000 + m as u32 * 10 + i as u32, 0, 0),
             })
             .collect();
         let identity = Identity {
@@ -85,24 +80,19 @@ fn room(members: u64, speakers: u64, slots: usize) -> Fixture {
     for n in 0..10u16 {
         for &s in &speakers {
             let p = packet(s as u32, n, n as u32 * 960, 30);
-            room.on_rtp(s, Some(LEVEL_ID), &p, t0);
+            room.on_rtp(s, Some(LEVEL_ID), &p, t0, &mut out);
         }
     }
     room.tick(t0);
-    for r in receivers.iter_mut() {
-        while r.try_recv().is_ok() {}
-    }
     // Destinations of the first speaker's packets.
-    let before = room.stats().packets_forwarded;
+    out.clear();
     let p = packet(0, 10, 9600, 30);
-    room.on_rtp(0, Some(LEVEL_ID), &p, t0);
-    let destinations = (room.stats().packets_forwarded - before) as usize;
-    for r in receivers.iter_mut() {
-        while r.try_recv().is_ok() {}
-    }
+    room.on_rtp(0, Some(LEVEL_ID), &p, t0, &mut out);
+    let destinations = out.len();
+    out.clear();
     Fixture {
         room,
-        receivers,
+        out,
         _to_front: rx,
         speakers,
         destinations,
@@ -124,13 +114,10 @@ fn bench_room(c: &mut Criterion) {
                 let k = n / f.speakers.len() as u32;
                 let p = packet(s as u32, k as u16, k.wrapping_mul(960), 30);
                 let now = t0 + Duration::from_millis(20 * k as u64);
-                f.room.on_rtp(s, Some(LEVEL_ID), black_box(&p), now);
+                f.room
+                    .on_rtp(s, Some(LEVEL_ID), black_box(&p), now, &mut f.out);
                 n = n.wrapping_add(1);
-                if n % 32 == 0 {
-                    for r in f.receivers.iter_mut() {
-                        while r.try_recv().is_ok() {}
-                    }
-                }
+                f.out.clear();
             })
         });
     }

@@ -33,7 +33,7 @@ use webrtc::peer_connection::{
 };
 
 use crate::identity::Identity;
-use crate::peer::{audio_engine, opus_track};
+use crate::peer::{audio_engine, opus_media_track};
 
 const PROBE_MAGIC: &[u8; 2] = b"BW";
 pub const PROBE_SIZE: usize = 60;
@@ -298,7 +298,7 @@ impl Client {
                 .await?,
         );
         let mic_ssrc: u32 = rand::random();
-        let mic = opus_track("mic", "mic", mic_ssrc);
+        let mic = Arc::new(TrackLocalStaticRTP::new(opus_media_track("mic", "mic", mic_ssrc)));
         pc.add_track(mic.clone() as Arc<dyn TrackLocal>).await?;
         for _ in 1..opts.slots.max(1) {
             pc.add_transceiver_from_kind(

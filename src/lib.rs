@@ -23,16 +23,18 @@
 //! | [`supervisor`] | spawning, connecting and watching one worker process |
 //! | [`ipc`] | the versioned, length-prefixed postcard messages between front and worker |
 //! | [`metrics`] | Prometheus text for `/metrics` |
-//! | [`worker`] | the worker process: event loop over sessions |
-//! | [`peer`] | building and answering one peer connection (webrtc 0.21) |
+//! | [`worker`] | the worker process's shell: IPC with front around the engine |
+//! | [`engine`] | one task driving every peer connection (`rtc` sans-I/O) and the room |
+//! | [`peer`] | building and answering one peer connection, with its UDP socket |
 //! | [`sdp`] | the facts of an offer the slot plan needs (pure) |
-//! | [`room`] | per-packet routing: selector + rewriters + per-slot writer channels |
+//! | [`room`] | per-packet routing: selector + rewriters, packets in, forwards out (pure) |
 //! | [`slots`] | speaker selection: K loudest others per listener, sticky (pure) |
 //! | [`rewrite`] | one continuous RTP stream per slot across speaker switches (pure) |
 //! | [`telemetry`] | tracing setup, with the `log` records of the webrtc crate bridged in |
 
 pub mod client;
 pub mod config;
+pub mod engine;
 pub mod front;
 pub mod http;
 pub mod identity;

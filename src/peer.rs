@@ -1,33 +1,42 @@
-//! Building and answering one client's peer connection with `webrtc =0.21.1`.
+//! Answering one client's offer with an `rtc =0.21.1` peer connection (the sans-I/O core of
+//! webrtc-rs): the connection is a plain state machine that [`crate::engine`] drives, and this
+//! module only builds it, binds its UDP socket and writes the answer.
 //!
 //! The order of calls matters and is the crate's, verified in `../shared/RECIPES.md`:
 //! the media engine registers Opus and the RFC 6464 extension; the answer is DTLS server
-//! (`a=setup:passive`, ~25 ms to connect instead of ~200 ms); mDNS is off; the offer is
-//! applied *before* outgoing tracks are added, so each track binds with the negotiated
-//! extension ids and reuses the offer's transceiver. Every peer connection binds its own UDP
-//! port (the crate has no UDP mux), taken from `RTC_PORTS`.
+//! (`a=setup:passive`); mDNS is off; the offer is applied *before* outgoing tracks are added,
+//! so each track binds with the negotiated extension ids and reuses the offer's transceiver.
+//!
+//! Every peer connection has its own UDP port from `RTC_PORTS` (one socket, one host
+//! candidate). The candidate is in the answer itself, so nothing trickles from our side: the
+//! announced address is `PUBLIC_IP` if set, else `RTC_BIND_IP`, else the host's first
+//! non-loopback IPv4 address (or 127.0.0.1 on a host with none). A multi-homed host that must
+//! announce a particular interface sets `RTC_BIND_IP`.
 
-use std::net::{IpAddr, Ipv4Addr, UdpSocket};
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
-use rtc::peer_connection::transport::RTCDtlsRole;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_twcc_receiver_only, register_default_interceptors,
+};
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
+};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverId};
-use webrtc::media_stream::track_local::TrackLocal;
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceCandidateType, RTCSessionDescription, Registry,
-    SettingEngineBuilder, register_default_interceptors,
-};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId};
 
 use crate::config::MediaConfig;
 use crate::sdp::{AUDIO_LEVEL_URI, Offer};
@@ -50,17 +59,21 @@ impl NegotiationError {
 }
 
 /// One outgoing slot stream of an answered connection.
-pub struct SlotTrack {
+pub struct SlotSender {
     pub mid: String,
     pub payload_type: u8,
     pub ssrc: u32,
-    pub track: Arc<TrackLocalStaticRTP>,
+    pub sender: RTCRtpSenderId,
 }
 
+/// An answered offer: the connection, its socket, and the SDP to send back.
 pub struct Answered {
-    pub pc: Arc<dyn PeerConnection>,
+    pub pc: RTCPeerConnection,
+    pub socket: UdpSocket,
+    /// The address in our candidate; the ICE agent knows the socket by it.
+    pub local: SocketAddr,
     pub answer: String,
-    pub slots: Vec<SlotTrack>,
+    pub slots: Vec<SlotSender>,
 }
 
 fn opus_codec() -> RTCRtpCodec {
@@ -73,8 +86,9 @@ fn opus_codec() -> RTCRtpCodec {
     }
 }
 
-pub fn opus_track(stream: &str, id: &str, ssrc: u32) -> Arc<TrackLocalStaticRTP> {
-    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+/// An outgoing Opus track with one fixed SSRC.
+pub fn opus_media_track(stream: &str, id: &str, ssrc: u32) -> MediaStreamTrack {
+    MediaStreamTrack::new(
         stream.to_owned(),
         id.to_owned(),
         id.to_owned(),
@@ -87,13 +101,31 @@ pub fn opus_track(stream: &str, id: &str, ssrc: u32) -> Arc<TrackLocalStaticRTP>
             codec: opus_codec(),
             ..Default::default()
         }],
-    )))
+    )
 }
 
-/// The media engine for audio conversations: Opus only, the RFC 6464 audio-level extension,
-/// the crate's default interceptors (NACK responder, RTCP reports, TWCC). Shared by the
-/// worker and the webrtc-rs test/load clients so both sides negotiate the same way.
-pub fn audio_engine() -> webrtc::error::Result<(MediaEngine, Registry)> {
+/// The media engine of the webrtc-rs test and load clients: [`audio_media_engine`] with the
+/// crate's default interceptors, as an application built on webrtc-rs would have them.
+pub fn audio_engine() -> rtc::shared::error::Result<(MediaEngine, Registry)> {
+    let mut engine = audio_media_engine()?;
+    let registry = register_default_interceptors(Registry::new(), &mut engine)?;
+    Ok((engine, registry))
+}
+
+/// The worker's: RTCP sender/receiver reports and transport-wide congestion control feedback
+/// (which browsers use to adapt their send rate), and no NACK. NACK is only ever negotiated
+/// for video, yet its responder keeps a copy of every packet sent, and every interceptor in
+/// the chain moves each forwarded packet through a queue of its own: with the default set
+/// the chain was the largest single cost per forwarded packet (docs/BENCHMARKS.md).
+fn server_engine() -> rtc::shared::error::Result<(MediaEngine, Registry)> {
+    let mut engine = audio_media_engine()?;
+    let registry = configure_rtcp_reports(Registry::new());
+    let registry = configure_twcc_receiver_only(registry, &mut engine)?;
+    Ok((engine, registry))
+}
+
+/// Opus only (payload type 111) and the RFC 6464 audio-level extension.
+fn audio_media_engine() -> rtc::shared::error::Result<MediaEngine> {
     let mut engine = MediaEngine::default();
     engine.register_codec(
         RTCRtpCodecParameters {
@@ -109,103 +141,96 @@ pub fn audio_engine() -> webrtc::error::Result<(MediaEngine, Registry)> {
         RtpCodecKind::Audio,
         Some(RTCRtpTransceiverDirection::Sendrecv),
     )?;
-    let registry = register_default_interceptors(Registry::new(), &mut engine)?;
-    Ok((engine, registry))
+    Ok(engine)
 }
 
-/// Builds a peer connection bound to a free port of `RTC_PORTS`.
-pub async fn build_peer(
-    media: &MediaConfig,
-    handler: Arc<dyn PeerConnectionEventHandler>,
-) -> Result<Arc<dyn PeerConnection>, NegotiationError> {
-    let internal = |e: String| NegotiationError::new(ErrorCode::Internal, e);
+/// Binds a UDP socket on a free port of `RTC_PORTS` (random start, so concurrent workers
+/// rarely collide; a taken port is simply skipped).
+fn bind_socket(media: &MediaConfig) -> Result<UdpSocket, NegotiationError> {
     let ip = media.bind_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let mut last_err = String::from("no attempt");
-    for _ in 0..16 {
-        let Some(port) = free_port(ip, media.ports) else {
-            return Err(NegotiationError::new(
-                ErrorCode::Unavailable,
-                "no free UDP port in RTC_PORTS",
-            ));
-        };
-        let (engine, registry) = audio_engine().map_err(|e| internal(e.to_string()))?;
-        let mut settings = SettingEngineBuilder::new()
-            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-            .with_answering_dtls_role(RTCDtlsRole::Server)
-            // A client that vanishes without closing (crash, lost network) is only noticed
-            // by ICE consent; these bound how long its session lingers.
-            // Keepalives must come well within the disconnected timeout, or a silent but
-            // healthy listener flaps between connected and disconnected.
-            .with_ice_timeouts(
-                Some(Duration::from_millis(media.ice_disconnected_ms)),
-                Some(Duration::from_millis(media.ice_failed_ms)),
-                Some(Duration::from_millis(
-                    (media.ice_disconnected_ms / 3).clamp(100, 2000),
-                )),
-            );
-        if let Some(public) = media.public_ip {
-            settings =
-                settings.with_nat_1to1_ips(vec![public.to_string()], RTCIceCandidateType::Host);
-        }
-        let built = PeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_media_engine(engine)
-            .with_setting_engine(settings.build())
-            .with_interceptor_registry(registry)
-            .with_handler(handler.clone())
-            .with_udp_addrs(vec![std::net::SocketAddr::new(ip, port)])
-            .build()
-            .await;
-        match built {
-            Ok(pc) => return Ok(Arc::new(pc)),
-            // Another process took the port between our probe and the bind: try another.
-            Err(e) => last_err = e.to_string(),
-        }
-    }
-    Err(internal(format!(
-        "cannot build a peer connection: {last_err}"
-    )))
-}
-
-/// Probes random ports of the range until one binds. The probe socket is closed before the
-/// peer connection binds, so a race with another process is possible; `build_peer` retries.
-fn free_port(ip: IpAddr, (lo, hi): (u16, u16)) -> Option<u16> {
+    let (lo, hi) = media.ports;
     let span = (hi - lo) as u32 + 1;
-    let mut rng = rand::rng();
-    let start = rng.random_range(0..span);
-    let tries = span.min(256);
-    (0..tries)
+    let start = rand::rng().random_range(0..span);
+    (0..span.min(512))
         .map(|i| lo + ((start + i) % span) as u16)
-        .find(|p| UdpSocket::bind((ip, *p)).is_ok())
+        .find_map(|port| UdpSocket::bind((ip, port)).ok())
+        .ok_or_else(|| NegotiationError::new(ErrorCode::Unavailable, "no free UDP port in RTC_PORTS"))
 }
 
-/// Applies the offer, adds one outgoing track per slot, answers, and waits briefly for ICE
-/// gathering so the answer carries our candidates.
-pub async fn answer(
-    pc: &Arc<dyn PeerConnection>,
+/// The address clients are told to send to (see the module docs).
+fn announced_ip(media: &MediaConfig) -> IpAddr {
+    if let Some(ip) = media.public_ip.or(media.bind_ip.filter(|ip| !ip.is_unspecified())) {
+        return ip;
+    }
+    rtc::shared::ifaces::ifaces()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| i.addr.map(|a| a.ip()))
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback() && !ip.is_unspecified() && !is_link_local(ip))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.is_link_local())
+}
+
+/// Builds a peer connection for `offer`, adds one outgoing track per slot and answers.
+pub fn answer(
+    media: &MediaConfig,
     offer: &Offer,
     offer_sdp: String,
-    max_slots: usize,
     stream_id: &str,
-    gathered: &mut tokio::sync::mpsc::Receiver<()>,
-) -> Result<Vec<SlotTrack>, NegotiationError> {
+    now: Instant,
+) -> Result<Answered, NegotiationError> {
     let bad_sdp = |e: String| NegotiationError::new(ErrorCode::BadSdp, e);
     let internal = |e: String| NegotiationError::new(ErrorCode::Internal, e);
+
+    let socket = bind_socket(media)?;
+    let port = socket
+        .local_addr()
+        .map_err(|e| internal(format!("socket: {e}")))?
+        .port();
+    let local = SocketAddr::new(announced_ip(media), port);
+
+    let (engine, registry) = server_engine().map_err(|e| internal(e.to_string()))?;
+    let settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_answering_dtls_role(RTCDtlsRole::Server)
+        // A client that vanishes without closing (crash, lost network) is only noticed by
+        // ICE consent; these bound how long its session lingers. Keepalives must come well
+        // within the disconnected timeout, or a silent but healthy listener flaps.
+        .with_ice_timeouts(
+            Some(Duration::from_millis(media.ice_disconnected_ms)),
+            Some(Duration::from_millis(media.ice_failed_ms)),
+            Some(Duration::from_millis(
+                (media.ice_disconnected_ms / 3).clamp(100, 2000),
+            )),
+        )
+        .build();
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(engine)
+        .with_setting_engine(settings)
+        .with_interceptor_registry(registry)
+        .build(now)
+        .map_err(|e| internal(format!("peer connection: {e}")))?;
+
     let desc = RTCSessionDescription::offer(offer_sdp)
         .map_err(|e| bad_sdp(format!("unparseable offer: {e}")))?;
-    pc.set_remote_description(desc)
-        .await
+    pc.set_remote_description(now, desc)
         .map_err(|e| bad_sdp(format!("offer rejected: {e}")))?;
 
-    let slot_sections = offer.slot_sections(max_slots);
+    let slot_sections = offer.slot_sections(media.max_slots);
     let last_slot_mid = slot_sections.last().map(|s| s.mid.clone());
     let mut slots = Vec::new();
     let mut filling = last_slot_mid.is_some();
-    // Transceiver ids are their index in m-line order; the crate returns them unordered.
-    let mut transceivers = pc.get_transceivers().await;
-    transceivers.sort_by_key(|t| t.id());
+    // Transceiver ids are their index, in m-line order.
+    let transceivers: Vec<RTCRtpTransceiverId> = pc.get_transceivers().collect();
     for t in transceivers {
-        let mid = t.mid().await.ok().flatten().unwrap_or_default();
+        let mid = pc
+            .rtp_transceiver(t)
+            .and_then(|tr| tr.mid().clone())
+            .unwrap_or_default();
         let Some(section) = offer.audio.iter().find(|s| s.mid == mid) else {
             continue;
         };
@@ -216,22 +241,21 @@ pub async fn answer(
             // placeholder so every slot track lands on its own m-line.
             let ssrc: u32 = rand::random();
             let track = match slot {
-                Some(i) => opus_track(stream_id, &format!("slot{i}"), ssrc),
-                None => opus_track(stream_id, &format!("unused{}", section.index), ssrc),
+                Some(i) => opus_media_track(stream_id, &format!("slot{i}"), ssrc),
+                None => opus_media_track(stream_id, &format!("unused{}", section.index), ssrc),
             };
             let sender = pc
-                .add_track(track.clone() as Arc<dyn TrackLocal>)
-                .await
+                .add_track(track)
                 .map_err(|e| internal(format!("add_track: {e}")))?;
-            if RTCRtpTransceiverId::from(sender.id()) != t.id() {
+            if RTCRtpTransceiverId::from(sender) != t {
                 return Err(internal(format!("slot track did not land on m-line {mid}")));
             }
             if slot.is_some() {
-                slots.push(SlotTrack {
+                slots.push(SlotSender {
                     mid: mid.clone(),
                     payload_type: section.opus_pt,
                     ssrc,
-                    track,
+                    sender,
                 });
             }
             if Some(&mid) == last_slot_mid.as_ref() {
@@ -239,16 +263,42 @@ pub async fn answer(
             }
         } else if section.direction.client_receives() {
             // Beyond MAX_SLOTS: answered inactive.
-            let _ = t.set_direction(RTCRtpTransceiverDirection::Inactive).await;
+            if let Some(mut tr) = pc.rtp_transceiver(t) {
+                tr.set_direction(RTCRtpTransceiverDirection::Inactive);
+            }
         }
     }
+
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: local.ip().to_string(),
+            port: local.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .and_then(|c| RTCIceCandidate::from(&c).to_json())
+    .map_err(|e| internal(format!("host candidate: {e}")))?;
+    pc.add_local_candidate(candidate)
+        .map_err(|e| internal(format!("host candidate: {e}")))?;
+
     let answer = pc
         .create_answer(None)
-        .await
         .map_err(|e| internal(format!("create_answer: {e}")))?;
-    pc.set_local_description(answer)
-        .await
+    pc.set_local_description(now, answer)
         .map_err(|e| internal(format!("set_local_description: {e}")))?;
-    let _ = tokio::time::timeout(Duration::from_secs(2), gathered.recv()).await;
-    Ok(slots)
+    let answer = pc
+        .local_description()
+        .map(|d| d.sdp)
+        .ok_or_else(|| internal("no local description".into()))?;
+    Ok(Answered {
+        pc,
+        socket,
+        local,
+        answer,
+        slots,
+    })
 }

@@ -1,14 +1,11 @@
 //! One conversation's media routing inside a worker: the [`Selector`] decides who is on which
-//! slot of whom, a [`SlotRewriter`] per slot keeps each outgoing stream continuous, and the
-//! packets go to one writer task per slot (a bounded channel each, so one slow listener
-//! never holds up the others: `write_rtp` may wait, the fan-out never does).
+//! slot of whom, and a [`SlotRewriter`] per slot keeps each outgoing stream continuous.
 //!
-//! Everything here is synchronous behind one mutex that is held for microseconds per packet;
-//! the decisions are the pure state machines' and are unit-tested there.
+//! A plain state machine, like the two it combines: a packet (and the time) goes in, the
+//! packets to send come out as [`Forward`]s, and the engine ([`crate::engine`]) hands them to
+//! the listeners' peer connections. No locks, no channels, no I/O.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -20,9 +17,6 @@ use crate::ipc::{SessionId, ToFront, WorkerStats};
 use crate::rewrite::{SlotRewriter, SourceKey};
 use crate::slots::{Loudness, MemberId, Selector, SelectorConfig, SlotChange};
 
-/// Packets waiting for one slot's writer; beyond this the slot drops (a stuck listener).
-pub const SLOT_QUEUE: usize = 64;
-
 /// Below this many payload bytes an Opus packet is silence/DTX: used only when the client
 /// did not negotiate the audio-level extension.
 const VOICED_MIN_PAYLOAD: usize = 16;
@@ -32,7 +26,13 @@ pub struct SlotOutput {
     pub mid: String,
     pub payload_type: u8,
     pub rewriter: SlotRewriter,
-    pub tx: mpsc::Sender<rtp::Packet>,
+}
+
+/// One packet for one slot of one listener, rewritten and ready to send.
+pub struct Forward {
+    pub listener: MemberId,
+    pub slot: usize,
+    pub packet: rtp::Packet,
 }
 
 struct Member {
@@ -47,51 +47,38 @@ struct Member {
     live: bool,
 }
 
-struct Core {
+pub struct Room {
     selector: Selector,
     members: HashMap<MemberId, Member>,
-}
-
-pub struct Room {
-    core: Mutex<Core>,
     to_front: mpsc::UnboundedSender<ToFront>,
-    packets_in: AtomicU64,
-    packets_forwarded: AtomicU64,
-    bytes_forwarded: AtomicU64,
-    dropped: AtomicU64,
+    packets_in: u64,
+    packets_forwarded: u64,
+    bytes_forwarded: u64,
 }
 
 impl Room {
     pub fn new(to_front: mpsc::UnboundedSender<ToFront>) -> Room {
         Room {
-            core: Mutex::new(Core {
-                selector: Selector::new(SelectorConfig::default()),
-                members: HashMap::new(),
-            }),
+            selector: Selector::new(SelectorConfig::default()),
+            members: HashMap::new(),
             to_front,
-            packets_in: AtomicU64::new(0),
-            packets_forwarded: AtomicU64::new(0),
-            bytes_forwarded: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
+            packets_in: 0,
+            packets_forwarded: 0,
+            bytes_forwarded: 0,
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A member whose answer has been sent. Sends its first `slots` event.
     pub fn add_member(
-        &self,
+        &mut self,
         session: SessionId,
         identity: Identity,
         slots: Vec<SlotOutput>,
         audio_level_id: Option<u8>,
     ) {
-        let mut core = self.lock();
-        core.selector.add_member(session, slots.len());
-        let mapping = core.selector.slots_of(session).to_vec();
-        core.members.insert(
+        self.selector.add_member(session, slots.len());
+        let mapping = self.selector.slots_of(session).to_vec();
+        self.members.insert(
             session,
             Member {
                 identity,
@@ -101,44 +88,39 @@ impl Room {
                 live: false,
             },
         );
-        let event = slots_event(&core.members, session, &mapping);
-        drop(core);
-        if let Some(json) = event {
+        if let Some(json) = slots_event(&self.members, session, &mapping) {
             let _ = self.to_front.send(ToFront::Event { session, json });
         }
     }
 
     /// The member's connection is up: start forwarding to it. (Its slots are assigned from
     /// the start, so the `slots` event does not wait for this.)
-    pub fn set_live(&self, session: SessionId) {
-        if let Some(m) = self.lock().members.get_mut(&session) {
+    pub fn set_live(&mut self, session: SessionId) {
+        if let Some(m) = self.members.get_mut(&session) {
             m.live = true;
         }
     }
 
-    /// Dropping the member drops its slot senders, which ends its writer tasks.
-    pub fn remove_member(&self, session: SessionId) {
-        let mut core = self.lock();
-        let changes = core.selector.remove_member(session);
-        core.members.remove(&session);
-        self.apply(&mut core, changes, Instant::now());
+    pub fn remove_member(&mut self, session: SessionId) {
+        let changes = self.selector.remove_member(session);
+        self.members.remove(&session);
+        self.apply(changes, Instant::now());
     }
 
     pub fn member_count(&self) -> usize {
-        self.lock().members.len()
+        self.members.len()
     }
 
     /// Re-runs the selection (called every few tens of milliseconds).
-    pub fn tick(&self, now: Instant) {
-        let mut core = self.lock();
-        let changes = core.selector.tick(now);
-        self.apply(&mut core, changes, now);
+    pub fn tick(&mut self, now: Instant) {
+        let changes = self.selector.tick(now);
+        self.apply(changes, now);
     }
 
     /// Vacates the slots whose occupant changed and tells each listener its new mapping.
-    fn apply(&self, core: &mut Core, changes: Vec<SlotChange>, now: Instant) {
+    fn apply(&mut self, changes: Vec<SlotChange>, now: Instant) {
         for c in changes {
-            let Some(m) = core.members.get_mut(&c.listener) else {
+            let Some(m) = self.members.get_mut(&c.listener) else {
                 continue;
             };
             for (i, out) in m.slots.iter_mut().enumerate() {
@@ -147,7 +129,7 @@ impl Room {
                 }
             }
             m.mapping = c.slots.clone();
-            if let Some(json) = slots_event(&core.members, c.listener, &c.slots) {
+            if let Some(json) = slots_event(&self.members, c.listener, &c.slots) {
                 let _ = self.to_front.send(ToFront::Event {
                     session: c.listener,
                     json,
@@ -156,27 +138,35 @@ impl Room {
         }
     }
 
-    /// One RTP packet from `member`'s microphone. `level_id` is the member's own negotiated
-    /// audio-level extension id.
-    pub fn on_rtp(&self, member: MemberId, level_id: Option<u8>, pkt: &rtp::Packet, now: Instant) {
-        self.packets_in.fetch_add(1, Ordering::Relaxed);
+    /// One RTP packet from `member`'s microphone; what to send because of it is appended to
+    /// `out`. `level_id` is the member's own negotiated audio-level extension id.
+    pub fn on_rtp(
+        &mut self,
+        member: MemberId,
+        level_id: Option<u8>,
+        pkt: &rtp::Packet,
+        now: Instant,
+        out: &mut Vec<Forward>,
+    ) {
+        self.packets_in += 1;
         let source = SourceKey {
             member,
             ssrc: pkt.header.ssrc,
         };
+        let Room {
+            selector, members, ..
+        } = self;
         // Padding-only packets (Chromium's bandwidth probes, sent every few seconds when
         // transport-cc is negotiated) carry no audio and no level: they must neither count
         // as silence in the selection nor leave a gap in the slots they are not sent on.
         if pkt.payload.is_empty() {
-            let mut core = self.lock();
-            let Core { selector, members } = &mut *core;
             for &(listener, slot) in selector.destinations(member) {
-                if let Some(out) = members
+                if let Some(slot) = members
                     .get_mut(&listener)
                     .filter(|m| m.live)
                     .and_then(|m| m.slots.get_mut(slot))
                 {
-                    out.rewriter.skip(source, pkt.header.sequence_number);
+                    slot.rewriter.skip(source, pkt.header.sequence_number);
                 }
             }
             return;
@@ -193,20 +183,20 @@ impl Room {
                 voiced: pkt.payload.len() >= VOICED_MIN_PAYLOAD,
             },
         };
-        let mut core = self.lock();
-        let Core { selector, members } = &mut *core;
         selector.on_audio(member, now, loudness);
+        let before = out.len();
         for &(listener, slot) in selector.destinations(member) {
             let Some(m) = members.get_mut(&listener).filter(|m| m.live) else {
                 continue;
             };
             let level_ext = m.audio_level_id.zip(level_byte);
-            let Some(out) = m.slots.get_mut(slot) else {
+            let Some(output) = m.slots.get_mut(slot) else {
                 continue;
             };
             let h = &pkt.header;
             let Some(rw) =
-                out.rewriter
+                output
+                    .rewriter
                     .rewrite(source, h.sequence_number, h.timestamp, h.marker, now)
             else {
                 continue;
@@ -215,7 +205,7 @@ impl Room {
                 version: 2,
                 padding: false,
                 marker: rw.marker,
-                payload_type: out.payload_type,
+                payload_type: output.payload_type,
                 sequence_number: rw.seq,
                 timestamp: rw.ts,
                 ssrc: rw.ssrc,
@@ -224,28 +214,26 @@ impl Room {
             if let Some((id, b)) = level_ext {
                 let _ = header.set_extension(id, Bytes::copy_from_slice(&[b]));
             }
-            let len = pkt.payload.len() as u64;
-            match out.tx.try_send(rtp::Packet {
-                header,
-                payload: pkt.payload.clone(),
-            }) {
-                Ok(()) => {
-                    self.packets_forwarded.fetch_add(1, Ordering::Relaxed);
-                    self.bytes_forwarded.fetch_add(len, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            out.push(Forward {
+                listener,
+                slot,
+                packet: rtp::Packet {
+                    header,
+                    payload: pkt.payload.clone(),
+                },
+            });
         }
+        let n = (out.len() - before) as u64;
+        self.packets_forwarded += n;
+        self.bytes_forwarded += n * pkt.payload.len() as u64;
     }
 
     pub fn stats(&self) -> WorkerStats {
         WorkerStats {
             peers: self.member_count() as u32,
-            packets_in: self.packets_in.load(Ordering::Relaxed),
-            packets_forwarded: self.packets_forwarded.load(Ordering::Relaxed),
-            bytes_forwarded: self.bytes_forwarded.load(Ordering::Relaxed),
+            packets_in: self.packets_in,
+            packets_forwarded: self.packets_forwarded,
+            bytes_forwarded: self.bytes_forwarded,
         }
     }
 }

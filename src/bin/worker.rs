@@ -2,7 +2,7 @@
 //! Usage: `worker --socket PATH [--conversation ID]` (the conversation comes in `Init`; the
 //! argument only makes `ps` readable).
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     beep_webrtc::telemetry::init();
     let args: Vec<String> = std::env::args().collect();

@@ -1,0 +1,478 @@
+//! The worker's media engine: every peer connection of the conversation, as `rtc` sans-I/O
+//! state machines, and the [`Room`] that routes between them, all owned by one task.
+//!
+//! Why one task and no webrtc driver: the `webrtc` crate runs a driver task per connection and
+//! reaches it through channels and an async mutex, so every forwarded packet paid a channel hop,
+//! a task wake-up, a lock and the driver's `select!` (about half of the CPU per packet in our
+//! profiles). Here a packet from a speaker is decrypted, routed, and encrypted and sent to
+//! each listener in one pass, with plain function calls:
+//!
+//! ```text
+//!  socket reader tasks ──datagrams──▶ handle_read ─▶ poll_read ─▶ Room::on_rtp ─▶ Forwards
+//!                                                                                  │
+//!  listeners' sockets ◀── send_to ◀── poll_write ◀── RTCRtpSender::write_rtp ◀─────┘
+//! ```
+//!
+//! Timers (ICE consent, DTLS retransmits, RTCP reports) are kept in one ordered set of
+//! deadlines, one entry per connection. Nothing here awaits except the loop's `select!`, so a
+//! slow listener cannot hold anyone up: a send that would block is dropped, as UDP would.
+//!
+//! Front's messages come in on a channel; what the engine tells front goes out on another.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtp;
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+
+use crate::config::MediaConfig;
+use crate::identity::Identity;
+use crate::ipc::{SessionId, ToFront, ToWorker};
+use crate::peer::{self, NegotiationError};
+use crate::rewrite::SlotRewriter;
+use crate::room::{Forward, Room, SlotOutput};
+use crate::sdp::Offer;
+use crate::signal::ErrorCode;
+
+/// How often the speaker selection re-runs.
+const TICK: Duration = Duration::from_millis(50);
+const STATS_EVERY: Duration = Duration::from_secs(2);
+/// Datagrams waiting for the engine; a reader whose datagrams are not taken waits (and the
+/// kernel's socket buffer holds the rest).
+const DATAGRAM_QUEUE: usize = 4096;
+/// A connection whose timer is already due is handled at most this often: a deadline that
+/// stays in the past must not spin the loop (webrtc#862).
+const MIN_TIMEOUT_INTERVAL: Duration = Duration::from_millis(1);
+const MAX_DATAGRAM: usize = 2048;
+
+/// Why the engine stopped, or what it was asked.
+pub enum Input {
+    Front(ToWorker),
+    FrontGone(String),
+}
+
+/// One UDP datagram read from a connection's socket.
+struct Datagram {
+    key: u64,
+    from: SocketAddr,
+    data: BytesMut,
+}
+
+/// One client's peer connection.
+struct Peer {
+    session: SessionId,
+    pc: RTCPeerConnection,
+    /// Non-blocking; sends go straight from the engine. A reader task owns a clone.
+    socket: UdpSocket,
+    /// Our candidate's address: what the ICE agent calls this socket.
+    local: SocketAddr,
+    reader: tokio::task::JoinHandle<()>,
+    /// The sender of each slot, by slot index.
+    slots: Vec<RTCRtpSenderId>,
+    /// The client's negotiated audio-level extension id.
+    level_id: Option<u8>,
+    deadline: Option<Instant>,
+    last_timeout: Instant,
+}
+
+/// Counters the room does not keep.
+#[derive(Default)]
+struct Drops {
+    /// Forwards the connection refused (not connected any more, or bad parameters).
+    refused: u64,
+    /// Datagrams the socket would not take (its buffer was full).
+    send_full: u64,
+}
+
+pub struct Engine {
+    media: MediaConfig,
+    room: Room,
+    to_front: UnboundedSender<ToFront>,
+    peers: HashMap<u64, Peer>,
+    sessions: HashMap<SessionId, u64>,
+    /// `(deadline, peer key)`, one entry per connection that has a timer.
+    timers: BTreeSet<(Instant, u64)>,
+    next_key: u64,
+    datagrams: mpsc::Sender<Datagram>,
+    /// Reused for every packet: what the room decided to send.
+    forwards: Vec<Forward>,
+    drops: Drops,
+}
+
+impl Engine {
+    /// Runs until front says `Shutdown` or goes away; returns why it stopped.
+    pub async fn run(
+        media: MediaConfig,
+        to_front: UnboundedSender<ToFront>,
+        mut front: UnboundedReceiver<Input>,
+    ) -> String {
+        let (datagrams, mut incoming) = mpsc::channel(DATAGRAM_QUEUE);
+        let mut engine = Engine {
+            media,
+            room: Room::new(to_front.clone()),
+            to_front,
+            peers: HashMap::new(),
+            sessions: HashMap::new(),
+            timers: BTreeSet::new(),
+            next_key: 0,
+            datagrams,
+            forwards: Vec::new(),
+            drops: Drops::default(),
+        };
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_stats = Instant::now();
+        let reason = loop {
+            let deadline = engine.timers.first().map(|(t, _)| *t);
+            let timer = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                input = front.recv() => match input {
+                    Some(Input::Front(ToWorker::Shutdown)) => break "shutdown requested".to_string(),
+                    Some(Input::Front(msg)) => engine.on_front(msg),
+                    Some(Input::FrontGone(e)) => break format!("front channel ended: {e}"),
+                    None => break "front channel closed".to_string(),
+                },
+                Some(first) = incoming.recv() => {
+                    engine.on_datagram(first);
+                    // Take what else is waiting before looking at the other sources again.
+                    for _ in 0..256 {
+                        match incoming.try_recv() {
+                            Ok(d) => engine.on_datagram(d),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    engine.room.tick(now);
+                    if now.duration_since(last_stats) >= STATS_EVERY {
+                        last_stats = now;
+                        let mut stats = engine.room.stats();
+                        stats.peers = engine.peers.len() as u32;
+                        let _ = engine.to_front.send(ToFront::Stats(stats));
+                    }
+                }
+                _ = timer => engine.on_timers(Instant::now()),
+            }
+        };
+        let sessions: Vec<SessionId> = engine.sessions.keys().copied().collect();
+        for session in sessions {
+            engine.end_session(session, None);
+        }
+        if engine.drops.refused + engine.drops.send_full > 0 {
+            tracing::info!(
+                refused = engine.drops.refused,
+                send_full = engine.drops.send_full,
+                "packets not sent"
+            );
+        }
+        reason
+    }
+
+    fn on_front(&mut self, msg: ToWorker) {
+        match msg {
+            ToWorker::Offer {
+                session,
+                identity,
+                sdp,
+            } => {
+                tracing::info!(%identity, session, "offer");
+                // A new offer replaces the session's connection.
+                self.end_session(session, None);
+                if let Err(e) = self.negotiate(session, identity, sdp) {
+                    tracing::info!(session, "offer rejected: {}", e.message);
+                    let _ = self.to_front.send(ToFront::Rejected {
+                        session,
+                        code: e.code.as_str().into(),
+                        message: e.message,
+                    });
+                }
+            }
+            ToWorker::Ice { session, candidate } => {
+                let Some(&key) = self.sessions.get(&session) else {
+                    return;
+                };
+                let Some(peer) = self.peers.get_mut(&key) else {
+                    return;
+                };
+                match serde_json::from_str::<RTCIceCandidateInit>(&candidate) {
+                    Ok(init) => {
+                        if let Err(e) = peer.pc.add_remote_candidate(init) {
+                            tracing::debug!(session, "remote candidate refused: {e}");
+                        }
+                    }
+                    Err(e) => tracing::debug!(session, "unreadable remote candidate: {e}"),
+                }
+                self.drive(key);
+            }
+            ToWorker::Leave { session } => self.end_session(session, None),
+            ToWorker::Shutdown => {}
+            ToWorker::Init { .. } => tracing::warn!("ignoring a second Init"),
+        }
+    }
+
+    fn negotiate(
+        &mut self,
+        session: SessionId,
+        identity: Identity,
+        sdp: String,
+    ) -> Result<(), NegotiationError> {
+        let sdp = crate::sdp::unify_bundle_ice(&sdp);
+        let offer = Offer::parse(&sdp).map_err(|message| NegotiationError {
+            code: ErrorCode::BadSdp,
+            message,
+        })?;
+        let now = Instant::now();
+        let a = peer::answer(&self.media, &offer, sdp, &format!("beep-{session}"), now)?;
+        let internal = |e: std::io::Error| NegotiationError {
+            code: ErrorCode::Internal,
+            message: format!("socket: {e}"),
+        };
+        a.socket.set_nonblocking(true).map_err(internal)?;
+        let reader_socket = a
+            .socket
+            .try_clone()
+            .and_then(tokio::net::UdpSocket::from_std)
+            .map_err(internal)?;
+        let key = self.next_key;
+        self.next_key += 1;
+        let reader = tokio::spawn(read_datagrams(reader_socket, key, self.datagrams.clone()));
+        let outputs = a
+            .slots
+            .iter()
+            .map(|s| SlotOutput {
+                mid: s.mid.clone(),
+                payload_type: s.payload_type,
+                rewriter: SlotRewriter::new(s.ssrc, rand::random(), rand::random()),
+            })
+            .collect();
+        self.peers.insert(
+            key,
+            Peer {
+                session,
+                pc: a.pc,
+                socket: a.socket,
+                local: a.local,
+                reader,
+                slots: a.slots.iter().map(|s| s.sender).collect(),
+                level_id: offer.audio_level_id,
+                deadline: None,
+                last_timeout: now,
+            },
+        );
+        self.sessions.insert(session, key);
+        let _ = self.to_front.send(ToFront::Answer {
+            session,
+            sdp: a.answer,
+        });
+        self.room
+            .add_member(session, identity, outputs, offer.audio_level_id);
+        self.drive(key);
+        Ok(())
+    }
+
+    /// Closes the session's connection (telling the client, with DTLS close_notify) and
+    /// forgets it. With a `reason`, front is told the connection ended.
+    fn end_session(&mut self, session: SessionId, reason: Option<String>) {
+        let Some(key) = self.sessions.remove(&session) else {
+            return;
+        };
+        self.room.remove_member(session);
+        if let Some(mut peer) = self.peers.remove(&key) {
+            if let Some(t) = peer.deadline.take() {
+                self.timers.remove(&(t, key));
+            }
+            peer.reader.abort();
+            let _ = peer.pc.close();
+            flush(&mut peer, &mut self.drops);
+        }
+        if let Some(reason) = reason {
+            let _ = self.to_front.send(ToFront::Closed { session, reason });
+        }
+    }
+
+    fn on_datagram(&mut self, d: Datagram) {
+        let Some(peer) = self.peers.get_mut(&d.key) else {
+            return;
+        };
+        let msg = TaggedBytesMut {
+            now: Instant::now(),
+            transport: TransportContext {
+                local_addr: peer.local,
+                peer_addr: d.from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: d.data,
+        };
+        if let Err(e) = peer.pc.handle_read(msg) {
+            tracing::trace!(session = peer.session, "datagram refused: {e}");
+        }
+        self.drive(d.key);
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        while let Some(&(t, key)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(peer) = self.peers.get_mut(&key) {
+                peer.deadline = None;
+                peer.last_timeout = now;
+                if let Err(e) = peer.pc.handle_timeout(now) {
+                    tracing::debug!(session = peer.session, "timeout handling: {e}");
+                }
+                self.drive(key);
+            }
+        }
+    }
+
+    /// Takes everything the connection has to give after an input: datagrams to send, events,
+    /// and received RTP (routed through the room to the listeners); then re-arms its timer.
+    fn drive(&mut self, key: u64) {
+        let now = Instant::now();
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        flush(peer, &mut self.drops);
+        let mut events = Vec::new();
+        while let Some(ev) = peer.pc.poll_event() {
+            events.push(ev);
+        }
+        let mut received: Vec<rtp::Packet> = Vec::new();
+        while let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
+            if let RTCMessage::RtpPacket(_, pkt) = message {
+                received.push(pkt);
+            }
+        }
+        flush(peer, &mut self.drops);
+        rearm(&mut self.timers, key, peer, now);
+        let (session, level_id) = (peer.session, peer.level_id);
+
+        for pkt in &received {
+            self.room
+                .on_rtp(session, level_id, pkt, now, &mut self.forwards);
+            self.send_forwards(now);
+        }
+        for ev in events {
+            self.on_peer_event(session, ev);
+        }
+    }
+
+    /// Hands the room's decisions to the listeners' connections and sends the datagrams.
+    fn send_forwards(&mut self, now: Instant) {
+        for f in self.forwards.drain(..) {
+            let Some(peer) = self
+                .sessions
+                .get(&f.listener)
+                .and_then(|key| self.peers.get_mut(key))
+            else {
+                continue;
+            };
+            let Some(&sender) = peer.slots.get(f.slot) else {
+                continue;
+            };
+            let written = match peer.pc.rtp_sender(sender) {
+                Some(mut s) => s.write_rtp(now, f.packet).is_ok(),
+                None => false,
+            };
+            if !written {
+                self.drops.refused += 1;
+            }
+            flush(peer, &mut self.drops);
+        }
+    }
+
+    fn on_peer_event(&mut self, session: SessionId, ev: RTCPeerConnectionEvent) {
+        match ev {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                tracing::debug!(session, "peer connection {state}");
+                match state {
+                    RTCPeerConnectionState::Connected => self.room.set_live(session),
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        self.end_session(session, Some(format!("peer-connection-{state}")))
+                    }
+                    _ => {}
+                }
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                tracing::debug!(session, ssrc = init.ssrc, "microphone track open");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Sends every datagram the connection has queued.
+fn flush(peer: &mut Peer, drops: &mut Drops) {
+    while let Some(msg) = peer.pc.poll_write() {
+        match peer.socket.send_to(&msg.message, msg.transport.peer_addr) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => drops.send_full += 1,
+            Err(e) => tracing::trace!(session = peer.session, "send: {e}"),
+        }
+    }
+}
+
+/// Moves the connection's entry in the timer set to its next deadline.
+fn rearm(timers: &mut BTreeSet<(Instant, u64)>, key: u64, peer: &mut Peer, now: Instant) {
+    let next = peer.pc.poll_timeout().map(|t| {
+        // Already due, and handled less than a millisecond ago: wait out the millisecond.
+        if t <= now && now.duration_since(peer.last_timeout) < MIN_TIMEOUT_INTERVAL {
+            peer.last_timeout + MIN_TIMEOUT_INTERVAL
+        } else {
+            t
+        }
+    });
+    if next == peer.deadline {
+        return;
+    }
+    if let Some(old) = peer.deadline.take() {
+        timers.remove(&(old, key));
+    }
+    if let Some(t) = next {
+        timers.insert((t, key));
+        peer.deadline = Some(t);
+    }
+}
+
+/// Reads one connection's socket and passes each datagram to the engine.
+async fn read_datagrams(socket: tokio::net::UdpSocket, key: u64, to: mpsc::Sender<Datagram>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                let d = Datagram {
+                    key,
+                    from,
+                    data: BytesMut::from(&buf[..n]),
+                };
+                if to.send(d).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // Not expected on an unconnected UDP socket; never spin on it.
+                tracing::debug!("socket read: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
