@@ -298,7 +298,9 @@ impl Client {
                 .await?,
         );
         let mic_ssrc: u32 = rand::random();
-        let mic = Arc::new(TrackLocalStaticRTP::new(opus_media_track("mic", "mic", mic_ssrc)));
+        let mic = Arc::new(TrackLocalStaticRTP::new(opus_media_track(
+            "mic", "mic", mic_ssrc,
+        )));
         pc.add_track(mic.clone() as Arc<dyn TrackLocal>).await?;
         for _ in 1..opts.slots.max(1) {
             pc.add_transceiver_from_kind(
@@ -564,6 +566,12 @@ impl Client {
     /// Closes the signalling socket only; media continues.
     pub fn close_socket(&self) {
         let _ = self.ws_out.send(Message::Close(None));
+    }
+
+    /// Closes the peer connection only (DTLS close_notify); signalling continues.
+    pub async fn close_media(&self) {
+        self.stop_sending();
+        let _ = self.pc.close().await;
     }
 
     pub async fn close(&self) {

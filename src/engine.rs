@@ -28,9 +28,9 @@ use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::peer_connection::transport::{RTCDtlsTransportState, RTCIceCandidateInit};
 use rtc::rtp;
-use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::RTCRtpReceiverId;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
@@ -77,8 +77,6 @@ struct Peer {
     /// Our candidate's address: what the ICE agent calls this socket.
     local: SocketAddr,
     reader: tokio::task::JoinHandle<()>,
-    /// The sender of each slot, by slot index.
-    slots: Vec<RTCRtpSenderId>,
     /// The client's negotiated audio-level extension id.
     level_id: Option<u8>,
     deadline: Option<Instant>,
@@ -270,7 +268,6 @@ impl Engine {
                 socket: a.socket,
                 local: a.local,
                 reader,
-                slots: a.slots.iter().map(|s| s.sender).collect(),
                 level_id: offer.audio_level_id,
                 deadline: None,
                 last_timeout: now,
@@ -323,6 +320,14 @@ impl Engine {
         };
         if let Err(e) = peer.pc.handle_read(msg) {
             tracing::trace!(session = peer.session, "datagram refused: {e}");
+        }
+        if closed_by_client(&mut peer.pc) {
+            // The W3C state machine keeps a connection whose DTLS was closed "connected" while
+            // ICE still answers, which would keep forwarding to a client that has gone for the
+            // ICE timeouts (20 s by default). Its close_notify is the client saying goodbye.
+            let session = peer.session;
+            self.end_session(session, Some(crate::ipc::CLOSED_BY_CLIENT.into()));
+            return;
         }
         self.drive(d.key);
     }
@@ -377,6 +382,11 @@ impl Engine {
     }
 
     /// Hands the room's decisions to the listeners' connections and sends the datagrams.
+    ///
+    /// The packets go straight into the connection's write pipeline (interceptors, SRTP, ICE)
+    /// rather than through `RTCRtpSender::write_rtp`, which re-checks on every packet what
+    /// the negotiation already fixed (SSRC, payload type, extension ids: the room writes each
+    /// slot's own) and allocates the track id the pipeline then ignores.
     fn send_forwards(&mut self, now: Instant) {
         for f in self.forwards.drain(..) {
             let Some(peer) = self
@@ -386,14 +396,11 @@ impl Engine {
             else {
                 continue;
             };
-            let Some(&sender) = peer.slots.get(f.slot) else {
-                continue;
+            let msg = TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(String::new(), f.packet),
             };
-            let written = match peer.pc.rtp_sender(sender) {
-                Some(mut s) => s.write_rtp(now, f.packet).is_ok(),
-                None => false,
-            };
-            if !written {
+            if peer.pc.handle_write(msg).is_err() {
                 self.drops.refused += 1;
             }
             flush(peer, &mut self.drops);
@@ -418,6 +425,25 @@ impl Engine {
             _ => {}
         }
     }
+}
+
+/// Whether the client closed the connection (its DTLS close_notify arrived).
+fn closed_by_client(pc: &mut RTCPeerConnection) -> bool {
+    // Under BUNDLE every receiver shares the one DTLS transport; any will do.
+    let Some(receiver) = pc
+        .get_transceivers()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .find(|&t| {
+            pc.rtp_transceiver(t)
+                .is_some_and(|t| t.receiver().is_some())
+        })
+    else {
+        return false;
+    };
+    pc.rtp_receiver(RTCRtpReceiverId::from(receiver))
+        .and_then(|r| r.transport().map(|t| t.state()))
+        == Some(RTCDtlsTransportState::Closed)
 }
 
 /// Sends every datagram the connection has queued.

@@ -487,7 +487,10 @@ impl Front {
                 if let Some(c) = client.filter(|_| current) {
                     c.session = None;
                     // Still signalling: the client can get its media back with a new offer.
-                    c.send(Out::Text(reconnect_event(&reason)));
+                    // (One that closed its connection itself knows, and is not told.)
+                    if reason != crate::ipc::CLOSED_BY_CLIENT {
+                        c.send(Out::Text(reconnect_event(&reason)));
+                    }
                 }
             }
             ToFront::Stats(_) | ToFront::Ready { .. } => {}

@@ -77,7 +77,8 @@ pub enum ToFront {
         code: String,
         message: String,
     },
-    /// The peer connection ended (closed, failed, or left).
+    /// The peer connection ended (closed, failed, or left); `reason` is
+    /// [`CLOSED_BY_CLIENT`] when the client closed it itself.
     Closed {
         session: SessionId,
         reason: String,
@@ -85,6 +86,9 @@ pub enum ToFront {
     /// Counters for metrics and `ctl`, sent every few seconds.
     Stats(WorkerStats),
 }
+
+/// The `Closed` reason when the client closed its peer connection (DTLS close_notify).
+pub const CLOSED_BY_CLIENT: &str = "closed-by-client";
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStats {

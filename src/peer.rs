@@ -20,8 +20,8 @@ use rand::Rng;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_rtcp_reports, configure_twcc_receiver_only, register_default_interceptors,
@@ -154,12 +154,17 @@ fn bind_socket(media: &MediaConfig) -> Result<UdpSocket, NegotiationError> {
     (0..span.min(512))
         .map(|i| lo + ((start + i) % span) as u16)
         .find_map(|port| UdpSocket::bind((ip, port)).ok())
-        .ok_or_else(|| NegotiationError::new(ErrorCode::Unavailable, "no free UDP port in RTC_PORTS"))
+        .ok_or_else(|| {
+            NegotiationError::new(ErrorCode::Unavailable, "no free UDP port in RTC_PORTS")
+        })
 }
 
 /// The address clients are told to send to (see the module docs).
 fn announced_ip(media: &MediaConfig) -> IpAddr {
-    if let Some(ip) = media.public_ip.or(media.bind_ip.filter(|ip| !ip.is_unspecified())) {
+    if let Some(ip) = media
+        .public_ip
+        .or(media.bind_ip.filter(|ip| !ip.is_unspecified()))
+    {
         return ip;
     }
     rtc::shared::ifaces::ifaces()

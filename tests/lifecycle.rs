@@ -96,6 +96,58 @@ async fn a_dead_worker_only_affects_its_conversation() {
     }
 }
 
+/// `beep_peers` from /metrics (the workers report every 2 s).
+async fn peers(front: &Front) -> Option<u64> {
+    let text = front
+        .http
+        .get(front.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("beep_peers "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_its_connection_is_let_go_at_once() {
+    let perms = Permissions::start().await;
+    // ICE consent alone would take a minute to notice the client has gone.
+    let slow_ice = [("ICE_DISCONNECTED_MS", "30000"), ("ICE_FAILED_MS", "30000")];
+    let front = Front::start(&perms.url(), &slow_ice).await;
+    let a = member(&front, "bye", "a").await;
+    let b = member(&front, "bye", "b").await;
+    a.start_sending("a", 20);
+    assert!(eventually(T, || b.heard_from("a") > 20).await);
+    let deadline = tokio::time::Instant::now() + T;
+    while peers(&front).await != Some(2) {
+        assert!(tokio::time::Instant::now() < deadline, "never saw 2 peers");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.close_media().await;
+    let closed_at = tokio::time::Instant::now();
+    while peers(&front).await != Some(1) {
+        assert!(
+            closed_at.elapsed() < Duration::from_secs(8),
+            "the closed peer connection is still in the worker: {:?} peers",
+            peers(&front).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // b closed it itself: it is not asked to reconnect, and nobody got an error.
+    assert!(
+        !b.events().iter().any(|e| e["type"] == "reconnect"),
+        "{:?}",
+        b.events()
+    );
+    assert!(a.errors().is_empty() && b.errors().is_empty());
+    a.close().await;
+    b.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_workers_and_leaves_nothing_behind() {
     let perms = Permissions::start().await;
