@@ -242,6 +242,10 @@ fn bench_ipc(c: &mut Criterion) {
         packets_in: 123_456_789,
         packets_forwarded: 987_654_321,
         bytes_forwarded: 59_259_259_260,
+        forward_delay: beep_webrtc::metrics::DelayHistogram {
+            counts: vec![1_000_000; beep_webrtc::metrics::DELAY_BUCKETS_US.len() + 1],
+            sum_us: 4_000_000_000,
+        },
     });
     let event = ToFront::Event {
         session: 42,

@@ -38,6 +38,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use crate::config::MediaConfig;
 use crate::identity::Identity;
 use crate::ipc::{SessionId, ToFront, ToWorker};
+use crate::metrics::DelayHistogram;
 use crate::peer::{self, NegotiationError};
 use crate::rewrite::SlotRewriter;
 use crate::room::{Forward, Room, SlotOutput};
@@ -64,6 +65,8 @@ pub enum Input {
 /// One UDP datagram read from a connection's socket.
 struct Datagram {
     key: u64,
+    /// When the reader took it from the socket: forwarding delay is measured from here.
+    at: Instant,
     from: SocketAddr,
     data: BytesMut,
 }
@@ -105,6 +108,7 @@ pub struct Engine {
     /// Reused for every packet: what the room decided to send.
     forwards: Vec<Forward>,
     drops: Drops,
+    forward_delay: DelayHistogram,
 }
 
 impl Engine {
@@ -126,6 +130,7 @@ impl Engine {
             datagrams,
             forwards: Vec::new(),
             drops: Drops::default(),
+            forward_delay: DelayHistogram::default(),
         };
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -163,6 +168,7 @@ impl Engine {
                         last_stats = now;
                         let mut stats = engine.room.stats();
                         stats.peers = engine.peers.len() as u32;
+                        stats.forward_delay = engine.forward_delay.clone();
                         let _ = engine.to_front.send(ToFront::Stats(stats));
                     }
                 }
@@ -217,7 +223,7 @@ impl Engine {
                     }
                     Err(e) => tracing::debug!(session, "unreadable remote candidate: {e}"),
                 }
-                self.drive(key);
+                self.drive(key, None);
             }
             ToWorker::Leave { session } => self.end_session(session, None),
             ToWorker::Shutdown => {}
@@ -280,7 +286,7 @@ impl Engine {
         });
         self.room
             .add_member(session, identity, outputs, offer.audio_level_id);
-        self.drive(key);
+        self.drive(key, None);
         Ok(())
     }
 
@@ -329,7 +335,7 @@ impl Engine {
             self.end_session(session, Some(crate::ipc::CLOSED_BY_CLIENT.into()));
             return;
         }
-        self.drive(d.key);
+        self.drive(d.key, Some(d.at));
     }
 
     fn on_timers(&mut self, now: Instant) {
@@ -344,14 +350,15 @@ impl Engine {
                 if let Err(e) = peer.pc.handle_timeout(now) {
                     tracing::debug!(session = peer.session, "timeout handling: {e}");
                 }
-                self.drive(key);
+                self.drive(key, None);
             }
         }
     }
 
     /// Takes everything the connection has to give after an input: datagrams to send, events,
     /// and received RTP (routed through the room to the listeners); then re-arms its timer.
-    fn drive(&mut self, key: u64) {
+    /// `read_at` is when the datagram that prompted this was read, if one did.
+    fn drive(&mut self, key: u64, read_at: Option<Instant>) {
         let now = Instant::now();
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
@@ -374,7 +381,7 @@ impl Engine {
         for pkt in &received {
             self.room
                 .on_rtp(session, level_id, pkt, now, &mut self.forwards);
-            self.send_forwards(now);
+            self.send_forwards(now, read_at);
         }
         for ev in events {
             self.on_peer_event(session, ev);
@@ -387,7 +394,7 @@ impl Engine {
     /// rather than through `RTCRtpSender::write_rtp`, which re-checks on every packet what
     /// the negotiation already fixed (SSRC, payload type, extension ids: the room writes each
     /// slot's own) and allocates the track id the pipeline then ignores.
-    fn send_forwards(&mut self, now: Instant) {
+    fn send_forwards(&mut self, now: Instant, read_at: Option<Instant>) {
         for f in self.forwards.drain(..) {
             let Some(peer) = self
                 .sessions
@@ -402,8 +409,12 @@ impl Engine {
             };
             if peer.pc.handle_write(msg).is_err() {
                 self.drops.refused += 1;
+                continue;
             }
             flush(peer, &mut self.drops);
+            if let Some(at) = read_at {
+                self.forward_delay.record(at.elapsed());
+            }
         }
     }
 
@@ -487,6 +498,7 @@ async fn read_datagrams(socket: tokio::net::UdpSocket, key: u64, to: mpsc::Sende
             Ok((n, from)) => {
                 let d = Datagram {
                     key,
+                    at: Instant::now(),
                     from,
                     data: BytesMut::from(&buf[..n]),
                 };

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::config::MediaConfig;
 use crate::identity::Identity;
 
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// SDPs are a few KiB; a frame near this size is already a bug.
 pub const MAX_FRAME: usize = 1 << 20;
 
@@ -96,6 +96,8 @@ pub struct WorkerStats {
     pub packets_in: u64,
     pub packets_forwarded: u64,
     pub bytes_forwarded: u64,
+    /// Since the worker started.
+    pub forward_delay: crate::metrics::DelayHistogram,
 }
 
 #[derive(Debug, thiserror::Error)]

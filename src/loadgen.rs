@@ -7,8 +7,9 @@
 //! the first member of every conversation (its join starts the conversation's worker: a *spawn*
 //! join), then everyone else (the worker is up: a *warm* join), spread over the ramp-up time.
 //! After a warm-up it measures a steady-state window: forwarded packets/s at the listeners,
-//! one-way latency sender → SFU → listener, loss per listener, and the CPU seconds and memory
-//! of front and every worker from `/proc`.
+//! one-way latency sender → SFU → listener, the delay inside the SFU (the workers' own
+//! histogram, from `/metrics`), loss per listener, and the CPU seconds and memory of front and
+//! every worker from `/proc`.
 //!
 //! *Churn mode* connects and closes clients many times (in one warm conversation with an anchor
 //! speaker, or each in a new conversation) and compares front's and the workers' RSS, open fds
@@ -510,6 +511,38 @@ impl Server {
         self.front_pid.map(ServerSample::take)
     }
 
+    /// The workers' forwarding-delay histogram from `/metrics` (cumulative there).
+    async fn forward_delay(&self) -> Option<crate::metrics::DelayHistogram> {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let name = "beep_forward_delay_seconds";
+        let mut cumulative = Vec::new();
+        let mut sum_us = 0;
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix(&format!("{name}_bucket{{le=\"")) {
+                cumulative.push(rest.split_once("} ")?.1.trim().parse::<u64>().ok()?);
+            } else if let Some(v) = l.strip_prefix(&format!("{name}_sum ")) {
+                sum_us = (v.trim().parse::<f64>().ok()? * 1e6) as u64;
+            }
+        }
+        let counts = cumulative
+            .iter()
+            .scan(0, |prev, &c| {
+                let d = c.saturating_sub(*prev);
+                *prev = c;
+                Some(d)
+            })
+            .collect();
+        Some(crate::metrics::DelayHistogram { counts, sum_us })
+    }
+
     /// A gauge or counter from `/metrics`.
     async fn metric(&self, name: &str) -> Option<f64> {
         let text = self
@@ -747,7 +780,20 @@ pub struct Forwarding {
     /// One-way, loadgen sender → SFU → loadgen listener, in the window: bounds the latency
     /// the SFU adds from above (it includes both clients' webrtc stacks and loopback).
     pub latency: Dist,
+    /// Inside the SFU only: the workers' own measurement (datagram read → sent), from
+    /// `/metrics` before and after the window (the workers report every 2 s).
+    pub sfu_delay: Option<SfuDelay>,
     pub loss: Loss,
+}
+
+/// Quantiles of a histogram are bucket bounds: "at most".
+#[derive(Debug, Default, Serialize)]
+pub struct SfuDelay {
+    pub n: u64,
+    pub mean_ms: f64,
+    pub p50_le_ms: Option<f64>,
+    pub p99_le_ms: Option<f64>,
+    pub p999_le_ms: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -1072,12 +1118,14 @@ async fn load(o: &Options, server: &Server, report: &mut Report) -> anyhow::Resu
     let me0 = proc_sample(std::process::id()).unwrap_or_default();
     let jiffies0: Vec<_> = (0..cpu_count()).map(cpu_jiffies).collect();
     let s0 = server.sample();
+    let delay0 = server.forward_delay().await;
     let rx0: u64 = clients.iter().map(|c| c.packets_received()).sum();
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(o.duration)).await;
     let rx1: u64 = clients.iter().map(|c| c.packets_received()).sum();
     let t1 = Instant::now();
     let s1 = server.sample();
+    let delay1 = server.forward_delay().await;
     let jiffies1: Vec<_> = (0..cpu_count()).map(cpu_jiffies).collect();
     let me1 = proc_sample(std::process::id()).unwrap_or_default();
     let window = (t1 - t0).as_secs_f64();
@@ -1163,6 +1211,31 @@ async fn load(o: &Options, server: &Server, report: &mut Report) -> anyhow::Resu
             0.0
         },
         latency: Dist::of(latency),
+        sfu_delay: delay0.zip(delay1).map(|(d0, d1)| {
+            let mut d = crate::metrics::DelayHistogram {
+                counts: d1
+                    .counts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| c.saturating_sub(d0.counts.get(i).copied().unwrap_or(0)))
+                    .collect(),
+                sum_us: d1.sum_us.saturating_sub(d0.sum_us),
+            };
+            d.counts
+                .truncate(crate::metrics::DELAY_BUCKETS_US.len() + 1);
+            let ms = |q| d.quantile_bound(q).map(|us| us as f64 / 1e3);
+            SfuDelay {
+                n: d.count(),
+                mean_ms: if d.count() > 0 {
+                    d.sum_us as f64 / d.count() as f64 / 1e3
+                } else {
+                    0.0
+                },
+                p50_le_ms: ms(0.5),
+                p99_le_ms: ms(0.99),
+                p999_le_ms: ms(0.999),
+            }
+        }),
         loss: Loss {
             listeners: losses.len(),
             overall: if sent_all > 0 {
@@ -1568,6 +1641,17 @@ pub fn print_summary(r: &Report) {
             "  one-way latency (loadgen→SFU→loadgen)  {}",
             f.latency.line()
         );
+        if let Some(d) = &f.sfu_delay {
+            let le = |v: Option<f64>| v.map_or("> 50".to_string(), |v| format!("≤ {v}"));
+            println!(
+                "  in the SFU (worker: datagram read → sent)  mean {:.3}  p50 {}  p99 {}  p99.9 {} ms  (n={})",
+                d.mean_ms,
+                le(d.p50_le_ms),
+                le(d.p99_le_ms),
+                le(d.p999_le_ms),
+                d.n
+            );
+        }
         println!(
             "  loss per listener: overall {:.4}%  mean {:.4}%  p50 {:.4}%  max {:.4}%  ({} listeners, {} over 0.1%, {} starved; seq gaps {}, ts backwards {})",
             100.0 * f.loss.overall,

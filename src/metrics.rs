@@ -1,5 +1,8 @@
 //! Counters behind `GET /metrics` (Prometheus text format). Plain atomics: the hot media path
 //! is in the workers, which report their own counters to front in `Stats` messages.
+//!
+//! [`DelayHistogram`] is the one measurement the workers take per packet: how long each
+//! forwarded packet spent in the worker (its datagram read → its copy sent to a listener).
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +32,64 @@ impl Latency {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_us
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Upper bounds (µs) of the forwarding-delay buckets; one more bucket counts the rest.
+pub const DELAY_BUCKETS_US: [u64; 16] = [
+    25, 50, 100, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 7_500, 10_000, 20_000,
+    50_000,
+];
+
+/// Counts of forwarding delays per bucket of [`DELAY_BUCKETS_US`] (not cumulative; the last
+/// entry is everything above the last bound), and their sum.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DelayHistogram {
+    pub counts: Vec<u64>,
+    pub sum_us: u64,
+}
+
+impl DelayHistogram {
+    pub fn record(&mut self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        if self.counts.is_empty() {
+            self.counts = vec![0; DELAY_BUCKETS_US.len() + 1];
+        }
+        let i = DELAY_BUCKETS_US.partition_point(|&b| b < us);
+        self.counts[i] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    pub fn add(&mut self, other: &DelayHistogram) {
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The bucket bound (µs) at or below which a fraction `q` of the delays fell; `None` when
+    /// empty or beyond the last bound.
+    pub fn quantile_bound(&self, q: f64) -> Option<u64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let want = (q * n as f64).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return DELAY_BUCKETS_US.get(i).copied();
+            }
+        }
+        None
     }
 }
 
@@ -111,6 +172,58 @@ impl Metrics {
                 l.sum_us.load(Ordering::Relaxed) as f64 / 1e6
             );
         }
+        let mut delay = DelayHistogram::default();
+        for w in workers {
+            delay.add(&w.stats.forward_delay);
+        }
+        let name = "beep_forward_delay_seconds";
+        let _ = writeln!(
+            o,
+            "# HELP {name} Time a forwarded packet spent in its worker (datagram read to sent), running workers.\n# TYPE {name} histogram"
+        );
+        let mut cumulative = 0;
+        for (i, bound) in DELAY_BUCKETS_US.iter().enumerate() {
+            cumulative += delay.counts.get(i).copied().unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            o,
+            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {:.6}\n{name}_count {}",
+            delay.count(),
+            delay.sum_us as f64 / 1e6,
+            delay.count()
+        );
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_histogram_buckets_and_quantiles() {
+        let mut h = DelayHistogram::default();
+        assert_eq!(h.quantile_bound(0.5), None);
+        for us in [10, 30, 30, 400, 400, 400, 400, 400, 900, 60_000] {
+            h.record(Duration::from_micros(us));
+        }
+        assert_eq!(h.count(), 10);
+        assert_eq!(h.counts[0], 1); // ≤ 25
+        assert_eq!(h.counts[1], 2); // ≤ 50
+        assert_eq!(h.counts[5], 5); // ≤ 500
+        assert_eq!(h.counts[DELAY_BUCKETS_US.len()], 1); // beyond 50 ms
+        assert_eq!(h.quantile_bound(0.5), Some(500));
+        assert_eq!(h.quantile_bound(0.9), Some(1_000));
+        assert_eq!(h.quantile_bound(1.0), None);
+        let mut total = DelayHistogram::default();
+        total.add(&h);
+        total.add(&h);
+        assert_eq!(total.count(), 20);
+        assert_eq!(total.sum_us, 2 * h.sum_us);
     }
 }

@@ -234,6 +234,7 @@ impl Room {
             packets_in: self.packets_in,
             packets_forwarded: self.packets_forwarded,
             bytes_forwarded: self.bytes_forwarded,
+            forward_delay: Default::default(),
         }
     }
 }
