@@ -209,6 +209,9 @@ pub struct ProcSample {
     /// utime + stime of all its threads, seconds.
     pub cpu_s: f64,
     pub rss_kib: u64,
+    /// Proportional set size: pages shared with other processes (the executable's text, which
+    /// every worker maps) count by their share. The fair measure when many workers run.
+    pub pss_kib: u64,
     /// Peak RSS (VmHWM).
     pub hwm_kib: u64,
     pub threads: u64,
@@ -240,6 +243,14 @@ pub fn proc_sample(pid: u32) -> Option<ProcSample> {
         // Fields after the command: state(0) ppid(1) ... utime(11) stime(12).
         cpu_s: (ticks(11) + ticks(12)) as f64 / CLK_TCK,
         rss_kib: kib("VmRSS:"),
+        pss_kib: std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("Pss:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0),
         hwm_kib: kib("VmHWM:"),
         threads: count("task"),
         fds: count("fd"),
@@ -815,6 +826,9 @@ pub struct ServerReport {
     pub workers_peak_rss_kib: u64,
     /// (front growth since before the first join + all workers) / connected peers.
     pub rss_per_peer_kib: Option<f64>,
+    pub workers_pss_kib: u64,
+    /// As `rss_per_peer_kib`, with the workers' PSS instead of their RSS.
+    pub pss_per_peer_kib: Option<f64>,
     pub front_threads: u64,
     pub workers_threads: u64,
     /// Busy share of each CPU over the window (all processes, irq included).
@@ -1279,6 +1293,12 @@ async fn load(o: &Options, server: &Server, report: &mut Report) -> anyhow::Resu
             workers_rss_kib: s1.workers_sum(|w| w.rss_kib),
             workers_peak_rss_kib: s1.workers_sum(|w| w.hwm_kib),
             rss_per_peer_kib: (peers > 0).then(|| mem as f64 / peers as f64),
+            workers_pss_kib: s1.workers_sum(|w| w.pss_kib),
+            pss_per_peer_kib: (peers > 0).then(|| {
+                (s1.front.rss_kib.saturating_sub(front_before) + s1.workers_sum(|w| w.pss_kib))
+                    as f64
+                    / peers as f64
+            }),
             front_threads: s1.front.threads,
             workers_threads: s1.workers_sum(|w| w.threads),
             cpu_busy: jiffies0
@@ -1677,13 +1697,15 @@ pub fn print_summary(r: &Report) {
                 .map_or("-".into(), |u| format!("{u:.2}"))
         );
         println!(
-            "  RSS: front {} KiB (peak {}, before {}), workers {} KiB (peaks {}); {} KiB per peer; threads front {} workers {}",
+            "  RSS: front {} KiB (peak {}, before {}), workers {} KiB (peaks {}, PSS {}); {} KiB per peer (PSS {}); threads front {} workers {}",
             s.front_rss_kib,
             s.front_peak_rss_kib,
             s.front_rss_before_kib,
             s.workers_rss_kib,
             s.workers_peak_rss_kib,
+            s.workers_pss_kib,
             s.rss_per_peer_kib.map_or("-".into(), |x| format!("{x:.0}")),
+            s.pss_per_peer_kib.map_or("-".into(), |x| format!("{x:.0}")),
             s.front_threads,
             s.workers_threads
         );

@@ -47,11 +47,9 @@ async fn serve(
     let (to_front, mut outbox) = mpsc::unbounded_channel::<ToFront>();
     let writer = tokio::spawn(async move {
         while let Some(msg) = outbox.recv().await {
-            if let Err(e) = ipc::write_frame(&mut w, &msg).await {
-                return Err(e);
-            }
+            ipc::write_frame(&mut w, &msg).await?;
         }
-        Ok(())
+        Ok::<_, ipc::IpcError>(())
     });
     let _ = to_front.send(ToFront::Ready {
         pid: std::process::id(),
