@@ -132,17 +132,29 @@ impl Engine {
             drops: Drops::default(),
             forward_delay: DelayHistogram::default(),
         };
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_tick = Instant::now() + TICK;
         let mut last_stats = Instant::now();
+        let sleep = tokio::time::sleep_until(next_tick.into());
+        tokio::pin!(sleep);
         let reason = loop {
-            let deadline = engine.timers.first().map(|(t, _)| *t);
-            let timer = async {
-                match deadline {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
+            // Connection timers and the selection tick are handled after every wake-up, not
+            // only when the sleep fires: under a flood of datagrams the sleep branch might
+            // never win the `select!`, and ICE consent must not starve.
+            let now = Instant::now();
+            engine.on_timers(now);
+            if now >= next_tick {
+                next_tick = now + TICK;
+                engine.room.tick(now);
+                if now.duration_since(last_stats) >= STATS_EVERY {
+                    last_stats = now;
+                    engine.send_stats();
                 }
-            };
+            }
+            let wake = engine
+                .timers
+                .first()
+                .map_or(next_tick, |(t, _)| (*t).min(next_tick));
+            sleep.as_mut().reset(wake.into());
             tokio::select! {
                 biased;
                 input = front.recv() => match input {
@@ -161,18 +173,7 @@ impl Engine {
                         }
                     }
                 }
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    engine.room.tick(now);
-                    if now.duration_since(last_stats) >= STATS_EVERY {
-                        last_stats = now;
-                        let mut stats = engine.room.stats();
-                        stats.peers = engine.peers.len() as u32;
-                        stats.forward_delay = engine.forward_delay.clone();
-                        let _ = engine.to_front.send(ToFront::Stats(stats));
-                    }
-                }
-                _ = timer => engine.on_timers(Instant::now()),
+                _ = &mut sleep => {}
             }
         };
         let sessions: Vec<SessionId> = engine.sessions.keys().copied().collect();
@@ -187,6 +188,13 @@ impl Engine {
             );
         }
         reason
+    }
+
+    fn send_stats(&self) {
+        let mut stats = self.room.stats();
+        stats.peers = self.peers.len() as u32;
+        stats.forward_delay = self.forward_delay.clone();
+        let _ = self.to_front.send(ToFront::Stats(stats));
     }
 
     fn on_front(&mut self, msg: ToWorker) {

@@ -6,7 +6,8 @@ import os, socket, sys, time
 path = sys.argv[sys.argv.index("--socket") + 1]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(path)
-s.recv(65536)  # Init
+init = s.recv(65536)  # Init: u32 length, u16 protocol version, body
+version = int.from_bytes(init[4:6], "big")  # speak front's version, whatever it is now
 
 
 def varint(n):
@@ -19,8 +20,8 @@ def varint(n):
             return bytes(out)
 
 
-def frame(body):  # u32 length, u16 protocol version 1, postcard body
-    return (len(body) + 2).to_bytes(4, "big") + (1).to_bytes(2, "big") + body
+def frame(body):  # u32 length, u16 protocol version, postcard body
+    return (len(body) + 2).to_bytes(4, "big") + version.to_bytes(2, "big") + body
 
 
 s.sendall(frame(b"\x00" + varint(os.getpid())))  # ToFront::Ready { pid }: a good start
