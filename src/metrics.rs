@@ -36,9 +36,9 @@ impl Latency {
 }
 
 /// Upper bounds (µs) of the forwarding-delay buckets; one more bucket counts the rest.
-pub const DELAY_BUCKETS_US: [u64; 16] = [
-    25, 50, 100, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 7_500, 10_000, 20_000,
-    50_000,
+pub const DELAY_BUCKETS_US: [u64; 19] = [
+    25, 50, 100, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 4_000, 5_000, 6_000, 7_500,
+    10_000, 15_000, 20_000, 50_000,
 ];
 
 /// Counts of forwarding delays per bucket of [`DELAY_BUCKETS_US`] (not cumulative; the last
@@ -219,11 +219,17 @@ mod tests {
         assert_eq!(h.counts[DELAY_BUCKETS_US.len()], 1); // beyond 50 ms
         assert_eq!(h.quantile_bound(0.5), Some(500));
         assert_eq!(h.quantile_bound(0.9), Some(1_000));
+        assert_eq!(h.quantile_bound(0.95), None); // the 60 ms one
+        h.record(Duration::from_micros(5_500));
+        assert_eq!(
+            h.counts[DELAY_BUCKETS_US.partition_point(|&b| b < 6_000)],
+            1
+        );
         assert_eq!(h.quantile_bound(1.0), None);
         let mut total = DelayHistogram::default();
         total.add(&h);
         total.add(&h);
-        assert_eq!(total.count(), 20);
+        assert_eq!(total.count(), 22);
         assert_eq!(total.sum_us, 2 * h.sum_us);
     }
 }

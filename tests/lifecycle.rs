@@ -96,8 +96,8 @@ async fn a_dead_worker_only_affects_its_conversation() {
     }
 }
 
-/// `beep_peers` from /metrics (the workers report every 2 s).
-async fn peers(front: &Front) -> Option<u64> {
+/// A value from /metrics (the workers report every 2 s).
+async fn metric(front: &Front, name: &str) -> Option<u64> {
     let text = front
         .http
         .get(front.url("/metrics"))
@@ -108,8 +108,12 @@ async fn peers(front: &Front) -> Option<u64> {
         .await
         .ok()?;
     text.lines()
-        .find_map(|l| l.strip_prefix("beep_peers "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
+}
+
+async fn peers(front: &Front) -> Option<u64> {
+    metric(front, "beep_peers").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,6 +129,18 @@ async fn a_client_that_closes_its_connection_is_let_go_at_once() {
     let deadline = tokio::time::Instant::now() + T;
     while peers(&front).await != Some(2) {
         assert!(tokio::time::Instant::now() < deadline, "never saw 2 peers");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The worker times what it forwards (a → b).
+    while metric(&front, "beep_forward_delay_seconds_count")
+        .await
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no forwarding delay measured"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     b.close_media().await;
