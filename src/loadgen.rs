@@ -522,17 +522,14 @@ impl Server {
         self.front_pid.map(ServerSample::take)
     }
 
+    async fn metrics_text(&self) -> Option<String> {
+        let r = self.http.get(self.url("/metrics")).send().await.ok()?;
+        r.text().await.ok()
+    }
+
     /// The workers' forwarding-delay histogram from `/metrics` (cumulative there).
     async fn forward_delay(&self) -> Option<crate::metrics::DelayHistogram> {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = self.metrics_text().await?;
         let name = "beep_forward_delay_seconds";
         let mut cumulative = Vec::new();
         let mut sum_us = 0;
@@ -556,15 +553,7 @@ impl Server {
 
     /// A gauge or counter from `/metrics`.
     async fn metric(&self, name: &str) -> Option<f64> {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = self.metrics_text().await?;
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
