@@ -10,7 +10,7 @@
 //! ```text
 //!  socket reader tasks ──datagrams──▶ handle_read ─▶ poll_read ─▶ Room::on_rtp ─▶ Forwards
 //!                                                                                  │
-//!  listeners' sockets ◀── send_to ◀── poll_write ◀── RTCRtpSender::write_rtp ◀─────┘
+//!  listeners' sockets ◀── send_to ◀── poll_write ◀── handle_write (the listener's) ◀┘
 //! ```
 //!
 //! Timers (ICE consent, DTLS retransmits, RTCP reports) are kept in one ordered set of

@@ -36,7 +36,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverId};
 
 use crate::config::MediaConfig;
 use crate::sdp::{AUDIO_LEVEL_URI, Offer};
@@ -58,12 +58,12 @@ impl NegotiationError {
     }
 }
 
-/// One outgoing slot stream of an answered connection.
+/// One outgoing slot stream of an answered connection: the engine writes packets with this
+/// SSRC and payload type into the connection, and the pipeline sends them on this m-line.
 pub struct SlotSender {
     pub mid: String,
     pub payload_type: u8,
     pub ssrc: u32,
-    pub sender: RTCRtpSenderId,
 }
 
 /// An answered offer: the connection, its socket, and the SDP to send back.
@@ -260,7 +260,6 @@ pub fn answer(
                     mid: mid.clone(),
                     payload_type: section.opus_pt,
                     ssrc,
-                    sender,
                 });
             }
             if Some(&mid) == last_slot_mid.as_ref() {
