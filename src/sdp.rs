@@ -133,7 +133,7 @@ impl Offer {
 
 /// Makes a BUNDLE offer carry one set of ICE credentials. aiortc 1.4 gives every m-line its
 /// own ufrag, pwd and candidates even when it offers BUNDLE, and keeps only the first
-/// m-line's transport once BUNDLE is accepted; webrtc 0.21 refuses such an offer outright
+/// m-line's transport once BUNDLE is accepted; rtc 0.21 refuses such an offer outright
 /// ("conflicting ice-ufrag"). Since only the first transport is ever used, the later bundled
 /// m-lines get the first one's credentials and lose their candidates. Other offers pass
 /// through unchanged.
