@@ -449,15 +449,11 @@ impl Engine {
 /// Whether the client closed the connection (its DTLS close_notify arrived).
 fn closed_by_client(pc: &mut RTCPeerConnection) -> bool {
     // Under BUNDLE every receiver shares the one DTLS transport; any will do.
-    let Some(receiver) = pc
-        .get_transceivers()
-        .collect::<Vec<_>>()
-        .into_iter()
-        .find(|&t| {
-            pc.rtp_transceiver(t)
-                .is_some_and(|t| t.receiver().is_some())
-        })
-    else {
+    let transceivers = pc.get_transceivers().count();
+    let Some(receiver) = (0..transceivers).find(|&t| {
+        pc.rtp_transceiver(t)
+            .is_some_and(|t| t.receiver().is_some())
+    }) else {
         return false;
     };
     pc.rtp_receiver(RTCRtpReceiverId::from(receiver))

@@ -440,7 +440,6 @@ impl Front {
             }
             ToFront::Ready { .. } => return,
             ToFront::Answer { session, .. }
-            | ToFront::Ice { session, .. }
             | ToFront::Event { session, .. }
             | ToFront::Rejected { session, .. }
             | ToFront::Closed { session, .. } => *session,
@@ -459,11 +458,6 @@ impl Front {
                         l.answered = true;
                     }
                     c.send(Out::Text(format!("answer::{sdp}")));
-                }
-            }
-            ToFront::Ice { candidate, .. } => {
-                if let Some(c) = client.filter(|_| current) {
-                    c.send(Out::Text(format!("ice::{candidate}")));
                 }
             }
             ToFront::Event { json, .. } => {

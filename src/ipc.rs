@@ -61,11 +61,6 @@ pub enum ToFront {
         session: SessionId,
         sdp: String,
     },
-    /// A trickled local candidate, JSON with `candidate`, `sdpMid`, `sdpMLineIndex`.
-    Ice {
-        session: SessionId,
-        candidate: String,
-    },
     /// A JSON event for the client (`slots`, `speakers`), passed through verbatim.
     Event {
         session: SessionId,
