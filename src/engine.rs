@@ -192,7 +192,6 @@ impl Engine {
 
     fn send_stats(&self) {
         let mut stats = self.room.stats();
-        stats.peers = self.peers.len() as u32;
         stats.forward_delay = self.forward_delay.clone();
         let _ = self.to_front.send(ToFront::Stats(stats));
     }
@@ -363,15 +362,15 @@ impl Engine {
         }
     }
 
-    /// Takes everything the connection has to give after an input: datagrams to send, events,
-    /// and received RTP (routed through the room to the listeners); then re-arms its timer.
+    /// Takes everything the connection has to give after an input: events, received RTP
+    /// (routed through the room to the listeners) and, in one sweep of its pipeline, the
+    /// datagrams to send; then re-arms its timer.
     /// `read_at` is when the datagram that prompted this was read, if one did.
     fn drive(&mut self, key: u64, read_at: Option<Instant>) {
         let now = Instant::now();
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
-        flush(peer, &mut self.drops);
         let mut events = Vec::new();
         while let Some(ev) = peer.pc.poll_event() {
             events.push(ev);
