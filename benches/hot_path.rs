@@ -17,15 +17,18 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use beep_webrtc::identity::Identity;
-use beep_webrtc::ipc::{self, ToFront, ToWorker, WorkerStats};
-use beep_webrtc::rewrite::{SlotRewriter, SourceKey};
-use beep_webrtc::room::{Forward, Room, SlotOutput};
-use beep_webrtc::slots::{Loudness, Selector, SelectorConfig};
+use beep_webrtc::media::rewrite::{SlotRewriter, SourceKey};
+use beep_webrtc::media::room::{Forward, Room, SlotOutput};
+use beep_webrtc::media::selector::{Selector, SelectorConfig};
+use beep_webrtc::media::speech::Loudness;
+use beep_webrtc::wire::frame;
+use beep_webrtc::wire::identity::Identity;
+use beep_webrtc::wire::ids::SessionId;
+use beep_webrtc::wire::ipc::{ToFront, ToWorker};
+use beep_webrtc::wire::stats::{DELAY_BUCKETS_US, DelayHistogram, WorkerStats};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rtc::rtp;
-use tokio::sync::mpsc;
 
 const LEVEL_ID: u8 = 1;
 
@@ -50,15 +53,13 @@ fn packet(ssrc: u32, seq: u16, ts: u32, dbov: u8) -> rtp::Packet {
 struct Fixture {
     room: Room,
     out: Vec<Forward>,
-    _to_front: mpsc::UnboundedReceiver<ToFront>,
-    speakers: Vec<u64>,
+    speakers: Vec<SessionId>,
     destinations: usize,
 }
 
 /// `members` members, the first `speakers` of them talking, `slots` slots each.
 fn room(members: u64, speakers: u64, slots: usize) -> Fixture {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut room = Room::new(tx);
+    let mut room = Room::new();
     let mut out = Vec::new();
     for m in 0..members {
         let outputs = (0..slots)
@@ -72,14 +73,14 @@ fn room(members: u64, speakers: u64, slots: usize) -> Fixture {
             userid: format!("u{m}"),
             clientid: "c".into(),
         };
-        room.add_member(m, identity, outputs, Some(LEVEL_ID));
-        room.set_live(m);
+        room.add_member(SessionId(m), identity, outputs, Some(LEVEL_ID));
+        room.set_live(SessionId(m));
     }
-    let speakers: Vec<u64> = (0..speakers).collect();
+    let speakers: Vec<SessionId> = (0..speakers).map(SessionId).collect();
     let t0 = Instant::now();
     for n in 0..10u16 {
         for &s in &speakers {
-            let p = packet(s as u32, n, n as u32 * 960, 30);
+            let p = packet(s.0 as u32, n, n as u32 * 960, 30);
             room.on_rtp(s, Some(LEVEL_ID), &p, t0, &mut out);
         }
     }
@@ -87,13 +88,12 @@ fn room(members: u64, speakers: u64, slots: usize) -> Fixture {
     // Destinations of the first speaker's packets.
     out.clear();
     let p = packet(0, 10, 9600, 30);
-    room.on_rtp(0, Some(LEVEL_ID), &p, t0, &mut out);
+    room.on_rtp(SessionId(0), Some(LEVEL_ID), &p, t0, &mut out);
     let destinations = out.len();
     out.clear();
     Fixture {
         room,
         out,
-        _to_front: rx,
         speakers,
         destinations,
     }
@@ -112,7 +112,7 @@ fn bench_room(c: &mut Criterion) {
                 // Round-robin over the speakers, 20 ms apart per speaker.
                 let s = f.speakers[(n as usize) % f.speakers.len()];
                 let k = n / f.speakers.len() as u32;
-                let p = packet(s as u32, k as u16, k.wrapping_mul(960), 30);
+                let p = packet(s.0 as u32, k as u16, k.wrapping_mul(960), 30);
                 let now = t0 + Duration::from_millis(20 * k as u64);
                 f.room
                     .on_rtp(s, Some(LEVEL_ID), black_box(&p), now, &mut f.out);
@@ -129,11 +129,11 @@ fn bench_rewrite(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let t0 = Instant::now();
     let a = SourceKey {
-        member: 1,
+        member: SessionId(1),
         ssrc: 11,
     };
     let b = SourceKey {
-        member: 2,
+        member: SessionId(2),
         ssrc: 22,
     };
     g.bench_function("steady", |bch| {
@@ -149,7 +149,7 @@ fn bench_rewrite(c: &mut Criterion) {
         let mut n: u32 = 0;
         bch.iter(|| {
             n = n.wrapping_add(1);
-            let src = if n % 2 == 0 { a } else { b };
+            let src = if n.is_multiple_of(2) { a } else { b };
             let now = t0 + Duration::from_secs(3 * n as u64);
             black_box(rw.rewrite(src, n as u16, n.wrapping_mul(960), false, now))
         })
@@ -230,7 +230,7 @@ a=fmtp:111 minptime=10;useinbandfec=1\r\na=ssrc:123456789 cname:loadgen\r\n"
 fn bench_ipc(c: &mut Criterion) {
     let mut g = c.benchmark_group("ipc");
     let offer = ToWorker::Offer {
-        session: 42,
+        session: SessionId(42),
         identity: Identity {
             userid: "user-1234".into(),
             clientid: "client-5678".into(),
@@ -242,37 +242,37 @@ fn bench_ipc(c: &mut Criterion) {
         packets_in: 123_456_789,
         packets_forwarded: 987_654_321,
         bytes_forwarded: 59_259_259_260,
-        forward_delay: beep_webrtc::metrics::DelayHistogram {
-            counts: vec![1_000_000; beep_webrtc::metrics::DELAY_BUCKETS_US.len() + 1],
+        forward_delay: DelayHistogram {
+            counts: vec![1_000_000; DELAY_BUCKETS_US.len() + 1],
             sum_us: 4_000_000_000,
         },
     });
     let event = ToFront::Event {
-        session: 42,
+        session: SessionId(42),
         json: r#"{"type":"slots","slots":[{"slot":0,"mid":"0","userid":"alice","clientid":"a1"},{"slot":1,"mid":"1","userid":"bob","clientid":"b1"},{"slot":2,"mid":"2","userid":null,"clientid":null}]}"#.into(),
     };
-    let offer_frame = ipc::encode(&offer).unwrap();
-    let stats_frame = ipc::encode(&stats).unwrap();
-    let event_frame = ipc::encode(&event).unwrap();
+    let offer_frame = frame::encode(&offer).unwrap();
+    let stats_frame = frame::encode(&stats).unwrap();
+    let event_frame = frame::encode(&event).unwrap();
     g.throughput(Throughput::Bytes(offer_frame.len() as u64));
     g.bench_function("encode_offer", |b| {
-        b.iter(|| ipc::encode(black_box(&offer)).unwrap())
+        b.iter(|| frame::encode(black_box(&offer)).unwrap())
     });
     g.bench_function("decode_offer", |b| {
-        b.iter(|| ipc::decode::<ToWorker>(black_box(&offer_frame[4..])).unwrap())
+        b.iter(|| frame::decode::<ToWorker>(black_box(&offer_frame[4..])).unwrap())
     });
     g.throughput(Throughput::Elements(1));
     g.bench_function("encode_stats", |b| {
-        b.iter(|| ipc::encode(black_box(&stats)).unwrap())
+        b.iter(|| frame::encode(black_box(&stats)).unwrap())
     });
     g.bench_function("decode_stats", |b| {
-        b.iter(|| ipc::decode::<ToFront>(black_box(&stats_frame[4..])).unwrap())
+        b.iter(|| frame::decode::<ToFront>(black_box(&stats_frame[4..])).unwrap())
     });
     g.bench_function("encode_event", |b| {
-        b.iter(|| ipc::encode(black_box(&event)).unwrap())
+        b.iter(|| frame::encode(black_box(&event)).unwrap())
     });
     g.bench_function("decode_event", |b| {
-        b.iter(|| ipc::decode::<ToFront>(black_box(&event_frame[4..])).unwrap())
+        b.iter(|| frame::decode::<ToFront>(black_box(&event_frame[4..])).unwrap())
     });
     g.finish();
 }

@@ -9,7 +9,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use crate::wire::ipc::MediaConfig;
 
 /// Where permission checks go.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,21 +18,6 @@ pub enum Permissions {
     Http(String),
     /// `PERMISSIONS_HOST=allow-all`: everyone may join everything (development mode only).
     AllowAll,
-}
-
-/// What a worker needs to run its peer connections. Front sends it in the IPC `Init` message
-/// rather than letting the worker re-read the environment, so the one process that validated
-/// the configuration is the one that decides it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MediaConfig {
-    pub bind_ip: Option<IpAddr>,
-    pub ports: (u16, u16),
-    pub public_ip: Option<IpAddr>,
-    pub max_slots: usize,
-    /// ICE consent: no traffic for this long → disconnected.
-    pub ice_disconnected_ms: u64,
-    /// Disconnected for this much longer → failed, and the session ends.
-    pub ice_failed_ms: u64,
 }
 
 #[derive(Clone, Debug)]

@@ -3,9 +3,14 @@
 use std::time::{Duration, Instant};
 
 use beep_webrtc::config::Config;
-use beep_webrtc::front::Front;
-use beep_webrtc::{http, ipc, telemetry};
+use beep_webrtc::front::http;
+use beep_webrtc::front::state::Front;
+use beep_webrtc::telemetry;
+use beep_webrtc::wire::socket;
 use tokio::signal::unix::{SignalKind, signal};
+
+/// How long front waits at exit for its workers to be reaped.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() {
@@ -32,12 +37,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             tracing::warn!("PERMISSIONS_HOST=allow-all: every user may join every conversation");
         }
     }
-    ipc::private_dir(&cfg.runtime_dir)
+    socket::private_dir(&cfg.runtime_dir)
         .map_err(|e| anyhow::anyhow!("RUNTIME_DIR {}: {e}", cfg.runtime_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("LISTEN {}: {e}", cfg.listen))?;
-    let front = Front::new(cfg);
+    let front = Front::new(cfg).map_err(|e| anyhow::anyhow!("permissions HTTP client: {e}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "front listening");
     if front.cfg.dev_mode {
@@ -73,14 +78,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     axum::serve(listener, http::router(front.clone()))
         .with_graceful_shutdown(shutdown)
         .await?;
-    front.shutdown_workers();
-    // Wait for every supervisor to see its worker exit and reap it (each kills its worker
-    // after a grace period, so this ends).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while front.supervisors.load(std::sync::atomic::Ordering::Relaxed) > 0
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Every supervisor kills its worker if it has not exited 5 s after Shutdown, so this
+    // normally ends well within the bound.
+    if !front.shutdown_workers(SHUTDOWN_WAIT).await {
+        tracing::warn!("workers still running after {SHUTDOWN_WAIT:?}; exiting anyway");
     }
     Ok(())
 }

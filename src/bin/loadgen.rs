@@ -4,7 +4,7 @@
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let opts = match beep_webrtc::loadgen::Options::parse(&args) {
+    let opts = match beep_webrtc::loadtools::loadgen::Options::parse(&args) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("{e}");
@@ -16,11 +16,11 @@ async fn main() {
     }
     // Ctrl-C drops the run, whose guard stops a front started here.
     let result = tokio::select! {
-        r = beep_webrtc::loadgen::run(opts) => r,
+        r = beep_webrtc::loadtools::loadgen::run(opts) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     match result {
-        Ok(report) => beep_webrtc::loadgen::print_summary(&report),
+        Ok(report) => beep_webrtc::loadtools::loadgen::print_summary(&report),
         Err(e) => {
             eprintln!("loadgen failed: {e:#}");
             std::process::exit(1);

@@ -117,11 +117,10 @@ impl Front {
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(r) = front.http.get(front.url("/healthz")).send().await {
-                if r.status().is_success() {
+            if let Ok(r) = front.http.get(front.url("/healthz")).send().await
+                && r.status().is_success() {
                     break;
                 }
-            }
             assert!(
                 Instant::now() < deadline,
                 "front did not become healthy within 15 s"
@@ -214,7 +213,7 @@ pub fn claim(user: &str, client: &str) -> String {
 }
 
 /// Live child processes of `pid` (from /proc): the same reading loadgen uses.
-pub use beep_webrtc::loadgen::children_of;
+pub use beep_webrtc::front::procfs::children_of;
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.
 pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {

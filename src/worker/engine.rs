@@ -35,15 +35,15 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
-use crate::config::MediaConfig;
-use crate::identity::Identity;
-use crate::ipc::{SessionId, ToFront, ToWorker};
-use crate::metrics::DelayHistogram;
-use crate::peer::{self, NegotiationError};
-use crate::rewrite::SlotRewriter;
-use crate::room::{Forward, Room, SlotOutput};
-use crate::sdp::Offer;
-use crate::signal::ErrorCode;
+use super::peer::{self, NegotiationError};
+use crate::media::rewrite::SlotRewriter;
+use crate::media::room::{Forward, Room, RoomEvent, SlotOutput};
+use crate::media::sdp::{Offer, unify_bundle_ice};
+use crate::wire::identity::Identity;
+use crate::wire::ids::SessionId;
+use crate::wire::ipc::{CloseReason, MediaConfig, ToFront, ToWorker};
+use crate::wire::signal::ErrorCode;
+use crate::wire::stats::DelayHistogram;
 
 /// How often the speaker selection re-runs.
 const TICK: Duration = Duration::from_millis(50);
@@ -62,9 +62,15 @@ pub enum Input {
     FrontGone(String),
 }
 
+/// The engine's handle for one peer connection (and its socket). A session that re-offers
+/// gets a new connection under a new key, so a datagram still queued for the old one is
+/// recognised and dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct PeerKey(u64);
+
 /// One UDP datagram read from a connection's socket.
 struct Datagram {
-    key: u64,
+    key: PeerKey,
     /// When the reader took it from the socket: forwarding delay is measured from here.
     at: Instant,
     from: SocketAddr,
@@ -99,10 +105,10 @@ pub struct Engine {
     media: MediaConfig,
     room: Room,
     to_front: UnboundedSender<ToFront>,
-    peers: HashMap<u64, Peer>,
-    sessions: HashMap<SessionId, u64>,
+    peers: HashMap<PeerKey, Peer>,
+    sessions: HashMap<SessionId, PeerKey>,
     /// `(deadline, peer key)`, one entry per connection that has a timer.
-    timers: BTreeSet<(Instant, u64)>,
+    timers: BTreeSet<(Instant, PeerKey)>,
     next_key: u64,
     datagrams: mpsc::Sender<Datagram>,
     /// Reused for every packet: what the room decided to send.
@@ -121,7 +127,7 @@ impl Engine {
         let (datagrams, mut incoming) = mpsc::channel(DATAGRAM_QUEUE);
         let mut engine = Engine {
             media,
-            room: Room::new(to_front.clone()),
+            room: Room::new(),
             to_front,
             peers: HashMap::new(),
             sessions: HashMap::new(),
@@ -145,6 +151,7 @@ impl Engine {
             if now >= next_tick {
                 next_tick = now + TICK;
                 engine.room.tick(now);
+                engine.drain_room_events();
                 if now.duration_since(last_stats) >= STATS_EVERY {
                     last_stats = now;
                     engine.send_stats();
@@ -180,6 +187,8 @@ impl Engine {
         for session in sessions {
             engine.end_session(session, None);
         }
+        // The last counters, so front's totals include everything this worker did.
+        engine.send_stats();
         if engine.drops.refused + engine.drops.send_full > 0 {
             tracing::info!(
                 refused = engine.drops.refused,
@@ -188,6 +197,20 @@ impl Engine {
             );
         }
         reason
+    }
+
+    /// Passes what the room has to tell members on to front.
+    fn drain_room_events(&mut self) {
+        while let Some(ev) = self.room.poll_event() {
+            match ev {
+                RoomEvent::Slots { listener, json } => {
+                    let _ = self.to_front.send(ToFront::Event {
+                        session: listener,
+                        json,
+                    });
+                }
+            }
+        }
     }
 
     fn send_stats(&self) {
@@ -203,14 +226,14 @@ impl Engine {
                 identity,
                 sdp,
             } => {
-                tracing::info!(%identity, session, "offer");
+                tracing::info!(%identity, %session, "offer");
                 // A new offer replaces the session's connection.
                 self.end_session(session, None);
                 if let Err(e) = self.negotiate(session, identity, sdp) {
-                    tracing::info!(session, "offer rejected: {}", e.message);
+                    tracing::info!(%session, "offer rejected: {}", e.message);
                     let _ = self.to_front.send(ToFront::Rejected {
                         session,
-                        code: e.code.as_str().into(),
+                        code: e.code,
                         message: e.message,
                     });
                 }
@@ -225,10 +248,10 @@ impl Engine {
                 match serde_json::from_str::<RTCIceCandidateInit>(&candidate) {
                     Ok(init) => {
                         if let Err(e) = peer.pc.add_remote_candidate(init) {
-                            tracing::debug!(session, "remote candidate refused: {e}");
+                            tracing::debug!(%session, "remote candidate refused: {e}");
                         }
                     }
-                    Err(e) => tracing::debug!(session, "unreadable remote candidate: {e}"),
+                    Err(e) => tracing::debug!(%session, "unreadable remote candidate: {e}"),
                 }
                 self.drive(key, None);
             }
@@ -244,24 +267,20 @@ impl Engine {
         identity: Identity,
         sdp: String,
     ) -> Result<(), NegotiationError> {
-        let sdp = crate::sdp::unify_bundle_ice(&sdp);
-        let offer = Offer::parse(&sdp).map_err(|message| NegotiationError {
-            code: ErrorCode::BadSdp,
-            message,
-        })?;
+        let sdp = unify_bundle_ice(&sdp);
+        let offer = Offer::parse(&sdp)
+            .map_err(|e| NegotiationError::new(ErrorCode::BadSdp, e.to_string()))?;
         let now = Instant::now();
         let a = peer::answer(&self.media, &offer, sdp, &format!("beep-{session}"), now)?;
-        let internal = |e: std::io::Error| NegotiationError {
-            code: ErrorCode::Internal,
-            message: format!("socket: {e}"),
-        };
+        let internal =
+            |e: std::io::Error| NegotiationError::new(ErrorCode::Internal, format!("socket: {e}"));
         a.socket.set_nonblocking(true).map_err(internal)?;
         let reader_socket = a
             .socket
             .try_clone()
             .and_then(tokio::net::UdpSocket::from_std)
             .map_err(internal)?;
-        let key = self.next_key;
+        let key = PeerKey(self.next_key);
         self.next_key += 1;
         let reader = tokio::spawn(read_datagrams(reader_socket, key, self.datagrams.clone()));
         let outputs = a
@@ -293,17 +312,19 @@ impl Engine {
         });
         self.room
             .add_member(session, identity, outputs, offer.audio_level_id);
+        self.drain_room_events();
         self.drive(key, None);
         Ok(())
     }
 
     /// Closes the session's connection (telling the client, with DTLS close_notify) and
     /// forgets it. With a `reason`, front is told the connection ended.
-    fn end_session(&mut self, session: SessionId, reason: Option<String>) {
+    fn end_session(&mut self, session: SessionId, reason: Option<CloseReason>) {
         let Some(key) = self.sessions.remove(&session) else {
             return;
         };
-        self.room.remove_member(session);
+        self.room.remove_member(session, Instant::now());
+        self.drain_room_events();
         if let Some(mut peer) = self.peers.remove(&key) {
             if let Some(t) = peer.deadline.take() {
                 self.timers.remove(&(t, key));
@@ -332,14 +353,14 @@ impl Engine {
             message: d.data,
         };
         if let Err(e) = peer.pc.handle_read(msg) {
-            tracing::trace!(session = peer.session, "datagram refused: {e}");
+            tracing::trace!(session = %peer.session, "datagram refused: {e}");
         }
         if closed_by_client(&mut peer.pc) {
             // The W3C state machine keeps a connection whose DTLS was closed "connected" while
             // ICE still answers, which would keep forwarding to a client that has gone for the
             // ICE timeouts (20 s by default). Its close_notify is the client saying goodbye.
             let session = peer.session;
-            self.end_session(session, Some(crate::ipc::CLOSED_BY_CLIENT.into()));
+            self.end_session(session, Some(CloseReason::ByClient));
             return;
         }
         self.drive(d.key, Some(d.at));
@@ -355,7 +376,7 @@ impl Engine {
                 peer.deadline = None;
                 peer.last_timeout = now;
                 if let Err(e) = peer.pc.handle_timeout(now) {
-                    tracing::debug!(session = peer.session, "timeout handling: {e}");
+                    tracing::debug!(session = %peer.session, "timeout handling: {e}");
                 }
                 self.drive(key, None);
             }
@@ -366,7 +387,7 @@ impl Engine {
     /// (routed through the room to the listeners) and, in one sweep of its pipeline, the
     /// datagrams to send; then re-arms its timer.
     /// `read_at` is when the datagram that prompted this was read, if one did.
-    fn drive(&mut self, key: u64, read_at: Option<Instant>) {
+    fn drive(&mut self, key: PeerKey, read_at: Option<Instant>) {
         let now = Instant::now();
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
@@ -428,17 +449,20 @@ impl Engine {
     fn on_peer_event(&mut self, session: SessionId, ev: RTCPeerConnectionEvent) {
         match ev {
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
-                tracing::debug!(session, "peer connection {state}");
+                tracing::debug!(%session, "peer connection {state}");
                 match state {
                     RTCPeerConnectionState::Connected => self.room.set_live(session),
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        self.end_session(session, Some(format!("peer-connection-{state}")))
+                    RTCPeerConnectionState::Failed => {
+                        self.end_session(session, Some(CloseReason::Failed))
+                    }
+                    RTCPeerConnectionState::Closed => {
+                        self.end_session(session, Some(CloseReason::Closed))
                     }
                     _ => {}
                 }
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                tracing::debug!(session, ssrc = init.ssrc, "microphone track open");
+                tracing::debug!(%session, ssrc = init.ssrc, "microphone track open");
             }
             _ => {}
         }
@@ -466,13 +490,13 @@ fn flush(peer: &mut Peer, drops: &mut Drops) {
         match peer.socket.send_to(&msg.message, msg.transport.peer_addr) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => drops.send_full += 1,
-            Err(e) => tracing::trace!(session = peer.session, "send: {e}"),
+            Err(e) => tracing::trace!(session = %peer.session, "send: {e}"),
         }
     }
 }
 
 /// Moves the connection's entry in the timer set to its next deadline.
-fn rearm(timers: &mut BTreeSet<(Instant, u64)>, key: u64, peer: &mut Peer, now: Instant) {
+fn rearm(timers: &mut BTreeSet<(Instant, PeerKey)>, key: PeerKey, peer: &mut Peer, now: Instant) {
     let next = peer.pc.poll_timeout().map(|t| {
         // Already due, and handled less than a millisecond ago: wait out the millisecond.
         if t <= now && now.duration_since(peer.last_timeout) < MIN_TIMEOUT_INTERVAL {
@@ -494,7 +518,7 @@ fn rearm(timers: &mut BTreeSet<(Instant, u64)>, key: u64, peer: &mut Peer, now: 
 }
 
 /// Reads one connection's socket and passes each datagram to the engine.
-async fn read_datagrams(socket: tokio::net::UdpSocket, key: u64, to: mpsc::Sender<Datagram>) {
+async fn read_datagrams(socket: tokio::net::UdpSocket, key: PeerKey, to: mpsc::Sender<Datagram>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         match socket.recv_from(&mut buf).await {

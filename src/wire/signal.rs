@@ -1,7 +1,7 @@
 //! The Beep client framing on `/connect`: text frames `<type>::<payload>`. Parsing is pure so
 //! every odd frame a client can send has a unit test and a named error code.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A frame from the client.
 #[derive(Debug, PartialEq)]
@@ -15,8 +15,8 @@ pub enum ClientFrame {
     Ice(Option<String>),
 }
 
-/// The `error::` codes of SPEC §3.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The `error::` codes of SPEC §3. A worker's refusal carries one across IPC as this enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorCode {
     BadFrame,
     BadSdp,
@@ -44,22 +44,6 @@ impl ErrorCode {
         }
     }
 
-    pub fn parse(s: &str) -> ErrorCode {
-        [
-            ErrorCode::BadFrame,
-            ErrorCode::BadSdp,
-            ErrorCode::TooLarge,
-            ErrorCode::RateLimited,
-            ErrorCode::TooManySessions,
-            ErrorCode::JoinTimeout,
-            ErrorCode::Forbidden,
-            ErrorCode::Unavailable,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == s)
-        .unwrap_or(ErrorCode::Internal)
-    }
-
     /// The WebSocket close code that goes with the error (4000-4999 are application codes).
     pub fn close_code(self) -> u16 {
         match self {
@@ -75,7 +59,8 @@ impl ErrorCode {
 }
 
 /// An `error::` frame: code plus a sentence for people.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
 pub struct SignalError {
     pub code: ErrorCode,
     pub message: String,

@@ -30,6 +30,17 @@ pub struct AudioSection {
     pub opus_pt: u8,
 }
 
+/// Why an offer cannot be answered; the text is the `bad-sdp` message.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum SdpError {
+    #[error("an SDP offer must start with v=0")]
+    NotSdp,
+    #[error("audio m-line {0} offers no Opus codec")]
+    NoOpus(usize),
+    #[error("the offer has no audio m-line")]
+    NoAudio,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Offer {
     pub audio: Vec<AudioSection>,
@@ -39,9 +50,9 @@ pub struct Offer {
 
 impl Offer {
     /// Parses the facts we need; the error is the `bad-sdp` message.
-    pub fn parse(sdp: &str) -> Result<Offer, String> {
+    pub fn parse(sdp: &str) -> Result<Offer, SdpError> {
         if !sdp.trim_start().starts_with("v=0") {
-            return Err("an SDP offer must start with v=0".into());
+            return Err(SdpError::NotSdp);
         }
         let mut audio = Vec::new();
         let mut audio_level_id = None;
@@ -50,10 +61,9 @@ impl Offer {
         let mut index = 0usize;
         let flush = |cur: &mut Option<(bool, AudioSection, Option<u8>)>,
                      audio: &mut Vec<AudioSection>|
-         -> Result<(), String> {
+         -> Result<(), SdpError> {
             if let Some((true, mut sec, opus)) = cur.take() {
-                sec.opus_pt =
-                    opus.ok_or_else(|| format!("audio m-line {} offers no Opus codec", sec.index))?;
+                sec.opus_pt = opus.ok_or(SdpError::NoOpus(sec.index))?;
                 if sec.mid.is_empty() {
                     sec.mid = sec.index.to_string();
                 }
@@ -113,7 +123,7 @@ impl Offer {
         }
         flush(&mut cur, &mut audio)?;
         if audio.is_empty() {
-            return Err("the offer has no audio m-line".into());
+            return Err(SdpError::NoAudio);
         }
         Ok(Offer {
             audio,
@@ -160,11 +170,10 @@ pub fn unify_bundle_ice(sdp: &str) -> String {
     }
     sections.push((mid, ufrag, pwd));
     for (m, u, p) in sections.iter().skip(1) {
-        if let (Some(m), Some(u), Some(p)) = (m, u, p) {
-            if bundled.first() == Some(&m.as_str()) {
+        if let (Some(m), Some(u), Some(p)) = (m, u, p)
+            && bundled.first() == Some(&m.as_str()) {
                 first_creds = Some((u.clone(), p.clone()));
             }
-        }
     }
     let Some((ufrag, pwd)) = first_creds else {
         return sdp.to_string();
@@ -246,15 +255,22 @@ m=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=recvonly\r\na=rtpmap:96 opus/4800
 
     #[test]
     fn rejects_what_cannot_work() {
-        assert!(Offer::parse("hello").unwrap_err().contains("v=0"));
+        assert!(
+            Offer::parse("hello")
+                .unwrap_err()
+                .to_string()
+                .contains("v=0")
+        );
         assert!(
             Offer::parse("v=0\r\nm=video 9 X 96\r\na=rtpmap:96 VP8/90000\r\n")
                 .unwrap_err()
+                .to_string()
                 .contains("no audio")
         );
         assert!(
             Offer::parse("v=0\r\nm=audio 9 X 0\r\na=rtpmap:0 PCMU/8000\r\n")
                 .unwrap_err()
+                .to_string()
                 .contains("Opus")
         );
     }

@@ -19,20 +19,32 @@ impl std::fmt::Display for Identity {
     }
 }
 
-/// Parses the claim header's value; the error is the reason sent back with a 400.
-pub fn parse_claim(value: Option<&[u8]>) -> Result<Identity, String> {
-    let raw = value.ok_or("missing X-User-Claim header")?;
+/// Why a claim was refused; the text is the reason sent back with a 400.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ClaimError {
+    #[error("missing X-User-Claim header")]
+    Missing,
+    #[error("X-User-Claim is not valid JSON {{\"userid\",\"clientid\"}}: {0}")]
+    NotJson(String),
+    #[error("X-User-Claim has no {0}")]
+    NoField(&'static str),
+    #[error("X-User-Claim {0} is longer than 256 bytes")]
+    TooLong(&'static str),
+}
+
+/// Parses the claim header's value.
+pub fn parse_claim(value: Option<&[u8]>) -> Result<Identity, ClaimError> {
+    let raw = value.ok_or(ClaimError::Missing)?;
     #[derive(Deserialize)]
     struct Claim {
         userid: Option<String>,
         clientid: Option<String>,
     }
-    let c: Claim = serde_json::from_slice(raw)
-        .map_err(|e| format!("X-User-Claim is not valid JSON {{\"userid\",\"clientid\"}}: {e}"))?;
-    let field = |v: Option<String>, name: &str| match v {
-        Some(s) if !s.trim().is_empty() && s.len() <= 256 => Ok(s),
-        Some(s) if s.len() > 256 => Err(format!("X-User-Claim {name} is longer than 256 bytes")),
-        _ => Err(format!("X-User-Claim has no {name}")),
+    let c: Claim = serde_json::from_slice(raw).map_err(|e| ClaimError::NotJson(e.to_string()))?;
+    let field = |v: Option<String>, name: &'static str| match v {
+        Some(s) if s.len() > 256 => Err(ClaimError::TooLong(name)),
+        Some(s) if !s.trim().is_empty() => Ok(s),
+        _ => Err(ClaimError::NoField(name)),
     };
     Ok(Identity {
         userid: field(c.userid, "userid")?,
@@ -48,11 +60,15 @@ pub fn valid_conversation_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-pub fn check_conversation_id(id: &str) -> Result<(), String> {
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("invalid conversation id: expected 1-128 characters of A-Z a-z 0-9 _ -")]
+pub struct BadConversationId;
+
+pub fn check_conversation_id(id: &str) -> Result<(), BadConversationId> {
     if valid_conversation_id(id) {
         Ok(())
     } else {
-        Err("invalid conversation id: expected 1-128 characters of A-Z a-z 0-9 _ -".into())
+        Err(BadConversationId)
     }
 }
 
@@ -64,18 +80,11 @@ mod tests {
     fn claims() {
         let ok = parse_claim(Some(br#"{"userid":"u1","clientid":"c1"}"#)).unwrap();
         assert_eq!(ok.to_string(), "u1/c1");
-        assert!(parse_claim(None).unwrap_err().contains("missing"));
-        assert!(parse_claim(Some(b"{nope")).unwrap_err().contains("JSON"));
-        assert!(
-            parse_claim(Some(br#"{"userid":"u1"}"#))
-                .unwrap_err()
-                .contains("clientid")
-        );
-        assert!(
-            parse_claim(Some(br#"{"userid":"","clientid":"c"}"#))
-                .unwrap_err()
-                .contains("userid")
-        );
+        let reason = |v: Option<&[u8]>| parse_claim(v).unwrap_err().to_string();
+        assert!(reason(None).contains("missing"));
+        assert!(reason(Some(b"{nope")).contains("JSON"));
+        assert!(reason(Some(br#"{"userid":"u1"}"#)).contains("clientid"));
+        assert!(reason(Some(br#"{"userid":"","clientid":"c"}"#)).contains("userid"));
     }
 
     #[test]

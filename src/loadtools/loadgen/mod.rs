@@ -1,9 +1,9 @@
-//! Load generator: many webrtc-rs clients ([`crate::client`]) in one process, against a running
+//! Load generator: many webrtc-rs clients ([`crate::loadtools::client`]) in one process, against a running
 //! front or one it starts itself.
 //!
 //! *Load mode* puts N clients into M conversations (client `i` joins conversation `i % M`), the
 //! first S members of each conversation speak (probe payloads at 50 packets/s, see
-//! [`crate::client::probe_payload`]), everyone offers K receive slots. Joins come in two phases:
+//! [`crate::loadtools::client::probe_payload`]), everyone offers K receive slots. Joins come in two phases:
 //! the first member of every conversation (its join starts the conversation's worker: a *spawn*
 //! join), then everyone else (the worker is up: a *warm* join), spread over the ramp-up time.
 //! After a warm-up it measures a steady-state window: forwarded packets/s at the listeners,
@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use serde::Serialize;
 
-use crate::client::{Client, ClientOptions};
+use crate::front::procfs::{ProcSample, children_of, proc_sample};
+use crate::loadtools::client::{Client, ClientOptions};
+use crate::wire::stats::{DELAY_BUCKETS_US, DelayHistogram};
 
 pub const USAGE: &str = "\
 loadgen: many webrtc-rs clients against beep-webrtc; prints a summary and writes JSON.
@@ -189,7 +191,7 @@ impl Options {
         if o.churn == 0 && (o.duration <= 0.0 || o.duration > 3600.0) {
             bail!("--duration must be in (0, 3600] seconds");
         }
-        if crate::identity::check_conversation_id(&format!("{}-0", o.prefix)).is_err() {
+        if crate::wire::identity::check_conversation_id(&format!("{}-0", o.prefix)).is_err() {
             bail!("--prefix must be letters, digits, '-' or '_'");
         }
         o.churn_concurrency = o.churn_concurrency.max(1);
@@ -199,88 +201,6 @@ impl Options {
 }
 
 // ------------------------------------------------------------------------------------ /proc
-
-/// Linux `USER_HZ`, the unit of utime/stime in `/proc/PID/stat` (100 on every mainstream arch).
-const CLK_TCK: f64 = 100.0;
-
-/// One process as `/proc` shows it.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct ProcSample {
-    /// utime + stime of all its threads, seconds.
-    pub cpu_s: f64,
-    pub rss_kib: u64,
-    /// Proportional set size: pages shared with other processes (the executable's text, which
-    /// every worker maps) count by their share. The fair measure when many workers run.
-    pub pss_kib: u64,
-    /// Peak RSS (VmHWM).
-    pub hwm_kib: u64,
-    pub threads: u64,
-    pub fds: u64,
-}
-
-pub fn proc_sample(pid: u32) -> Option<ProcSample> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    if f.first() == Some(&"Z") {
-        return None;
-    }
-    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0)
-    };
-    let count = |dir: &str| {
-        std::fs::read_dir(format!("/proc/{pid}/{dir}"))
-            .map(|d| d.count() as u64)
-            .unwrap_or(0)
-    };
-    Some(ProcSample {
-        // Fields after the command: state(0) ppid(1) ... utime(11) stime(12).
-        cpu_s: (ticks(11) + ticks(12)) as f64 / CLK_TCK,
-        rss_kib: kib("VmRSS:"),
-        pss_kib: std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find(|l| l.starts_with("Pss:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            })
-            .unwrap_or(0),
-        hwm_kib: kib("VmHWM:"),
-        threads: count("task"),
-        fds: count("fd"),
-    })
-}
-
-/// Live (non-zombie) children of `pid`.
-pub fn children_of(pid: u32) -> Vec<u32> {
-    let mut v = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return v;
-    };
-    for e in dir.flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let Some(after) = stat.rsplit_once(')').map(|x| x.1) else {
-            continue;
-        };
-        let f: Vec<&str> = after.split_whitespace().collect();
-        if f.first() != Some(&"Z") && f.get(1).and_then(|x| x.parse::<u32>().ok()) == Some(pid) {
-            v.push(p);
-        }
-    }
-    v.sort_unstable();
-    v
-}
 
 /// Front and its workers at one moment.
 #[derive(Clone, Debug, Default)]
@@ -487,11 +407,10 @@ impl Server {
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(r) = server.http.get(server.url("/healthz")).send().await {
-                if r.status().is_success() {
+            if let Ok(r) = server.http.get(server.url("/healthz")).send().await
+                && r.status().is_success() {
                     break;
                 }
-            }
             if Instant::now() > deadline {
                 bail!(
                     "front did not become healthy within 15 s (log: {})",
@@ -528,7 +447,7 @@ impl Server {
     }
 
     /// The workers' forwarding-delay histogram from `/metrics` (cumulative there).
-    async fn forward_delay(&self) -> Option<crate::metrics::DelayHistogram> {
+    async fn forward_delay(&self) -> Option<DelayHistogram> {
         let text = self.metrics_text().await?;
         let name = "beep_forward_delay_seconds";
         let mut cumulative = Vec::new();
@@ -548,7 +467,7 @@ impl Server {
                 Some(d)
             })
             .collect();
-        Some(crate::metrics::DelayHistogram { counts, sum_us })
+        Some(DelayHistogram { counts, sum_us })
     }
 
     /// A gauge or counter from `/metrics`.
@@ -1132,11 +1051,10 @@ async fn load(o: &Options, server: &Server, report: &mut Report) -> anyhow::Resu
     let jiffies1: Vec<_> = (0..cpu_count()).map(cpu_jiffies).collect();
     let me1 = proc_sample(std::process::id()).unwrap_or_default();
     let window = (t1 - t0).as_secs_f64();
-    if let Some(pid) = server.front_pid {
-        if proc_sample(pid).is_none() {
+    if let Some(pid) = server.front_pid
+        && proc_sample(pid).is_none() {
             bail!("front (pid {pid}) is gone: it exited or was killed during the run");
         }
-    }
     let latency: Vec<f64> = clients
         .iter()
         .flat_map(|c| c.streams())
@@ -1215,7 +1133,7 @@ async fn load(o: &Options, server: &Server, report: &mut Report) -> anyhow::Resu
         },
         latency: Dist::of(latency),
         sfu_delay: delay0.zip(delay1).map(|(d0, d1)| {
-            let mut d = crate::metrics::DelayHistogram {
+            let mut d = DelayHistogram {
                 counts: d1
                     .counts
                     .iter()
@@ -1224,8 +1142,7 @@ async fn load(o: &Options, server: &Server, report: &mut Report) -> anyhow::Resu
                     .collect(),
                 sum_us: d1.sum_us.saturating_sub(d0.sum_us),
             };
-            d.counts
-                .truncate(crate::metrics::DELAY_BUCKETS_US.len() + 1);
+            d.counts.truncate(DELAY_BUCKETS_US.len() + 1);
             let ms = |q| d.quantile_bound(q).map(|us| us as f64 / 1e3);
             SfuDelay {
                 n: d.count(),
@@ -1532,7 +1449,7 @@ async fn churn(o: &Options, server: &Server, report: &mut Report) -> anyhow::Res
             threads: sum(&after, |w| w.threads) - sum(&before, |w| w.threads),
         }
     });
-    let recs = records.lock().unwrap();
+    let recs = std::mem::take(&mut *records.lock().unwrap_or_else(|p| p.into_inner()));
     let good: Vec<JoinRecord> = recs
         .iter()
         .filter_map(|r| r.as_ref().ok().cloned())

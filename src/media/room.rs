@@ -2,24 +2,33 @@
 //! slot of whom, and a [`SlotRewriter`] per slot keeps each outgoing stream continuous.
 //!
 //! A plain state machine, like the two it combines: a packet (and the time) goes in, the
-//! packets to send come out as [`Forward`]s, and the engine ([`crate::engine`]) hands them to
-//! the listeners' peer connections. No locks, no channels, no I/O.
+//! packets to send come out as [`Forward`]s, and the engine (`crate::worker::engine`) hands
+//! them to the listeners' peer connections. What members must be told (their slot mapping)
+//! waits in a queue the engine drains with [`Room::poll_event`]. No locks, no channels, no
+//! I/O, no clock: time is passed in.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use bytes::Bytes;
 use rtc::rtp;
-use tokio::sync::mpsc;
 
-use crate::identity::Identity;
-use crate::ipc::{SessionId, ToFront, WorkerStats};
-use crate::rewrite::{SlotRewriter, SourceKey};
-use crate::slots::{Loudness, MemberId, Selector, SelectorConfig, SlotChange};
+use super::rewrite::{SlotRewriter, SourceKey};
+use super::selector::{Selector, SelectorConfig, SlotChange};
+use super::speech::Loudness;
+use crate::wire::identity::Identity;
+use crate::wire::ids::SessionId;
+use crate::wire::stats::WorkerStats;
 
-/// Below this many payload bytes an Opus packet is silence/DTX: used only when the client
-/// did not negotiate the audio-level extension.
-const VOICED_MIN_PAYLOAD: usize = 16;
+/// A member of the room is named by its session.
+type MemberId = SessionId;
+
+/// Something a member must be told.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RoomEvent {
+    /// The `slots` event JSON for `listener`: who is on each of its slots now.
+    Slots { listener: SessionId, json: String },
+}
 
 /// One receive slot of a listener, as set up by the negotiation.
 pub struct SlotOutput {
@@ -48,20 +57,26 @@ struct Member {
 }
 
 pub struct Room {
-    selector: Selector,
+    selector: Selector<MemberId>,
     members: HashMap<MemberId, Member>,
-    to_front: mpsc::UnboundedSender<ToFront>,
+    events: VecDeque<RoomEvent>,
     packets_in: u64,
     packets_forwarded: u64,
     bytes_forwarded: u64,
 }
 
+impl Default for Room {
+    fn default() -> Self {
+        Room::new()
+    }
+}
+
 impl Room {
-    pub fn new(to_front: mpsc::UnboundedSender<ToFront>) -> Room {
+    pub fn new() -> Room {
         Room {
             selector: Selector::new(SelectorConfig::default()),
             members: HashMap::new(),
-            to_front,
+            events: VecDeque::new(),
             packets_in: 0,
             packets_forwarded: 0,
             bytes_forwarded: 0,
@@ -89,8 +104,16 @@ impl Room {
             },
         );
         if let Some(json) = slots_event(&self.members, session, &mapping) {
-            let _ = self.to_front.send(ToFront::Event { session, json });
+            self.events.push_back(RoomEvent::Slots {
+                listener: session,
+                json,
+            });
         }
+    }
+
+    /// The next thing a member must be told, if any.
+    pub fn poll_event(&mut self) -> Option<RoomEvent> {
+        self.events.pop_front()
     }
 
     /// The member's connection is up: start forwarding to it. (Its slots are assigned from
@@ -101,10 +124,10 @@ impl Room {
         }
     }
 
-    pub fn remove_member(&mut self, session: SessionId) {
+    pub fn remove_member(&mut self, session: SessionId, now: Instant) {
         let changes = self.selector.remove_member(session);
         self.members.remove(&session);
-        self.apply(changes, Instant::now());
+        self.apply(changes, now);
     }
 
     pub fn member_count(&self) -> usize {
@@ -118,7 +141,7 @@ impl Room {
     }
 
     /// Vacates the slots whose occupant changed and tells each listener its new mapping.
-    fn apply(&mut self, changes: Vec<SlotChange>, now: Instant) {
+    fn apply(&mut self, changes: Vec<SlotChange<MemberId>>, now: Instant) {
         for c in changes {
             let Some(m) = self.members.get_mut(&c.listener) else {
                 continue;
@@ -130,8 +153,8 @@ impl Room {
             }
             m.mapping = c.slots.clone();
             if let Some(json) = slots_event(&self.members, c.listener, &c.slots) {
-                let _ = self.to_front.send(ToFront::Event {
-                    session: c.listener,
+                self.events.push_back(RoomEvent::Slots {
+                    listener: c.listener,
                     json,
                 });
             }
@@ -174,15 +197,7 @@ impl Room {
         let level_byte = level_id
             .and_then(|id| pkt.header.get_extension(id))
             .and_then(|b| b.first().copied());
-        let loudness = match level_byte {
-            Some(b) => Loudness::Level {
-                dbov: b & 0x7f,
-                voice: b & 0x80 != 0,
-            },
-            None => Loudness::Inferred {
-                voiced: pkt.payload.len() >= VOICED_MIN_PAYLOAD,
-            },
-        };
+        let loudness = Loudness::of_packet(level_byte, pkt.payload.len());
         selector.on_audio(member, now, loudness);
         let before = out.len();
         for &(listener, slot) in selector.destinations(member) {
@@ -228,6 +243,7 @@ impl Room {
         self.bytes_forwarded += n * pkt.payload.len() as u64;
     }
 
+    /// The room's counters; the engine adds what only it measures (forwarding delay).
     pub fn stats(&self) -> WorkerStats {
         WorkerStats {
             peers: self.member_count() as u32,

@@ -32,8 +32,8 @@ use webrtc::peer_connection::{
     RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
 };
 
-use crate::identity::Identity;
-use crate::peer::{audio_engine, opus_media_track};
+use crate::wire::identity::Identity;
+use crate::worker::peer::{audio_engine, opus_media_track};
 
 const PROBE_MAGIC: &[u8; 2] = b"BW";
 pub const PROBE_SIZE: usize = 60;
@@ -166,11 +166,10 @@ struct Handler {
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, ev: RTCPeerConnectionIceEvent) {
-        if let Ok(init) = ev.candidate.to_json() {
-            if let Ok(json) = serde_json::to_string(&init) {
+        if let Ok(init) = ev.candidate.to_json()
+            && let Ok(json) = serde_json::to_string(&init) {
                 let _ = self.ws_out.send(Message::text(format!("ice::{json}")));
             }
-        }
     }
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
@@ -351,11 +350,10 @@ impl Client {
                             }
                         }
                         "ice" => {
-                            if let Ok(init) = serde_json::from_str::<RTCIceCandidateInit>(payload) {
-                                if !init.candidate.is_empty() {
+                            if let Ok(init) = serde_json::from_str::<RTCIceCandidateInit>(payload)
+                                && !init.candidate.is_empty() {
                                     let _ = pc.add_ice_candidate(init).await;
                                 }
-                            }
                         }
                         "event" | "error" => {
                             let v = serde_json::from_str(payload)
@@ -588,7 +586,7 @@ pub fn ssrcs_by_mid(sdp: &str) -> Vec<(String, u32)> {
     let mut pending: Vec<u32> = Vec::new();
     let flush = |mid: &mut Option<String>, pending: &mut Vec<u32>, out: &mut Vec<(String, u32)>| {
         if let Some(m) = mid.take() {
-            let mut p: Vec<u32> = pending.drain(..).collect();
+            let mut p: Vec<u32> = std::mem::take(pending);
             p.dedup();
             out.extend(p.into_iter().map(|s| (m.clone(), s)));
         }
@@ -599,13 +597,11 @@ pub fn ssrcs_by_mid(sdp: &str) -> Vec<(String, u32)> {
             flush(&mut mid, &mut pending, &mut out);
         } else if let Some(m) = l.strip_prefix("a=mid:") {
             mid = Some(m.to_string());
-        } else if let Some(s) = l.strip_prefix("a=ssrc:") {
-            if let Some(n) = s.split_whitespace().next().and_then(|n| n.parse().ok()) {
-                if !pending.contains(&n) {
+        } else if let Some(s) = l.strip_prefix("a=ssrc:")
+            && let Some(n) = s.split_whitespace().next().and_then(|n| n.parse().ok())
+                && !pending.contains(&n) {
                     pending.push(n);
                 }
-            }
-        }
     }
     flush(&mut mid, &mut pending, &mut out);
     out

@@ -21,13 +21,14 @@ pub struct PermissionClient {
 }
 
 impl PermissionClient {
-    pub fn new(backend: Permissions, timeout: Duration) -> Self {
+    /// A client with `timeout` on every request. Failing to build one is a startup error:
+    /// a fallback client without the timeout would hang joins instead of failing closed.
+    pub fn new(backend: Permissions, timeout: Duration) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        PermissionClient { backend, http }
+            .build()?;
+        Ok(PermissionClient { backend, http })
     }
 
     /// Asks whether `userid` may join `conversation`; returns the verdict and how long it took.

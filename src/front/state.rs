@@ -19,14 +19,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinSet;
 
+use super::metrics::Metrics;
+use super::permissions::{PermissionClient, Verdict};
+use super::supervisor::{self, WorkerEvents, WorkerSpec};
 use crate::config::Config;
-use crate::identity::Identity;
-use crate::ipc::{SessionId, ToFront, ToWorker, WorkerStats};
-use crate::metrics::Metrics;
-use crate::permissions::{PermissionClient, Verdict};
-use crate::signal::{ErrorCode, SignalError};
-use crate::supervisor;
+use crate::wire::identity::Identity;
+use crate::wire::ids::{Generation, SessionId};
+use crate::wire::ipc::{CloseReason, ToFront, ToWorker};
+use crate::wire::signal::{ErrorCode, SignalError};
+use crate::wire::stats::WorkerStats;
 
 /// What front sends down one signalling socket.
 #[derive(Debug)]
@@ -46,9 +49,11 @@ pub enum OfferState {
 }
 
 /// Why a join was refused; maps to an HTTP status or an `error::` frame.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum JoinError {
+    #[error("not allowed in this conversation: {0}")]
     Forbidden(String),
+    #[error("{0}")]
     Unavailable(String),
 }
 
@@ -101,7 +106,7 @@ impl Client {
 
 /// One conversation's worker, as front sees it.
 pub struct Conversation {
-    generation: u64,
+    generation: Generation,
     tx: UnboundedSender<ToWorker>,
     sessions: HashMap<SessionId, Identity>,
     empty_since: Option<Instant>,
@@ -124,6 +129,19 @@ impl Conversation {
 struct State {
     clients: HashMap<Identity, Client>,
     conversations: HashMap<String, Conversation>,
+    /// Workers told to stop and not yet reaped: their last `Stats` still count.
+    retiring: HashMap<Generation, WorkerStats>,
+    /// Counters of every worker that has exited, so `/metrics` totals never go backwards.
+    retired: WorkerStats,
+}
+
+impl State {
+    /// Stops counting a conversation's worker as running; its counters live on in
+    /// `retiring` until the worker is reaped.
+    fn retire(&mut self, conv: Conversation) {
+        let _ = conv.tx.send(ToWorker::Shutdown);
+        self.retiring.insert(conv.generation, conv.stats);
+    }
 }
 
 pub struct Front {
@@ -132,13 +150,15 @@ pub struct Front {
     permissions: PermissionClient,
     state: Mutex<State>,
     ids: AtomicU64,
-    /// Supervisor tasks still running (a worker process not yet reaped).
-    pub supervisors: AtomicU64,
+    spec: Arc<WorkerSpec>,
+    /// One supervisor task per worker process not yet reaped. Locked after `state`, never
+    /// the other way round.
+    supervisors: Mutex<JoinSet<()>>,
     /// Shutting down: no new joins, offers or workers.
     draining: AtomicBool,
 }
 
-/// A row of `workers()`, for health, metrics and (later) `ctl`.
+/// A row of `workers()`, for health and (later) `ctl`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WorkerInfo {
     pub conversation: String,
@@ -149,17 +169,27 @@ pub struct WorkerInfo {
 }
 
 impl Front {
-    pub fn new(cfg: Config) -> Arc<Front> {
-        let permissions = PermissionClient::new(cfg.permissions.clone(), cfg.permissions_timeout);
-        Arc::new(Front {
+    pub fn new(cfg: Config) -> Result<Arc<Front>, reqwest::Error> {
+        let permissions = PermissionClient::new(cfg.permissions.clone(), cfg.permissions_timeout)?;
+        let spec = Arc::new(WorkerSpec {
+            bin: cfg.worker_bin.clone(),
+            socket_dir: cfg.runtime_dir.join("workers"),
+            media: cfg.media.clone(),
+        });
+        Ok(Arc::new(Front {
             cfg: Arc::new(cfg),
             metrics: Metrics::default(),
             permissions,
             state: Mutex::new(State::default()),
             ids: AtomicU64::new(1),
-            supervisors: AtomicU64::new(0),
+            spec,
+            supervisors: Mutex::new(JoinSet::new()),
             draining: AtomicBool::new(false),
-        })
+        }))
+    }
+
+    fn supervisors(&self) -> MutexGuard<'_, JoinSet<()>> {
+        self.supervisors.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -371,14 +401,15 @@ impl Front {
         };
         // A re-offer replaces the previous peer connection.
         end_session(convs, client);
-        let session = self.next_id();
+        let session = SessionId(self.next_id());
         let conv = convs.entry(conversation.clone()).or_insert_with(|| {
-            let generation = self.next_id();
+            let generation = Generation(self.next_id());
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             self.metrics.workers_spawned.fetch_add(1, Ordering::Relaxed);
-            self.supervisors.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(supervisor::run_worker(
-                self.clone(),
+            let events: Arc<dyn WorkerEvents> = self.clone();
+            self.supervisors().spawn(supervisor::run_worker(
+                self.spec.clone(),
+                events,
                 conversation.clone(),
                 generation,
                 rx,
@@ -411,7 +442,97 @@ impl Front {
         self.metrics.offers.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn worker_ready(&self, conversation: &str, generation: u64, pid: u32) {
+    /// Periodic housekeeping: stop workers idle for `worker_idle`, forget joins that no offer
+    /// followed within `join_timeout`.
+    pub fn housekeeping(&self, now: Instant) {
+        let mut st = self.lock();
+        let idle = self.cfg.worker_idle;
+        let expired: Vec<String> = st
+            .conversations
+            .iter()
+            .filter(|(_, c)| {
+                c.sessions.is_empty()
+                    && c.empty_since.is_some_and(|t| now.duration_since(t) >= idle)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in expired {
+            tracing::info!(conversation = name.as_str(), "worker idle, stopping it");
+            if let Some(c) = st.conversations.remove(&name) {
+                st.retire(c);
+            }
+        }
+        let join_timeout = self.cfg.join_timeout;
+        st.clients.retain(|_, c| {
+            c.active()
+                || c.joined_at
+                    .is_some_and(|t| now.duration_since(t) < join_timeout)
+                || c.recent_offers
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
+        });
+        drop(st);
+        self.reap_supervisors();
+    }
+
+    /// Asks every worker to shut down and waits until each is reaped, at most `within`
+    /// (each supervisor kills its worker if it does not exit in time, so this ends).
+    /// Returns whether all were reaped in time.
+    pub async fn shutdown_workers(&self, within: Duration) -> bool {
+        self.draining.store(true, Ordering::Relaxed);
+        {
+            let mut st = self.lock();
+            let convs: Vec<Conversation> = st.conversations.drain().map(|(_, c)| c).collect();
+            for c in convs {
+                st.retire(c);
+            }
+        }
+        let mut tasks = std::mem::take(&mut *self.supervisors());
+        tokio::time::timeout(within, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_ok()
+    }
+
+    /// Forgets the supervisor tasks that have ended.
+    fn reap_supervisors(&self) {
+        let mut tasks = self.supervisors();
+        while tasks.try_join_next().is_some() {}
+    }
+
+    /// Counters of the running workers and the total of those that exited (for `/metrics`).
+    pub fn worker_stats(&self) -> (Vec<WorkerStats>, WorkerStats) {
+        let st = self.lock();
+        let mut running: Vec<WorkerStats> =
+            st.conversations.values().map(|c| c.stats.clone()).collect();
+        running.extend(st.retiring.values().cloned());
+        (running, st.retired.clone())
+    }
+
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        let st = self.lock();
+        let mut v: Vec<_> = st
+            .conversations
+            .iter()
+            .map(|(name, c)| WorkerInfo {
+                conversation: name.clone(),
+                pid: c.pid,
+                sessions: c.sessions.len(),
+                uptime_s: c.started.elapsed().as_secs_f64(),
+                stats: c.stats.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.conversation.cmp(&b.conversation));
+        v
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.lock().clients.values().filter(|c| c.active()).count()
+    }
+}
+
+/// How the supervisors report to front: what their worker said, and when it is gone.
+impl WorkerEvents for Front {
+    fn ready(&self, conversation: &str, generation: Generation, pid: u32) {
         let mut st = self.lock();
         if let Some(c) = st
             .conversations
@@ -423,9 +544,13 @@ impl Front {
     }
 
     /// A message from a worker. Messages about sessions that have since ended are dropped.
-    pub fn from_worker(&self, conversation: &str, generation: u64, msg: ToFront) {
+    fn message(&self, conversation: &str, generation: Generation, msg: ToFront) {
         let mut st = self.lock();
         let st = &mut *st;
+        if let (ToFront::Stats(s), Some(last)) = (&msg, st.retiring.get_mut(&generation)) {
+            *last = s.clone();
+            return;
+        }
         let Some(conv) = st
             .conversations
             .get_mut(conversation)
@@ -469,21 +594,18 @@ impl Front {
                 conv.remove_session(session);
                 if let Some(c) = client.filter(|_| current) {
                     c.session = None;
-                    c.send(Out::Fail(SignalError::new(
-                        ErrorCode::parse(&code),
-                        message,
-                    )));
+                    c.send(Out::Fail(SignalError::new(code, message)));
                 }
             }
             ToFront::Closed { reason, .. } => {
-                tracing::info!(%who, conversation, session, "session closed: {reason}");
+                tracing::info!(%who, conversation, %session, "session closed: {}", reason.as_str());
                 conv.remove_session(session);
                 if let Some(c) = client.filter(|_| current) {
                     c.session = None;
                     // Still signalling: the client can get its media back with a new offer.
                     // (One that closed its connection itself knows, and is not told.)
-                    if reason != crate::ipc::CLOSED_BY_CLIENT {
-                        c.send(Out::Text(reconnect_event(&reason)));
+                    if reason != CloseReason::ByClient {
+                        c.send(Out::Text(reconnect_event(reason.as_str())));
                     }
                 }
             }
@@ -492,9 +614,13 @@ impl Front {
     }
 
     /// The worker process of `conversation` is gone. Its clients are told to reconnect.
-    pub fn worker_gone(&self, conversation: &str, generation: u64, reason: &str) {
+    fn gone(&self, conversation: &str, generation: Generation, reason: &str) {
         let mut st = self.lock();
         let st = &mut *st;
+        if let Some(last) = st.retiring.remove(&generation) {
+            st.retired.add_counters(&last);
+            return;
+        }
         if st
             .conversations
             .get(conversation)
@@ -505,77 +631,22 @@ impl Front {
         let Some(conv) = st.conversations.remove(conversation) else {
             return;
         };
+        st.retired.add_counters(&conv.stats);
         let had_members = !conv.sessions.is_empty();
         if had_members {
             self.metrics.worker_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(conversation, "worker exited with members: {reason}");
         }
         for (session, who) in conv.sessions {
-            if let Some(c) = st.clients.get_mut(&who) {
-                if c.session.as_ref().is_some_and(|l| l.id == session) {
+            if let Some(c) = st.clients.get_mut(&who)
+                && c.session.as_ref().is_some_and(|l| l.id == session) {
                     c.session = None;
                     c.send(Out::Text(reconnect_event("worker-exited")));
                     if c.socket.is_none() {
                         st.clients.remove(&who);
                     }
                 }
-            }
         }
-    }
-
-    /// Periodic housekeeping: stop workers idle for `worker_idle`, forget joins that no offer
-    /// followed within `join_timeout`.
-    pub fn housekeeping(&self, now: Instant) {
-        let mut st = self.lock();
-        let idle = self.cfg.worker_idle;
-        st.conversations.retain(|name, c| {
-            let expired = c.sessions.is_empty()
-                && c.empty_since.is_some_and(|t| now.duration_since(t) >= idle);
-            if expired {
-                tracing::info!(conversation = name.as_str(), "worker idle, stopping it");
-                let _ = c.tx.send(ToWorker::Shutdown);
-            }
-            !expired
-        });
-        let join_timeout = self.cfg.join_timeout;
-        st.clients.retain(|_, c| {
-            c.active()
-                || c.joined_at
-                    .is_some_and(|t| now.duration_since(t) < join_timeout)
-                || c.recent_offers
-                    .back()
-                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
-        });
-    }
-
-    /// Asks every worker to shut down; [`Front::supervisors`] reaches 0 once all are reaped.
-    pub fn shutdown_workers(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-        let mut st = self.lock();
-        for (_, c) in st.conversations.drain() {
-            let _ = c.tx.send(ToWorker::Shutdown);
-        }
-    }
-
-    pub fn workers(&self) -> Vec<WorkerInfo> {
-        let st = self.lock();
-        let mut v: Vec<_> = st
-            .conversations
-            .iter()
-            .map(|(name, c)| WorkerInfo {
-                conversation: name.clone(),
-                pid: c.pid,
-                sessions: c.sessions.len(),
-                uptime_s: c.started.elapsed().as_secs_f64(),
-                stats: c.stats.clone(),
-            })
-            .collect();
-        v.sort_by(|a, b| a.conversation.cmp(&b.conversation));
-        v
-    }
-
-    pub fn client_count(&self) -> usize {
-        self.lock().clients.values().filter(|c| c.active()).count()
     }
 }
 
@@ -589,12 +660,11 @@ fn drop_unanswered(convs: &mut HashMap<String, Conversation>, client: &mut Clien
 }
 
 fn end_session(convs: &mut HashMap<String, Conversation>, client: &mut Client) {
-    if let Some(live) = client.session.take() {
-        if let Some(conv) = convs.get_mut(&live.conversation) {
+    if let Some(live) = client.session.take()
+        && let Some(conv) = convs.get_mut(&live.conversation) {
             conv.remove_session(live.id);
             let _ = conv.tx.send(ToWorker::Leave { session: live.id });
         }
-    }
 }
 
 /// The `event::` frame that asks a client to offer again.

@@ -1,11 +1,19 @@
-//! The worker process: one conversation's media, in [`crate::engine`].
+//! The worker process: one conversation's peer connections and forwarding.
 //!
-//! This file is the process's shell: it connects to front's socket, takes `Init`, and runs the
-//! engine with two IPC tasks beside it (one reads front's frames into the engine's channel,
-//! one writes the engine's messages to front).
+//! | module | what it is |
+//! |---|---|
+//! | this file | the process's shell: connect to front, take `Init`, run the engine with two IPC tasks beside it |
+//! | [`engine`] | one task driving every peer connection (`rtc` sans-I/O) and the room |
+//! | [`peer`] | building and answering one peer connection, with its UDP socket |
+//!
+//! One IPC task reads front's frames into the engine's channel, the other writes the
+//! engine's messages to front.
 //!
 //! The worker exits on `Shutdown`, or when front's end of the socket closes (front died: a
 //! worker never outlives its supervisor).
+
+pub mod engine;
+pub mod peer;
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,23 +21,39 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::config::MediaConfig;
-use crate::engine::{Engine, Input};
-use crate::ipc::{self, ToFront, ToWorker};
+use crate::wire::frame::{self, FrameError};
+use crate::wire::ipc::{MediaConfig, ToFront, ToWorker};
+use crate::wire::socket::{self, PeerError};
+use engine::{Engine, Input};
+
+/// Why a worker could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("connect to front's socket: {0}")]
+    Connect(std::io::Error),
+    #[error("front's socket: {0}")]
+    Peer(#[from] PeerError),
+    #[error("reading Init from front: {0}")]
+    Init(#[from] FrameError),
+    #[error("expected Init from front, got {0}")]
+    NotInit(String),
+}
 
 /// Runs a worker connected to front at `socket`.
-pub async fn run(socket: &Path) -> anyhow::Result<()> {
-    let stream = tokio::net::UnixStream::connect(socket).await?;
+pub async fn run(socket: &Path) -> Result<(), WorkerError> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(WorkerError::Connect)?;
     // Front is the only other party; make sure the socket is not someone else's.
-    ipc::check_peer(&stream, None).map_err(anyhow::Error::msg)?;
+    socket::check_peer(&stream, None)?;
     let (mut r, w) = stream.into_split();
     let mut buf = Vec::new();
-    let (conversation, media) = match ipc::read_frame::<_, ToWorker>(&mut r, &mut buf).await? {
+    let (conversation, media) = match frame::read_frame::<_, ToWorker>(&mut r, &mut buf).await? {
         ToWorker::Init {
             conversation,
             media,
         } => (conversation, media),
-        other => anyhow::bail!("expected Init, got {other:?}"),
+        other => return Err(WorkerError::NotInit(format!("{other:?}"))),
     };
     // Every log line of this process, spawned tasks included, names the conversation.
     let span = tracing::info_span!("worker", conversation = conversation.as_str());
@@ -47,9 +71,9 @@ async fn serve(
     let (to_front, mut outbox) = mpsc::unbounded_channel::<ToFront>();
     let writer = tokio::spawn(async move {
         while let Some(msg) = outbox.recv().await {
-            ipc::write_frame(&mut w, &msg).await?;
+            frame::write_frame(&mut w, &msg).await?;
         }
-        Ok::<_, ipc::IpcError>(())
+        Ok::<_, FrameError>(())
     });
     let _ = to_front.send(ToFront::Ready {
         pid: std::process::id(),
@@ -59,7 +83,7 @@ async fn serve(
     let reader = tokio::spawn(async move {
         let mut buf = Vec::new();
         loop {
-            match ipc::read_frame::<_, ToWorker>(&mut r, &mut buf).await {
+            match frame::read_frame::<_, ToWorker>(&mut r, &mut buf).await {
                 Ok(msg) => {
                     if inputs.send(Input::Front(msg)).is_err() {
                         return;

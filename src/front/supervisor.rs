@@ -3,9 +3,12 @@
 //!
 //! What happens when a worker dies: the reader sees end-of-stream or garbage (garbage gets the
 //! process killed: a worker that breaks protocol is never trusted again), the task reaps the
-//! process, and [`Front::worker_gone`] tells that conversation's clients to reconnect. Other
-//! conversations see nothing: they have their own process and their own task. The next offer
-//! for the conversation spawns a fresh worker.
+//! process, and [`WorkerEvents::gone`] tells front, which tells that conversation's clients to
+//! reconnect. Other conversations see nothing: they have their own process and their own
+//! task. The next offer for the conversation spawns a fresh worker.
+//!
+//! The supervisor knows nothing of front's state: it gets plain settings ([`WorkerSpec`]) and
+//! reports through the narrow [`WorkerEvents`] interface.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,46 +17,85 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::front::Front;
-use crate::ipc::{self, IpcError, ToFront, ToWorker};
+use crate::wire::frame::{self, FrameError};
+use crate::wire::ids::Generation;
+use crate::wire::ipc::{MediaConfig, ToFront, ToWorker};
+use crate::wire::socket::{self, PeerError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
-pub fn socket_dir(front: &Front) -> PathBuf {
-    front.cfg.runtime_dir.join("workers")
+/// How to start a worker.
+#[derive(Debug)]
+pub struct WorkerSpec {
+    /// The worker executable.
+    pub bin: PathBuf,
+    /// Where the per-worker sockets are made (0700).
+    pub socket_dir: PathBuf,
+    pub media: MediaConfig,
+}
+
+/// What a supervisor tells front about its worker.
+pub trait WorkerEvents: Send + Sync + 'static {
+    /// The worker connected, passed the credential check and said `Ready`.
+    fn ready(&self, conversation: &str, generation: Generation, pid: u32);
+    /// A message from the worker.
+    fn message(&self, conversation: &str, generation: Generation, msg: ToFront);
+    /// The worker process is gone (reaped), for `reason`.
+    fn gone(&self, conversation: &str, generation: Generation, reason: &str);
+}
+
+/// Why a worker could not be started or kept.
+#[derive(Debug, thiserror::Error)]
+enum SupervisorError {
+    #[error("socket directory {0}: {1}")]
+    SocketDir(PathBuf, std::io::Error),
+    #[error("cannot start {0}: {1}")]
+    Spawn(PathBuf, std::io::Error),
+    #[error("worker exited before connecting: {0}")]
+    ExitedEarly(String),
+    #[error("accept: {0}")]
+    Accept(std::io::Error),
+    #[error("worker did not connect within {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout,
+    #[error("refused worker connection: {0}")]
+    Peer(#[from] PeerError),
+    #[error("talking to the worker: {0}")]
+    Frame(#[from] FrameError),
+    #[error("worker did not say Ready: {0}")]
+    NotReady(String),
 }
 
 pub async fn run_worker(
-    front: Arc<Front>,
+    spec: Arc<WorkerSpec>,
+    events: Arc<dyn WorkerEvents>,
     conversation: String,
-    generation: u64,
+    generation: Generation,
     rx: UnboundedReceiver<ToWorker>,
 ) {
-    let reason = match supervise(&front, &conversation, generation, rx).await {
+    let reason = match supervise(&spec, &events, &conversation, generation, rx).await {
         Ok(r) => r,
-        Err(e) => format!("{e:#}"),
+        Err(e) => e.to_string(),
     };
-    tracing::info!(conversation, generation, "worker ended: {reason}");
-    front.worker_gone(&conversation, generation, &reason);
-    front
-        .supervisors
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(conversation, %generation, "worker ended: {reason}");
+    events.gone(&conversation, generation, &reason);
 }
 
 async fn supervise(
-    front: &Arc<Front>,
+    spec: &WorkerSpec,
+    events: &Arc<dyn WorkerEvents>,
     conversation: &str,
-    generation: u64,
+    generation: Generation,
     mut rx: UnboundedReceiver<ToWorker>,
-) -> anyhow::Result<String> {
-    let dir = socket_dir(front);
-    ipc::private_dir(&dir)?;
+) -> Result<String, SupervisorError> {
+    let dir = &spec.socket_dir;
+    socket::private_dir(dir).map_err(|e| SupervisorError::SocketDir(dir.clone(), e))?;
     // Not named after the conversation: a 128-character id would overflow the 108-byte
     // limit of a Unix socket path. `ps` shows the conversation (an argument of the worker).
     let path = dir.join(format!("w{generation}.sock"));
-    let listener = ipc::bind_private(&path)?;
-    let spawned = Command::new(&front.cfg.worker_bin)
+    let listener =
+        socket::bind_private(&path).map_err(|e| SupervisorError::SocketDir(path.clone(), e))?;
+    let spawned = Command::new(&spec.bin)
         .arg("--socket")
         .arg(&path)
         .arg("--conversation")
@@ -64,7 +106,7 @@ async fn supervise(
         Ok(c) => c,
         Err(e) => {
             let _ = std::fs::remove_file(&path);
-            anyhow::bail!("cannot start {}: {e}", front.cfg.worker_bin.display());
+            return Err(SupervisorError::Spawn(spec.bin.clone(), e));
         }
     };
     let pid = child.id().unwrap_or(0);
@@ -72,7 +114,7 @@ async fn supervise(
         a = tokio::time::timeout(CONNECT_TIMEOUT, listener.accept()) => a,
         status = child.wait() => {
             let _ = std::fs::remove_file(&path);
-            anyhow::bail!("worker exited before connecting: {status:?}");
+            return Err(SupervisorError::ExitedEarly(format!("{status:?}")));
         }
     };
     // The socket file has served its purpose: nothing else may connect, nothing is left behind.
@@ -80,49 +122,49 @@ async fn supervise(
     drop(listener);
     let stream = match accepted {
         Ok(Ok((s, _))) => s,
-        Ok(Err(e)) => anyhow::bail!("accept: {e}"),
+        Ok(Err(e)) => return Err(SupervisorError::Accept(e)),
         Err(_) => {
             let _ = child.kill().await;
-            anyhow::bail!("worker did not connect within {CONNECT_TIMEOUT:?}");
+            return Err(SupervisorError::ConnectTimeout);
         }
     };
-    if let Err(e) = ipc::check_peer(&stream, Some(pid)) {
+    if let Err(e) = socket::check_peer(&stream, Some(pid)) {
         let _ = child.kill().await;
-        anyhow::bail!("refused worker connection: {e}");
+        return Err(e.into());
     }
     let (mut r, mut w) = stream.into_split();
-    ipc::write_frame(
+    frame::write_frame(
         &mut w,
         &ToWorker::Init {
             conversation: conversation.to_string(),
-            media: front.cfg.media.clone(),
+            media: spec.media.clone(),
         },
     )
     .await?;
     let mut buf = Vec::new();
     match tokio::time::timeout(
         CONNECT_TIMEOUT,
-        ipc::read_frame::<_, ToFront>(&mut r, &mut buf),
+        frame::read_frame::<_, ToFront>(&mut r, &mut buf),
     )
     .await
     {
-        Ok(Ok(ToFront::Ready { pid: p })) => front.worker_ready(conversation, generation, p),
+        Ok(Ok(ToFront::Ready { pid: p })) => events.ready(conversation, generation, p),
         other => {
             let _ = child.kill().await;
-            anyhow::bail!("worker did not say Ready: {other:?}");
+            return Err(SupervisorError::NotReady(format!("{other:?}")));
         }
     }
     tracing::info!(conversation, pid, "worker ready");
 
     // Reading is its own task: read_frame is not cancel-safe, so it must not sit in a select.
     let reader = {
-        let front = front.clone();
+        let events = events.clone();
         let conversation = conversation.to_string();
         tokio::spawn(async move {
             let mut buf = Vec::new();
             loop {
-                match ipc::read_frame::<_, ToFront>(&mut r, &mut buf).await {
-                    Ok(msg) => front.from_worker(&conversation, generation, msg),
+                match frame::read_frame::<_, ToFront>(&mut r, &mut buf).await {
+                    Ok(msg) => events.message(&conversation, generation, msg),
                     Err(e) => return e,
                 }
             }
@@ -130,24 +172,26 @@ async fn supervise(
     };
     tokio::pin!(reader);
     let mut shutting_down = false;
+    let mut reader_done = false;
     let reason = loop {
         tokio::select! {
             msg = rx.recv(), if !shutting_down => match msg {
                 Some(m) => {
                     shutting_down = m == ToWorker::Shutdown;
-                    if let Err(e) = ipc::write_frame(&mut w, &m).await {
+                    if let Err(e) = frame::write_frame(&mut w, &m).await {
                         break format!("write to worker: {e}");
                     }
                 }
                 // Front dropped the conversation without a Shutdown: treat it as one.
                 None => {
                     shutting_down = true;
-                    let _ = ipc::write_frame(&mut w, &ToWorker::Shutdown).await;
+                    let _ = frame::write_frame(&mut w, &ToWorker::Shutdown).await;
                 }
             },
             ended = &mut reader => {
+                reader_done = true;
                 match ended {
-                    Ok(IpcError::Closed) => break "worker closed its channel".to_string(),
+                    Ok(FrameError::Closed) => break "worker closed its channel".to_string(),
                     Ok(e) => {
                         tracing::error!(conversation, pid, "worker sent garbage, killing it: {e}");
                         let _ = child.kill().await;
@@ -159,6 +203,11 @@ async fn supervise(
             status = child.wait() => break format!("worker exited: {status:?}"),
         }
     };
+    // What the worker said just before it went (its last Stats) is read out before front
+    // hears it is gone; the socket is closed by then, so this is quick.
+    if !reader_done && tokio::time::timeout(EXIT_GRACE, &mut reader).await.is_err() {
+        reader.abort();
+    }
     match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
         Ok(Ok(status)) if !status.success() => {
             tracing::warn!(conversation, pid, "worker exit status {status}")

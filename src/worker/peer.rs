@@ -1,5 +1,5 @@
 //! Answering one client's offer with an `rtc =0.21.1` peer connection (the sans-I/O core of
-//! webrtc-rs): the connection is a plain state machine that [`crate::engine`] drives, and this
+//! webrtc-rs): the connection is a plain state machine that [`super::engine`] drives, and this
 //! module only builds it, binds its UDP socket and writes the answer.
 //!
 //! The order of calls matters and is the crate's, verified in `../shared/RECIPES.md`:
@@ -24,7 +24,7 @@ use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_rtcp_reports, configure_twcc_receiver_only, register_default_interceptors,
+    configure_rtcp_reports, configure_twcc_receiver_only,
 };
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -38,19 +38,20 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverId};
 
-use crate::config::MediaConfig;
-use crate::sdp::{AUDIO_LEVEL_URI, Offer};
-use crate::signal::ErrorCode;
+use crate::media::sdp::{AUDIO_LEVEL_URI, Offer};
+use crate::wire::ipc::MediaConfig;
+use crate::wire::signal::ErrorCode;
 
 /// A failed negotiation, with the `error::` code the client will see.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct NegotiationError {
     pub code: ErrorCode,
     pub message: String,
 }
 
 impl NegotiationError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         NegotiationError {
             code,
             message: message.into(),
@@ -104,9 +105,11 @@ pub fn opus_media_track(stream: &str, id: &str, ssrc: u32) -> MediaStreamTrack {
     )
 }
 
-/// The media engine of the webrtc-rs test and load clients: [`audio_media_engine`] with the
+/// The media engine of the webrtc-rs test and load clients (`crate::loadtools`): [`audio_media_engine`] with the
 /// crate's default interceptors, as an application built on webrtc-rs would have them.
+#[cfg(feature = "loadtools")]
 pub fn audio_engine() -> rtc::shared::error::Result<(MediaEngine, Registry)> {
+    use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
     let mut engine = audio_media_engine()?;
     let registry = register_default_interceptors(Registry::new(), &mut engine)?;
     Ok((engine, registry))

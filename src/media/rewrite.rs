@@ -27,10 +27,12 @@
 
 use std::time::{Duration, Instant};
 
+use crate::wire::ids::SessionId;
+
 /// Identifies an incoming stream: the member and its SSRC (a member that changes SSRC is a new source).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SourceKey {
-    pub member: u64,
+    pub member: SessionId,
     pub ssrc: u32,
 }
 
@@ -278,11 +280,11 @@ mod tests {
     use super::*;
 
     const A: SourceKey = SourceKey {
-        member: 1,
+        member: SessionId(1),
         ssrc: 0xaaaa,
     };
     const B: SourceKey = SourceKey {
-        member: 2,
+        member: SessionId(2),
         ssrc: 0xbbbb,
     };
 
@@ -553,7 +555,7 @@ mod tests {
     fn a_source_back_on_a_vacated_slot_starts_a_new_run() {
         let t0 = Instant::now();
         let a = SourceKey {
-            member: 1,
+            member: SessionId(1),
             ssrc: 10,
         };
         let mut rw = SlotRewriter::new(7, 100, 5000);
@@ -582,7 +584,7 @@ mod tests {
     fn skipped_padding_leaves_no_gap() {
         let t0 = Instant::now();
         let a = SourceKey {
-            member: 1,
+            member: SessionId(1),
             ssrc: 10,
         };
         let mut rw = SlotRewriter::new(7, 100, 5000);
@@ -592,7 +594,13 @@ mod tests {
         assert_eq!(p2.seq, p1.seq.wrapping_add(1));
         // A skip that is not the next in order (or of another source) changes nothing.
         rw.skip(a, 20);
-        rw.skip(SourceKey { member: 2, ssrc: 3 }, 13);
+        rw.skip(
+            SourceKey {
+                member: SessionId(2),
+                ssrc: 3,
+            },
+            13,
+        );
         let p3 = rw.rewrite(a, 13, 1920, false, t0).unwrap();
         assert_eq!(p3.seq, p2.seq.wrapping_add(1));
     }

@@ -1,0 +1,107 @@
+//! The front ↔ worker message set (mediasoup's worker/channel split): small, versioned, and
+//! the only thing the two processes say to each other. Framing is in [`super::frame`].
+//!
+//! Bump [`PROTOCOL_VERSION`] whenever a message changes shape: a worker from another build is
+//! refused at its first frame instead of being misread.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::identity::Identity;
+use super::ids::SessionId;
+use super::signal::ErrorCode;
+use super::stats::WorkerStats;
+
+pub const PROTOCOL_VERSION: u16 = 3;
+
+/// What a worker needs to run its peer connections. Front sends it in `Init` rather than
+/// letting the worker re-read the environment, so the one process that validated the
+/// configuration is the one that decides it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MediaConfig {
+    pub bind_ip: Option<IpAddr>,
+    pub ports: (u16, u16),
+    pub public_ip: Option<IpAddr>,
+    pub max_slots: usize,
+    /// ICE consent: no traffic for this long → disconnected.
+    pub ice_disconnected_ms: u64,
+    /// Disconnected for this much longer → failed, and the session ends.
+    pub ice_failed_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// First message: which conversation this worker owns and how to run media.
+    Init {
+        conversation: String,
+        media: MediaConfig,
+    },
+    /// Build a peer connection for this offer and answer it.
+    Offer {
+        session: SessionId,
+        identity: Identity,
+        sdp: String,
+    },
+    /// A trickled remote candidate, JSON `RTCIceCandidateInit`.
+    Ice {
+        session: SessionId,
+        candidate: String,
+    },
+    /// The session left the conversation: close its peer connection.
+    Leave { session: SessionId },
+    /// Close everything and exit.
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToFront {
+    /// The worker is up; sent once, after `Init`.
+    Ready {
+        pid: u32,
+    },
+    Answer {
+        session: SessionId,
+        sdp: String,
+    },
+    /// A JSON event for the client (`slots`), passed through verbatim.
+    Event {
+        session: SessionId,
+        json: String,
+    },
+    /// The offer could not be answered.
+    Rejected {
+        session: SessionId,
+        code: ErrorCode,
+        message: String,
+    },
+    /// The peer connection ended.
+    Closed {
+        session: SessionId,
+        reason: CloseReason,
+    },
+    /// Counters for metrics and `ctl`, sent every few seconds and once more before exiting.
+    Stats(WorkerStats),
+}
+
+/// Why a peer connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CloseReason {
+    /// The client closed it itself (DTLS close_notify): it knows, and is not told.
+    ByClient,
+    /// ICE consent or DTLS failed: the client is told to reconnect.
+    Failed,
+    /// The connection reports itself closed for another reason.
+    Closed,
+}
+
+impl CloseReason {
+    /// The `reason` of the `reconnect` event the client gets.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ByClient => "closed-by-client",
+            CloseReason::Failed => "peer-connection-failed",
+            CloseReason::Closed => "peer-connection-closed",
+        }
+    }
+}
