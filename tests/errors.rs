@@ -169,7 +169,8 @@ async fn permission_answers_map_to_401_and_503() {
     }
     // The same through /connect?conversation=: error frames.
     let mut s = ws(&front, "?conversation=deny-2", Some(&claim("u", "c2")))
-        .await.expect("upgraded");
+        .await
+        .expect("upgraded");
     let (code, message, close) = s.error().await;
     assert_eq!(
         (code.as_str(), close),
@@ -250,7 +251,8 @@ async fn bad_frames_get_error_frames_and_front_keeps_serving() {
     ];
     for (i, (query, frame, code, says)) in cases.into_iter().enumerate() {
         let mut s = ws(&front, query, Some(&claim("user", &format!("c{i}"))))
-            .await.expect("upgraded");
+            .await
+            .expect("upgraded");
         s.send(frame).await;
         let (got, message, close) = s.error().await;
         assert_eq!(got, code, "case {i}: {message}");
@@ -263,13 +265,15 @@ async fn bad_frames_get_error_frames_and_front_keeps_serving() {
     }
     // Binary frames are not part of the protocol.
     let mut s = ws(&front, "", Some(&claim("user", "bin")))
-        .await.expect("upgraded");
+        .await
+        .expect("upgraded");
     let _ = s.0.send(Message::binary(vec![1u8, 2, 3])).await;
     assert_eq!(s.error().await.0, "bad-frame");
 
     // Rate limit: the third offer within a minute.
     let mut s = ws(&front, "", Some(&claim("rl", "c")))
-        .await.expect("upgraded");
+        .await
+        .expect("upgraded");
     let offer = format!(
         "offer::{VALID_OFFER_HEAD}m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"
     );
@@ -282,12 +286,15 @@ async fn bad_frames_get_error_frames_and_front_keeps_serving() {
 
     // Too many sessions: two open sockets for one user, the third is refused.
     let _a = ws(&front, "", Some(&claim("many", "a")))
-        .await.expect("first");
+        .await
+        .expect("first");
     let _b = ws(&front, "", Some(&claim("many", "b")))
-        .await.expect("second");
+        .await
+        .expect("second");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut c = ws(&front, "", Some(&claim("many", "c")))
-        .await.expect("upgraded");
+        .await
+        .expect("upgraded");
     let (code, message, close) = c.error().await;
     assert_eq!(
         (code.as_str(), close),

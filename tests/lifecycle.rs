@@ -116,6 +116,48 @@ async fn peers(front: &Front) -> Option<u64> {
     metric(front, "beep_peers").await
 }
 
+/// Counters summed over the workers must not fall when a worker exits: front keeps the
+/// totals of exited workers (before, only the running workers' last reports were summed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_totals_survive_the_exit_of_their_worker() {
+    let perms = Permissions::start().await;
+    let front = Front::start(&perms.url(), &[]).await;
+    let a = member(&front, "counted", "a").await;
+    let b = member(&front, "counted", "b").await;
+    a.start_sending("a", 20);
+    assert!(eventually(T, || b.heard_from("a") > 50).await);
+    let counters = [
+        "beep_packets_received_total",
+        "beep_packets_forwarded_total",
+        "beep_bytes_forwarded_total",
+        "beep_forward_delay_seconds_count",
+    ];
+    let deadline = tokio::time::Instant::now() + T;
+    let mut before = Vec::new();
+    for name in counters {
+        loop {
+            let v = metric(&front, name).await.unwrap_or(0);
+            if v > 0 {
+                before.push(v);
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{name} stayed 0");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    a.close().await;
+    b.close().await;
+    assert!(
+        eventually(T, || front.workers().is_empty()).await,
+        "the idle worker did not exit"
+    );
+    for (name, was) in counters.iter().zip(before) {
+        let now = metric(&front, name).await.expect(name);
+        assert!(now >= was, "{name} went backwards: {was} -> {now}");
+    }
+    assert_eq!(metric(&front, "beep_workers").await, Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_closes_its_connection_is_let_go_at_once() {
     let perms = Permissions::start().await;

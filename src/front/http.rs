@@ -44,11 +44,13 @@ fn identity(
     query: &HashMap<String, String>,
 ) -> Result<Identity, ClaimError> {
     let header = headers.get(CLAIM_HEADER).map(|v| v.as_bytes());
-    if header.is_none() && front.cfg.dev_mode
-        && let (Some(u), Some(c)) = (query.get("userid"), query.get("clientid")) {
-            let claim = serde_json::json!({"userid": u, "clientid": c}).to_string();
-            return parse_claim(Some(claim.as_bytes()));
-        }
+    if header.is_none()
+        && front.cfg.dev_mode
+        && let (Some(u), Some(c)) = (query.get("userid"), query.get("clientid"))
+    {
+        let claim = serde_json::json!({"userid": u, "clientid": c}).to_string();
+        return parse_claim(Some(claim.as_bytes()));
+    }
     parse_claim(header)
 }
 
@@ -89,9 +91,10 @@ async fn connect(
     };
     let conversation = query.get("conversation").cloned();
     if let Some(c) = &conversation
-        && let Err(r) = check_conversation_id(c) {
-            return bad_request(r);
-        }
+        && let Err(r) = check_conversation_id(c)
+    {
+        return bad_request(r);
+    }
     // tungstenite's default 128 KiB read buffer is allocated and touched per socket: ~140 KiB
     // of front's RSS per connected client, for frames of a few KiB. Larger frames still
     // arrive whole (read in several chunks).

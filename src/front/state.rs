@@ -639,13 +639,14 @@ impl WorkerEvents for Front {
         }
         for (session, who) in conv.sessions {
             if let Some(c) = st.clients.get_mut(&who)
-                && c.session.as_ref().is_some_and(|l| l.id == session) {
-                    c.session = None;
-                    c.send(Out::Text(reconnect_event("worker-exited")));
-                    if c.socket.is_none() {
-                        st.clients.remove(&who);
-                    }
+                && c.session.as_ref().is_some_and(|l| l.id == session)
+            {
+                c.session = None;
+                c.send(Out::Text(reconnect_event("worker-exited")));
+                if c.socket.is_none() {
+                    st.clients.remove(&who);
                 }
+            }
         }
     }
 }
@@ -661,10 +662,11 @@ fn drop_unanswered(convs: &mut HashMap<String, Conversation>, client: &mut Clien
 
 fn end_session(convs: &mut HashMap<String, Conversation>, client: &mut Client) {
     if let Some(live) = client.session.take()
-        && let Some(conv) = convs.get_mut(&live.conversation) {
-            conv.remove_session(live.id);
-            let _ = conv.tx.send(ToWorker::Leave { session: live.id });
-        }
+        && let Some(conv) = convs.get_mut(&live.conversation)
+    {
+        conv.remove_session(live.id);
+        let _ = conv.tx.send(ToWorker::Leave { session: live.id });
+    }
 }
 
 /// The `event::` frame that asks a client to offer again.

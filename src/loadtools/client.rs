@@ -167,9 +167,10 @@ struct Handler {
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, ev: RTCPeerConnectionIceEvent) {
         if let Ok(init) = ev.candidate.to_json()
-            && let Ok(json) = serde_json::to_string(&init) {
-                let _ = self.ws_out.send(Message::text(format!("ice::{json}")));
-            }
+            && let Ok(json) = serde_json::to_string(&init)
+        {
+            let _ = self.ws_out.send(Message::text(format!("ice::{json}")));
+        }
     }
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
@@ -351,9 +352,10 @@ impl Client {
                         }
                         "ice" => {
                             if let Ok(init) = serde_json::from_str::<RTCIceCandidateInit>(payload)
-                                && !init.candidate.is_empty() {
-                                    let _ = pc.add_ice_candidate(init).await;
-                                }
+                                && !init.candidate.is_empty()
+                            {
+                                let _ = pc.add_ice_candidate(init).await;
+                            }
                         }
                         "event" | "error" => {
                             let v = serde_json::from_str(payload)
@@ -599,9 +601,10 @@ pub fn ssrcs_by_mid(sdp: &str) -> Vec<(String, u32)> {
             mid = Some(m.to_string());
         } else if let Some(s) = l.strip_prefix("a=ssrc:")
             && let Some(n) = s.split_whitespace().next().and_then(|n| n.parse().ok())
-                && !pending.contains(&n) {
-                    pending.push(n);
-                }
+            && !pending.contains(&n)
+        {
+            pending.push(n);
+        }
     }
     flush(&mut mid, &mut pending, &mut out);
     out

@@ -38,6 +38,7 @@ pub struct SlotOutput {
 }
 
 /// One packet for one slot of one listener, rewritten and ready to send.
+#[derive(Debug)]
 pub struct Forward {
     pub listener: MemberId,
     pub slot: usize,
@@ -282,4 +283,166 @@ fn slots_event(
         })
         .collect();
     Some(serde_json::json!({"type": "slots", "slots": slots}).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const LEVEL_ID: u8 = 1;
+
+    fn packet(ssrc: u32, seq: u16, dbov: u8, payload_len: usize) -> rtp::Packet {
+        let mut header = rtp::header::Header {
+            version: 2,
+            payload_type: 111,
+            sequence_number: seq,
+            timestamp: u32::from(seq) * 960,
+            ssrc,
+            ..Default::default()
+        };
+        header
+            .set_extension(LEVEL_ID, Bytes::copy_from_slice(&[0x80 | dbov]))
+            .expect("one-byte extension");
+        rtp::Packet {
+            header,
+            payload: Bytes::from(vec![0xAB; payload_len]),
+        }
+    }
+
+    fn member(room: &mut Room, id: u64, slots: usize) {
+        let outputs = (0..slots)
+            .map(|i| SlotOutput {
+                mid: i.to_string(),
+                payload_type: 111,
+                rewriter: SlotRewriter::new(1000 * id as u32 + i as u32, 0, 0),
+            })
+            .collect();
+        let identity = Identity {
+            userid: format!("u{id}"),
+            clientid: "c".into(),
+        };
+        room.add_member(SessionId(id), identity, outputs, Some(LEVEL_ID));
+    }
+
+    fn events(room: &mut Room) -> Vec<RoomEvent> {
+        std::iter::from_fn(|| room.poll_event()).collect()
+    }
+
+    /// `speaker` talks for `packets` packets, 20 ms apart from `t0`, with a selection tick
+    /// every 100 ms; returns every forward made.
+    fn talk(room: &mut Room, speaker: u64, packets: u16, t0: Instant) -> Vec<Forward> {
+        let mut all = Vec::new();
+        for n in 0..packets {
+            let now = t0 + Duration::from_millis(20 * u64::from(n));
+            let mut out = Vec::new();
+            room.on_rtp(
+                SessionId(speaker),
+                Some(LEVEL_ID),
+                &packet(speaker as u32, n, 30, 60),
+                now,
+                &mut out,
+            );
+            all.extend(out);
+            if n % 5 == 4 {
+                room.tick(now);
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn a_new_member_is_told_its_empty_slots_through_the_queue() {
+        let mut room = Room::new();
+        member(&mut room, 1, 2);
+        let ev = events(&mut room);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        let RoomEvent::Slots { listener, json } = &ev[0];
+        assert_eq!(*listener, SessionId(1));
+        let v: serde_json::Value = serde_json::from_str(json).expect("json");
+        assert_eq!(v["type"], "slots");
+        assert_eq!(v["slots"].as_array().map(Vec::len), Some(2));
+        assert!(v["slots"][0]["userid"].is_null());
+        assert!(room.poll_event().is_none(), "drained");
+    }
+
+    #[test]
+    fn speech_reaches_live_listeners_never_the_speaker_and_slot_changes_are_queued() {
+        let mut room = Room::new();
+        for id in 1..=3 {
+            member(&mut room, id, 1);
+            room.set_live(SessionId(id));
+        }
+        events(&mut room);
+        let t0 = Instant::now();
+        let forwards = talk(&mut room, 1, 50, t0);
+        assert!(!forwards.is_empty());
+        assert!(forwards.iter().all(|f| f.listener != SessionId(1)));
+        for l in [2, 3] {
+            assert!(
+                forwards.iter().any(|f| f.listener == SessionId(l)),
+                "{l} heard nothing"
+            );
+        }
+        // Each listener was told, once, that u1 is on its slot.
+        let told: Vec<_> = events(&mut room)
+            .into_iter()
+            .map(|RoomEvent::Slots { listener, json }| (listener, json))
+            .collect();
+        assert_eq!(told.len(), 2, "{told:?}");
+        assert!(told.iter().all(|(_, j)| j.contains(r#""userid":"u1""#)));
+        let stats = room.stats();
+        assert_eq!(stats.packets_in, 50);
+        assert_eq!(stats.packets_forwarded, forwards.len() as u64);
+        assert_eq!(stats.bytes_forwarded, 60 * forwards.len() as u64);
+    }
+
+    #[test]
+    fn nothing_is_sent_to_a_member_whose_connection_is_not_up() {
+        let mut room = Room::new();
+        member(&mut room, 1, 1);
+        member(&mut room, 2, 1);
+        room.set_live(SessionId(1));
+        let forwards = talk(&mut room, 1, 30, Instant::now());
+        assert!(forwards.is_empty(), "member 2 is not live: {forwards:?}");
+    }
+
+    #[test]
+    fn a_speaker_who_leaves_frees_the_slot_and_listeners_are_told() {
+        let mut room = Room::new();
+        member(&mut room, 1, 1);
+        member(&mut room, 2, 1);
+        room.set_live(SessionId(2));
+        let t0 = Instant::now();
+        talk(&mut room, 1, 20, t0);
+        events(&mut room);
+        room.remove_member(SessionId(1), t0 + Duration::from_millis(500));
+        let ev = events(&mut room);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        let RoomEvent::Slots { listener, json } = &ev[0];
+        assert_eq!(*listener, SessionId(2));
+        assert!(json.contains(r#""userid":null"#), "{json}");
+        assert_eq!(room.member_count(), 1);
+    }
+
+    #[test]
+    fn padding_only_packets_are_neither_forwarded_nor_counted_as_silence() {
+        let mut room = Room::new();
+        member(&mut room, 1, 1);
+        member(&mut room, 2, 1);
+        room.set_live(SessionId(2));
+        let t0 = Instant::now();
+        let before = talk(&mut room, 1, 20, t0).len();
+        assert!(before > 0);
+        let mut out = Vec::new();
+        room.on_rtp(
+            SessionId(1),
+            Some(LEVEL_ID),
+            &packet(1, 20, 127, 0),
+            t0 + Duration::from_millis(400),
+            &mut out,
+        );
+        assert!(out.is_empty());
+    }
 }

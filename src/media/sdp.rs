@@ -171,9 +171,10 @@ pub fn unify_bundle_ice(sdp: &str) -> String {
     sections.push((mid, ufrag, pwd));
     for (m, u, p) in sections.iter().skip(1) {
         if let (Some(m), Some(u), Some(p)) = (m, u, p)
-            && bundled.first() == Some(&m.as_str()) {
-                first_creds = Some((u.clone(), p.clone()));
-            }
+            && bundled.first() == Some(&m.as_str())
+        {
+            first_creds = Some((u.clone(), p.clone()));
+        }
     }
     let Some((ufrag, pwd)) = first_creds else {
         return sdp.to_string();

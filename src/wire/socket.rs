@@ -41,11 +41,12 @@ pub fn check_peer(stream: &tokio::net::UnixStream, pid: Option<u32>) -> Result<(
         });
     }
     if let Some(expected) = pid
-        && cred.pid() != Some(expected as i32) {
-            return Err(PeerError::Pid {
-                peer: cred.pid(),
-                expected,
-            });
-        }
+        && cred.pid() != Some(expected as i32)
+    {
+        return Err(PeerError::Pid {
+            peer: cred.pid(),
+            expected,
+        });
+    }
     Ok(())
 }

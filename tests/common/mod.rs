@@ -118,9 +118,10 @@ impl Front {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(r) = front.http.get(front.url("/healthz")).send().await
-                && r.status().is_success() {
-                    break;
-                }
+                && r.status().is_success()
+            {
+                break;
+            }
             assert!(
                 Instant::now() < deadline,
                 "front did not become healthy within 15 s"

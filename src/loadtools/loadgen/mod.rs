@@ -408,9 +408,10 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(r) = server.http.get(server.url("/healthz")).send().await
-                && r.status().is_success() {
-                    break;
-                }
+                && r.status().is_success()
+            {
+                break;
+            }
             if Instant::now() > deadline {
                 bail!(
                     "front did not become healthy within 15 s (log: {})",
@@ -1052,9 +1053,10 @@ async fn load(o: &Options, server: &Server, report: &mut Report) -> anyhow::Resu
     let me1 = proc_sample(std::process::id()).unwrap_or_default();
     let window = (t1 - t0).as_secs_f64();
     if let Some(pid) = server.front_pid
-        && proc_sample(pid).is_none() {
-            bail!("front (pid {pid}) is gone: it exited or was killed during the run");
-        }
+        && proc_sample(pid).is_none()
+    {
+        bail!("front (pid {pid}) is gone: it exited or was killed during the run");
+    }
     let latency: Vec<f64> = clients
         .iter()
         .flat_map(|c| c.streams())
