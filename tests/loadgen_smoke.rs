@@ -61,3 +61,23 @@ fn loadgen_runs_and_reports() {
         "{text}"
     );
 }
+
+/// `--help` is not an error and shows the options; an unknown flag is a usage error (exit 2).
+#[test]
+fn loadgen_help_and_bad_arguments() {
+    let help = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .arg("--help")
+        .output()
+        .expect("run loadgen --help");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert_eq!(help.status.code(), Some(0), "loadgen --help: {help:?}");
+    assert!(text.contains("--spawn-front"), "{text}");
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--spawn-front", "--bogus"])
+        .output()
+        .expect("run loadgen --bogus");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "loadgen --bogus: {bad:?}");
+    assert!(err.contains("--bogus"), "{err}");
+}

@@ -35,7 +35,10 @@ use webrtc::peer_connection::{
 use crate::wire::identity::Identity;
 use crate::worker::peer::{audio_engine, opus_media_track};
 
-const PROBE_MAGIC: &[u8; 2] = b"BW";
+/// The first byte is an Opus TOC byte (config 31: CELT fullband 20 ms, mono, one frame), so a
+/// probe is a well-formed 20 ms Opus packet and the server cuts and publishes bites of probes
+/// as it would of speech (what it decodes to is noise, which no test listens to).
+const PROBE_MAGIC: &[u8; 2] = &[0xF8, b'W'];
 pub const PROBE_SIZE: usize = 60;
 
 /// Encodes a probe payload: magic, tag, send time (µs since the epoch), counter; padded to

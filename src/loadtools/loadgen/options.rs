@@ -15,8 +15,8 @@ const LOAD: &str = "Load (default mode)";
 const CHURN: &str = "Churn (instead of load)";
 const OUTPUT: &str = "Output";
 
-/// What `--help` says before the options.
-const LONG_ABOUT: &str = "\
+/// What `--help` says before the options (`-h` says the same).
+const ABOUT: &str = "\
 loadgen: many webrtc-rs clients against beep-webrtc; prints a summary and writes JSON.
 
 Load mode (the default) puts N clients into M conversations (client i joins conversation i % M);
@@ -35,8 +35,8 @@ closed session.";
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "loadgen",
-    about = "loadgen: many webrtc-rs clients against beep-webrtc; prints a summary and writes JSON.",
-    long_about = LONG_ABOUT,
+    about = ABOUT,
+    long_about = None,
     args_override_self = true,
     allow_negative_numbers = true,
     group(ArgGroup::new("server").required(true).args(["spawn_front", "url"])),
@@ -126,7 +126,7 @@ pub struct Options {
     /// Write the report as JSON.
     #[arg(long, value_name = "PATH", allow_hyphen_values = true, help_heading = OUTPUT)]
     pub json: Option<PathBuf>,
-    /// Conversation/user name prefix: letters, digits, '-' or '_' (default: lg<pid>).
+    /// Conversation/user name prefix: letters, digits, '-' or '_' (default: `lg<pid>`).
     #[arg(
         long,
         value_name = "NAME",
@@ -148,7 +148,7 @@ pub struct Options {
 fn key_value(v: &str) -> Result<(String, String), String> {
     let (k, x) = v
         .split_once('=')
-        .ok_or_else(|| format!("--front-env expects K=V, got {v:?}"))?;
+        .ok_or_else(|| "expected K=V".to_string())?;
     Ok((k.to_string(), x.to_string()))
 }
 
@@ -195,7 +195,12 @@ impl Options {
     }
 
     /// The options of one client of this run.
-    pub(crate) fn client(&self, url: String, user: String, latency_samples: usize) -> ClientOptions {
+    pub(crate) fn client(
+        &self,
+        url: String,
+        user: String,
+        latency_samples: usize,
+    ) -> ClientOptions {
         let mut co = ClientOptions::new(url, &user, "loadgen");
         co.slots = self.slots;
         co.latency_samples = latency_samples;
@@ -226,7 +231,10 @@ mod tests {
             (o.clients, o.conversations, o.speakers, o.slots),
             (10, 1, 2, 3)
         );
-        assert_eq!((o.ramp, o.warmup, o.duration, o.level_dbov), (None, 2.0, 10.0, 30));
+        assert_eq!(
+            (o.ramp, o.warmup, o.duration, o.level_dbov),
+            (None, 2.0, 10.0, 30)
+        );
         assert_eq!(
             (o.churn, o.churn_concurrency, o.churn_rounds, o.settle),
             (0, 4, 1, 60.0)
@@ -246,8 +254,14 @@ mod tests {
         .unwrap();
         assert_eq!(o.url.as_deref(), Some("ws://h:1/connect"));
         assert_eq!(o.front_pid, Some(7));
-        assert_eq!((o.clients, o.conversations, o.speakers, o.slots), (8, 2, 1, 4));
-        assert_eq!((o.ramp, o.warmup, o.duration, o.level_dbov), (Some(-1.0), 0.5, 3.0, 127));
+        assert_eq!(
+            (o.clients, o.conversations, o.speakers, o.slots),
+            (8, 2, 1, 4)
+        );
+        assert_eq!(
+            (o.ramp, o.warmup, o.duration, o.level_dbov),
+            (Some(-1.0), 0.5, 3.0, 127)
+        );
         assert_eq!((o.churn, o.churn_concurrency, o.churn_rounds), (5, 1, 1));
         assert!(o.churn_spawn && o.keep_log && o.quiet);
         assert_eq!(o.settle, 9.0);
@@ -263,7 +277,10 @@ mod tests {
         assert_eq!(kind("--help"), ErrorKind::DisplayHelp);
         assert_eq!(kind("--spawn-front --bogus"), ErrorKind::UnknownArgument);
         assert_eq!(kind(""), ErrorKind::MissingRequiredArgument);
-        assert_eq!(kind("--spawn-front --url ws://h:1"), ErrorKind::ArgumentConflict);
+        assert_eq!(
+            kind("--spawn-front --url ws://h:1"),
+            ErrorKind::ArgumentConflict
+        );
         for bad in [
             "--spawn-front --clients",
             "--spawn-front --clients x",

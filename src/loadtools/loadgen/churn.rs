@@ -1,0 +1,286 @@
+//! Churn mode: connect → connected → first packet → close, many times (in one warm
+//! conversation with an anchor speaker, or each in a new conversation), and front's and the
+//! workers' RSS, open fds and threads before and after, once the server has let go of every
+//! closed session.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+
+use super::options::Options;
+use super::report::{ChurnReport, JoinRecord, ProcDelta, Report, Snapshot, join_report, ms};
+use super::sample::ServerSample;
+use super::server::{Server, ws_url};
+use crate::front::procfs::{ProcSample, children_of};
+use crate::loadtools::client::Client;
+
+async fn snapshot(server: &Server) -> Snapshot {
+    let s = server.sample().unwrap_or_default();
+    let mut workers: Vec<(u32, ProcSample)> = s.workers.into_iter().collect();
+    workers.sort_by_key(|(p, _)| *p);
+    Snapshot {
+        front: s.front,
+        workers: workers.into_iter().map(|(_, w)| w).collect(),
+        sessions: server.metric("beep_sessions").await,
+        peers: server.metric("beep_peers").await,
+    }
+}
+
+/// One churn cycle: connect, connected, (warm) first packet from the anchor, close.
+async fn churn_cycle(
+    o: &Options,
+    base: &str,
+    k: usize,
+    anchored: bool,
+) -> Result<JoinRecord, String> {
+    let conversation = if anchored {
+        format!("{}-churn", o.prefix)
+    } else {
+        format!("{}-c{k}", o.prefix)
+    };
+    let url = ws_url(base, &conversation);
+    let co = o.client(url, format!("{}-c{k}", o.prefix), 100);
+    let c = match tokio::time::timeout(Duration::from_secs(40), Client::connect(co)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(format!("{e:#}")),
+        Err(_) => return Err("no answer within 40 s".into()),
+    };
+    let mut r = JoinRecord {
+        client: k,
+        conversation,
+        speaker: false,
+        spawn: !anchored,
+        error: None,
+        ws_connect_ms: ms(c.ws_open_at - c.started),
+        ws_open_to_offer_ms: ms(c.offer_sent_at - c.ws_open_at),
+        offer_to_answer_ms: ms(c.answer_at - c.offer_sent_at),
+        ws_open_to_answer_ms: ms(c.answer_at - c.ws_open_at),
+        ws_open_to_ice_connected_ms: None,
+        ws_open_to_connected_ms: None,
+        ws_open_to_first_packet_ms: None,
+    };
+    let ok = c.wait_connected(Duration::from_secs(20)).await.is_ok();
+    if ok && anchored {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while c.first_packet_at().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    r.ws_open_to_ice_connected_ms = c.ice_connected_at().map(|t| ms(t - c.ws_open_at));
+    r.ws_open_to_connected_ms = c.connected_at().map(|t| ms(t - c.ws_open_at));
+    r.ws_open_to_first_packet_ms = c.first_packet_at().map(|t| ms(t - c.ws_open_at));
+    c.close().await;
+    Ok(r)
+}
+
+/// Churn mode, against `server`; fills `report`'s joins and churn sections.
+pub(super) async fn churn(o: &Options, server: &Server, report: &mut Report) -> anyhow::Result<()> {
+    let anchored = !o.churn_spawn;
+    // Sessions the server had before we came (attach mode), plus our anchor.
+    let initial = server.metric("beep_sessions").await.unwrap_or(0.0);
+    let target = initial + if anchored { 1.0 } else { 0.0 };
+    let anchor = if anchored {
+        let url = server.ws(&format!("{}-churn", o.prefix));
+        let co = o.client(url, format!("{}-anchor", o.prefix), 100);
+        let a = tokio::time::timeout(Duration::from_secs(40), Client::connect(co))
+            .await
+            .map_err(|_| anyhow!("anchor: no answer within 40 s"))??;
+        a.wait_connected(Duration::from_secs(20)).await?;
+        a.start_sending("anchor", o.level_dbov);
+        Some(a)
+    } else {
+        None
+    };
+    let warmup = (o.churn / 10).clamp(1, 50);
+    let total = warmup + o.churn * o.churn_rounds;
+    let next = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let records = Arc::new(Mutex::new(Vec::<Result<JoinRecord, String>>::new()));
+    let o2 = Arc::new(o.clone());
+    let before = Arc::new(Mutex::new(None::<Snapshot>));
+
+    // Warm-up cycles first (allocator pools, lazily built state), then the measured ones.
+    let run_cycles = |from: usize, to: usize| {
+        next.store(from, Ordering::Relaxed);
+        let mut tasks = Vec::new();
+        for _ in 0..o.churn_concurrency {
+            let (next, ok, failed, records, o) = (
+                next.clone(),
+                ok.clone(),
+                failed.clone(),
+                records.clone(),
+                o2.clone(),
+            );
+            let base = server.base.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= to {
+                        return;
+                    }
+                    let r = churn_cycle(&o, &base, k, anchored).await;
+                    if k >= from {
+                        match &r {
+                            Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                        records.lock().unwrap().push(r);
+                    }
+                }
+            }));
+        }
+        tasks
+    };
+    let stop_printer = Arc::new(AtomicBool::new(false));
+    let printer = {
+        let (stop, next, failed, quiet) =
+            (stop_printer.clone(), next.clone(), failed.clone(), o.quiet);
+        let front_pid = server.front_pid;
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                if quiet {
+                    continue;
+                }
+                let s = front_pid.map(ServerSample::take).unwrap_or_default();
+                eprintln!(
+                    "[{:6.1}s] churn cycle {}/{total} failed {} | front rss {} KiB fds {} threads {} | workers {}",
+                    start.elapsed().as_secs_f64(),
+                    next.load(Ordering::Relaxed).min(total),
+                    failed.load(Ordering::Relaxed),
+                    s.front.rss_kib,
+                    s.front.fds,
+                    s.front.threads,
+                    s.workers.len()
+                );
+            }
+        })
+    };
+    for t in run_cycles(0, warmup) {
+        t.await?;
+    }
+    records.lock().unwrap().clear();
+    ok.store(0, Ordering::Relaxed);
+    failed.store(0, Ordering::Relaxed);
+    // Closed sessions end when ICE gives up on them (ICE_DISCONNECTED_MS + ICE_FAILED_MS):
+    // measure "before" once the warm-up ones are gone too.
+    settle(o, server, Some(target)).await;
+    *before.lock().unwrap() = Some(snapshot(server).await);
+    let mut elapsed = 0.0;
+    let mut settle_s = Some(0.0f64);
+    let mut after_round = Vec::new();
+    for round in 0..o.churn_rounds {
+        let t0 = Instant::now();
+        let from = warmup + round * o.churn;
+        for t in run_cycles(from, from + o.churn) {
+            t.await?;
+        }
+        elapsed += t0.elapsed().as_secs_f64();
+        let (s, _) = settle(o, server, Some(target)).await;
+        settle_s = settle_s.zip(s).map(|(a, b)| a.max(b));
+        after_round.push(snapshot(server).await);
+    }
+    let after = after_round.pop().unwrap_or_default();
+    stop_printer.store(true, Ordering::Relaxed);
+    let _ = printer.await;
+    let before = before.lock().unwrap().take().unwrap_or_default();
+    let delta = |a: &ProcSample, b: &ProcSample| ProcDelta {
+        rss_kib: a.rss_kib as i64 - b.rss_kib as i64,
+        fds: a.fds as i64 - b.fds as i64,
+        threads: a.threads as i64 - b.threads as i64,
+    };
+    let workers_delta = (anchored && before.workers.len() == after.workers.len()).then(|| {
+        let sum =
+            |s: &Snapshot, f: fn(&ProcSample) -> u64| s.workers.iter().map(f).sum::<u64>() as i64;
+        ProcDelta {
+            rss_kib: sum(&after, |w| w.rss_kib) - sum(&before, |w| w.rss_kib),
+            fds: sum(&after, |w| w.fds) - sum(&before, |w| w.fds),
+            threads: sum(&after, |w| w.threads) - sum(&before, |w| w.threads),
+        }
+    });
+    let recs = std::mem::take(&mut *records.lock().unwrap_or_else(|p| p.into_inner()));
+    let good: Vec<JoinRecord> = recs
+        .iter()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
+    let mut all = good.clone();
+    all.extend(
+        recs.iter()
+            .filter_map(|r| r.as_ref().err())
+            .map(|e| JoinRecord {
+                client: 0,
+                conversation: String::new(),
+                speaker: false,
+                spawn: !anchored,
+                error: Some(e.clone()),
+                ws_connect_ms: 0.0,
+                ws_open_to_offer_ms: 0.0,
+                offer_to_answer_ms: 0.0,
+                ws_open_to_answer_ms: 0.0,
+                ws_open_to_ice_connected_ms: None,
+                ws_open_to_connected_ms: None,
+                ws_open_to_first_packet_ms: None,
+            }),
+    );
+    report.joins = join_report(&all, |_| anchored);
+    report.churn = Some(ChurnReport {
+        cycles: o.churn * o.churn_rounds,
+        ok: ok.load(Ordering::Relaxed) as usize,
+        failed: failed.load(Ordering::Relaxed) as usize,
+        warmup_cycles: warmup,
+        elapsed_s: elapsed,
+        front_delta: delta(&after.front, &before.front),
+        workers_delta,
+        rounds: o.churn_rounds,
+        before,
+        after_round,
+        after,
+        settle_s,
+    });
+    if let Some(a) = anchor {
+        a.close().await;
+    }
+    Ok(())
+}
+
+/// Waits until `/metrics` shows at most `target` sessions (or, without a target, until the
+/// count stops changing), and in spawn mode until no worker is left but the baseline.
+/// Returns (seconds waited, the session count reached).
+async fn settle(o: &Options, server: &Server, target: Option<f64>) -> (Option<f64>, Option<f64>) {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(o.settle.max(1.0));
+    let mut last = None;
+    let mut stable_since = Instant::now();
+    loop {
+        let sessions = server.metric("beep_sessions").await;
+        let peers = server.metric("beep_peers").await;
+        let done = match (target, sessions) {
+            (Some(t), Some(s)) => s <= t && (o.churn_spawn || peers.is_some_and(|p| p <= t)),
+            (None, Some(s)) => {
+                if last != Some(s) {
+                    stable_since = Instant::now();
+                }
+                last = Some(s);
+                stable_since.elapsed() > Duration::from_secs(2)
+            }
+            (_, None) => true,
+        };
+        let workers_done =
+            !o.churn_spawn || server.front_pid.is_none_or(|p| children_of(p).is_empty());
+        if done && workers_done {
+            // Give the last closes time to be reaped.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return (Some(start.elapsed().as_secs_f64()), sessions);
+        }
+        if Instant::now() > deadline {
+            return (None, sessions);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
