@@ -25,7 +25,9 @@ use beep_webrtc::wire::frame;
 use beep_webrtc::wire::identity::Identity;
 use beep_webrtc::wire::ids::SessionId;
 use beep_webrtc::wire::ipc::{ToFront, ToWorker};
-use beep_webrtc::wire::stats::{DELAY_BUCKETS_US, DelayHistogram, WorkerStats};
+use beep_webrtc::wire::stats::{
+    BiteStats, DELAY_BUCKETS_US, DelayHistogram, LATENCY_BUCKETS_MS, WorkerStats,
+};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rtc::rtp;
@@ -59,7 +61,7 @@ struct Fixture {
 
 /// `members` members, the first `speakers` of them talking, `slots` slots each.
 fn room(members: u64, speakers: u64, slots: usize) -> Fixture {
-    let mut room = Room::new();
+    let mut room = Room::new(None);
     let mut out = Vec::new();
     for m in 0..members {
         let outputs = (0..slots)
@@ -81,14 +83,14 @@ fn room(members: u64, speakers: u64, slots: usize) -> Fixture {
     for n in 0..10u16 {
         for &s in &speakers {
             let p = packet(s.0 as u32, n, n as u32 * 960, 30);
-            room.on_rtp(s, Some(LEVEL_ID), &p, t0, &mut out);
+            room.on_rtp(s, Some(LEVEL_ID), &p, t0, 0, &mut out);
         }
     }
     room.tick(t0);
     // Destinations of the first speaker's packets.
     out.clear();
     let p = packet(0, 10, 9600, 30);
-    room.on_rtp(SessionId(0), Some(LEVEL_ID), &p, t0, &mut out);
+    room.on_rtp(SessionId(0), Some(LEVEL_ID), &p, t0, 0, &mut out);
     let destinations = out.len();
     out.clear();
     Fixture {
@@ -115,7 +117,7 @@ fn bench_room(c: &mut Criterion) {
                 let p = packet(s.0 as u32, k as u16, k.wrapping_mul(960), 30);
                 let now = t0 + Duration::from_millis(20 * k as u64);
                 f.room
-                    .on_rtp(s, Some(LEVEL_ID), black_box(&p), now, &mut f.out);
+                    .on_rtp(s, Some(LEVEL_ID), black_box(&p), now, 0, &mut f.out);
                 n = n.wrapping_add(1);
                 f.out.clear();
             })
@@ -245,6 +247,15 @@ fn bench_ipc(c: &mut Criterion) {
         forward_delay: DelayHistogram {
             counts: vec![1_000_000; DELAY_BUCKETS_US.len() + 1],
             sum_us: 4_000_000_000,
+        },
+        bites: BiteStats {
+            published: 12_345,
+            spooled: 12,
+            replayed: 12,
+            latency_seconds_sum: 123.456,
+            latency_count: 12_357,
+            latency_buckets: vec![12_357; LATENCY_BUCKETS_MS.len() + 1],
+            ..BiteStats::default()
         },
     });
     let event = ToFront::Event {

@@ -9,7 +9,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::wire::ipc::MediaConfig;
+use crate::wire::ipc::{BiteConfig, MediaConfig};
 
 /// Where permission checks go.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,6 +27,10 @@ pub struct Config {
     pub permissions: Permissions,
     pub media: MediaConfig,
     pub runtime_dir: PathBuf,
+    /// Durable state: the bite spool lives under `STATE_DIR/spool/<conversation>`.
+    pub state_dir: PathBuf,
+    /// How bites are cut and published; `None` when `BITES=off`.
+    pub bites: Option<Bites>,
     pub dev_mode: bool,
     /// How long an offer waits for its join, and a join for its offer.
     pub join_timeout: Duration,
@@ -38,6 +42,38 @@ pub struct Config {
     pub offers_per_minute: u32,
     /// The worker executable; by default the `worker` binary beside the running `front`.
     pub worker_bin: PathBuf,
+}
+
+/// Bite settings; each worker gets them, with its own spool directory, in `Init`.
+#[derive(Clone, Debug)]
+pub struct Bites {
+    pub bite_subject: String,
+    pub store_subject: String,
+    pub silence_ms: u64,
+    pub max_ms: u64,
+    /// Per conversation spool.
+    pub spool_max_bytes: u64,
+}
+
+impl Config {
+    /// Where the spools live: one directory per conversation under it.
+    pub fn spool_root(&self) -> PathBuf {
+        self.state_dir.join("spool")
+    }
+
+    /// What workers need to cut and publish bites; `spool_dir` is the root of the spools.
+    pub fn bite_config(&self) -> Option<BiteConfig> {
+        let b = self.bites.as_ref()?;
+        Some(BiteConfig {
+            nats: self.nats.clone(),
+            bite_subject: b.bite_subject.clone(),
+            store_subject: b.store_subject.clone(),
+            spool_dir: self.spool_root(),
+            spool_max_bytes: b.spool_max_bytes,
+            silence_ms: b.silence_ms,
+            max_ms: b.max_ms,
+        })
+    }
 }
 
 /// One configuration error, phrased for the operator: `NAME: what is wrong`.
@@ -127,6 +163,46 @@ impl Config {
                 None => PathBuf::from("/run/beep-webrtc"),
             },
         };
+        let state_dir = match var("STATE_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => match var("STATE_DIRECTORY") {
+                // systemd's StateDirectory= may list several, separated by colons.
+                Some(x) => PathBuf::from(x.split(':').next().unwrap_or(&x)),
+                None => PathBuf::from("/var/lib/beep-webrtc"),
+            },
+        };
+        let bites_on = match var("BITES") {
+            None => true,
+            Some(v) => parse_bool(&v)
+                .ok_or_else(|| err("BITES", &v, "expected 1/0, true/false, on/off".into()))?,
+        };
+        let subject = |name: &'static str, default: &str| -> Result<String, ConfigError> {
+            let v = var(name).unwrap_or_else(|| default.into());
+            let valid = !v.is_empty()
+                && v.split('.').all(|t| {
+                    !t.is_empty() && t.bytes().all(|b| b > b' ' && b != b'*' && b != b'>')
+                });
+            if valid {
+                Ok(v)
+            } else {
+                Err(err(
+                    name,
+                    &v,
+                    "expected a NATS subject without wildcards".into(),
+                ))
+            }
+        };
+        let bites = if bites_on {
+            Some(Bites {
+                bite_subject: subject("BITE_SUBJECT", "bite")?,
+                store_subject: subject("STORE_SUBJECT", "store")?,
+                silence_ms: num("BITE_SILENCE_MS", 600, 20, 60_000)?,
+                max_ms: num("BITE_MAX_MS", 10_000, 100, 600_000)?,
+                spool_max_bytes: num("SPOOL_MAX_BYTES", 256 << 20, 1 << 16, 1 << 50)?,
+            })
+        } else {
+            None
+        };
         let worker_bin = match var("WORKER_BIN") {
             Some(p) => PathBuf::from(p),
             None => std::env::current_exe()
@@ -147,6 +223,8 @@ impl Config {
                 ice_failed_ms: num("ICE_FAILED_MS", 15_000, 500, 3_600_000)?,
             },
             runtime_dir,
+            state_dir,
+            bites,
             dev_mode,
             join_timeout: Duration::from_millis(num("JOIN_TIMEOUT_MS", 30_000, 100, 3_600_000)?),
             worker_idle: Duration::from_millis(num("WORKER_IDLE_MS", 30_000, 0, 86_400_000)?),

@@ -13,6 +13,7 @@
 //! |---|---|---|
 //! | [`media`] | the pure core: SDP facts, speech, speaker selection, RTP rewriting, room routing | worker (front reads offers with it) |
 //! | [`worker`] | the worker process: its shell, the `rtc` engine, peer construction | worker |
+//! | [`publish`] | bites to NATS: the publisher task, the durable spool, the `bites` tool | worker (front replays dead workers' spools) |
 //! | [`front`] | front's state, HTTP routes, signalling sessions, permissions, supervisor, metrics | front |
 //! | [`wire`] | what crosses a process boundary: IPC messages and framing, signalling frames, identity, typed ids, stats | both |
 //! | [`config`] | settings from the environment / `.env`, validated at startup | front |
@@ -27,6 +28,7 @@ pub mod front;
 #[cfg(feature = "loadtools")]
 pub mod loadtools;
 pub mod media;
+pub mod publish;
 pub mod telemetry;
 pub mod wire;
 pub mod worker;

@@ -7,9 +7,15 @@
 
 use std::io::IsTerminal;
 
+/// Logging with `RUST_LOG`, else `info`.
 pub fn init() {
+    init_or("info");
+}
+
+/// Logging with `RUST_LOG`, else `default` (a tool whose stdout is its output logs less).
+pub fn init_or(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use beep_webrtc::config::Config;
+use beep_webrtc::front::bites::BiteReplays;
 use beep_webrtc::front::http;
 use beep_webrtc::front::state::Front;
 use beep_webrtc::telemetry;
@@ -42,7 +43,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("LISTEN {}: {e}", cfg.listen))?;
-    let front = Front::new(cfg).map_err(|e| anyhow::anyhow!("permissions HTTP client: {e}"))?;
+    if cfg.bites.is_some() {
+        let root = cfg.spool_root();
+        socket::private_dir(&root)
+            .map_err(|e| anyhow::anyhow!("STATE_DIR {}: {e}", cfg.state_dir.display()))?;
+    }
+    let bites = BiteReplays::start(&cfg).await;
+    let front =
+        Front::new(cfg, bites).map_err(|e| anyhow::anyhow!("permissions HTTP client: {e}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "front listening");
     if front.cfg.dev_mode {
@@ -63,6 +71,18 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 front.housekeeping(Instant::now());
+            }
+        });
+    }
+    if let Some(bites) = front.bites.clone() {
+        // Spools left by workers that died (before a restart of front, or while NATS was
+        // down): published once NATS takes them.
+        let front = front.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                bites.replay_orphans(|c| front.has_worker(c));
             }
         });
     }

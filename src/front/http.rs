@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 
 use super::session::signalling;
 use super::state::{Front, JoinError};
+use crate::publish::nats::NatsState;
 use crate::wire::identity::{
     CLAIM_HEADER, ClaimError, Identity, check_conversation_id, parse_claim,
 };
@@ -108,7 +109,10 @@ async fn connect(
 }
 
 async fn healthz(State(front): State<Arc<Front>>) -> Response {
-    let nats = nats_reachable(&front.cfg.nats).await;
+    let nats = match &front.bites {
+        Some(b) => b.nats_state() == NatsState::Connected,
+        None => nats_reachable(&front.cfg.nats).await,
+    };
     let body = serde_json::json!({
         "status": "ok",
         "nats": if nats { "up" } else { "down" },
@@ -145,9 +149,13 @@ async fn nats_reachable(url: &str) -> bool {
 
 async fn metrics(State(front): State<Arc<Front>>) -> Response {
     let (running, retired) = front.worker_stats();
+    let front_replayed = front
+        .bites
+        .as_ref()
+        .map_or(0, |b| b.replayed.load(std::sync::atomic::Ordering::Relaxed));
     let body = front
         .metrics
-        .render(front.client_count(), &running, &retired);
+        .render(front.client_count(), &running, &retired, front_replayed);
     (
         StatusCode::OK,
         [("content-type", "text/plain; version=0.0.4")],

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::wire::stats::{DELAY_BUCKETS_US, DelayHistogram, WorkerStats};
+use crate::wire::stats::{DELAY_BUCKETS_US, DelayHistogram, LATENCY_BUCKETS_MS, WorkerStats};
 
 #[derive(Default)]
 pub struct Metrics {
@@ -34,12 +34,14 @@ impl Latency {
 
 impl Metrics {
     /// The text for `/metrics`: `running` are the running workers' last reports, `retired`
-    /// the summed counters of every worker that has exited.
+    /// the summed counters of every worker that has exited, `front_replayed` the bites front
+    /// replayed from dead workers' spools.
     pub fn render(
         &self,
         sessions: usize,
         running: &[WorkerStats],
         retired: &WorkerStats,
+        front_replayed: u64,
     ) -> String {
         let mut all = retired.clone();
         for w in running {
@@ -111,6 +113,64 @@ impl Metrics {
             "counter",
             "RTP payload bytes forwarded by workers.",
             total(|s| s.bytes_forwarded),
+        );
+        let b = &all.bites;
+        for (name, help, v) in [
+            (
+                "beep_bites_published_total",
+                "Bites published live (both messages acked or flushed).",
+                b.published,
+            ),
+            (
+                "beep_bites_spooled_total",
+                "Bites written to a spool because NATS did not take them at once.",
+                b.spooled,
+            ),
+            (
+                "beep_bites_replayed_total",
+                "Spooled bites published later (by their worker or by front).",
+                b.replayed + front_replayed,
+            ),
+            (
+                "beep_bites_failed_total",
+                "Bites lost (NATS down and spool full or failing) or set aside as unpublishable.",
+                b.failed,
+            ),
+        ] {
+            line(name, "counter", help, v.to_string());
+        }
+        let spool: (u64, u64) = running.iter().fold((0, 0), |(f, by), w| {
+            (f + w.bites.spool_files, by + w.bites.spool_bytes)
+        });
+        line(
+            "beep_spool_files",
+            "gauge",
+            "Bites waiting in the running workers' spools.",
+            spool.0.to_string(),
+        );
+        line(
+            "beep_spool_bytes",
+            "gauge",
+            "Bytes in the running workers' spools.",
+            spool.1.to_string(),
+        );
+        let name = "beep_bite_publish_latency_seconds";
+        let _ = writeln!(
+            o,
+            "# HELP {name} Time to publish a bite's two messages until acked or flushed.\n# TYPE {name} histogram"
+        );
+        for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "{name}_bucket{{le=\"{}\"}} {}",
+                *bound as f64 / 1e3,
+                b.latency_buckets.get(i).copied().unwrap_or(0)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {:.6}\n{name}_count {}",
+            b.latency_count, b.latency_seconds_sum, b.latency_count
         );
         for (name, l) in [
             ("beep_permission_latency_seconds", &self.permission_latency),

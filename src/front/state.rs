@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 
+use super::bites::BiteReplays;
 use super::metrics::Metrics;
 use super::permissions::{PermissionClient, Verdict};
 use super::supervisor::{self, WorkerEvents, WorkerSpec};
@@ -156,6 +157,8 @@ pub struct Front {
     supervisors: Mutex<JoinSet<()>>,
     /// Shutting down: no new joins, offers or workers.
     draining: AtomicBool,
+    /// Replays of dead workers' spools, and front's NATS connection; `None` with bites off.
+    pub bites: Option<Arc<BiteReplays>>,
 }
 
 /// A row of `workers()`, for health and (later) `ctl`.
@@ -169,15 +172,17 @@ pub struct WorkerInfo {
 }
 
 impl Front {
-    pub fn new(cfg: Config) -> Result<Arc<Front>, reqwest::Error> {
+    pub fn new(cfg: Config, bites: Option<Arc<BiteReplays>>) -> Result<Arc<Front>, reqwest::Error> {
         let permissions = PermissionClient::new(cfg.permissions.clone(), cfg.permissions_timeout)?;
+        let cfg = Arc::new(cfg);
         let spec = Arc::new(WorkerSpec {
             bin: cfg.worker_bin.clone(),
             socket_dir: cfg.runtime_dir.join("workers"),
             media: cfg.media.clone(),
+            bites: cfg.bite_config(),
         });
         Ok(Arc::new(Front {
-            cfg: Arc::new(cfg),
+            cfg,
             metrics: Metrics::default(),
             permissions,
             state: Mutex::new(State::default()),
@@ -185,6 +190,7 @@ impl Front {
             spec,
             supervisors: Mutex::new(JoinSet::new()),
             draining: AtomicBool::new(false),
+            bites,
         }))
     }
 
@@ -499,6 +505,11 @@ impl Front {
         while tasks.try_join_next().is_some() {}
     }
 
+    /// Whether `conversation` has a worker (running or starting).
+    pub fn has_worker(&self, conversation: &str) -> bool {
+        self.lock().conversations.contains_key(conversation)
+    }
+
     /// Counters of the running workers and the total of those that exited (for `/metrics`).
     pub fn worker_stats(&self) -> (Vec<WorkerStats>, WorkerStats) {
         let st = self.lock();
@@ -617,6 +628,10 @@ impl WorkerEvents for Front {
     fn gone(&self, conversation: &str, generation: Generation, reason: &str) {
         let mut st = self.lock();
         let st = &mut *st;
+        // Whatever its worker could not publish is published now, or retried later.
+        if let Some(bites) = &self.bites {
+            bites.replay(conversation);
+        }
         if let Some(last) = st.retiring.remove(&generation) {
             st.retired.add_counters(&last);
             return;

@@ -19,7 +19,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::wire::frame::{self, FrameError};
 use crate::wire::ids::Generation;
-use crate::wire::ipc::{MediaConfig, ToFront, ToWorker};
+use crate::wire::ipc::{BiteConfig, MediaConfig, ToFront, ToWorker};
 use crate::wire::socket::{self, PeerError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +33,9 @@ pub struct WorkerSpec {
     /// Where the per-worker sockets are made (0700).
     pub socket_dir: PathBuf,
     pub media: MediaConfig,
+    /// Bite settings, `None` when bites are off. Their `spool_dir` is the root: each worker
+    /// gets its conversation's directory under it.
+    pub bites: Option<BiteConfig>,
 }
 
 /// What a supervisor tells front about its worker.
@@ -138,6 +141,10 @@ async fn supervise(
         &ToWorker::Init {
             conversation: conversation.to_string(),
             media: spec.media.clone(),
+            bites: spec.bites.clone().map(|b| BiteConfig {
+                spool_dir: b.spool_dir.join(conversation),
+                ..b
+            }),
         },
     )
     .await?;

@@ -8,8 +8,14 @@
 //! | [`speech`] | how loud a packet is and whether it is speech (one rule for slots and bites) |
 //! | [`selector`] | who each listener hears on its slots: the K loudest others, sticky |
 //! | [`rewrite`] | one continuous RTP stream per slot across speaker switches |
-//! | [`room`] | per-packet routing: selector + rewriters, a packet in, forwards out |
+//! | [`room`] | per-packet routing: selector + rewriters + bite cutters, a packet in, forwards and bites out |
+//! | [`opus`] | facts of an Opus packet from its TOC byte (duration, validity), and gap fillers |
+//! | [`bite`] | the bite cutter: one speaker's packets in, utterances out |
+//! | [`ogg_opus`] | a cut bite remuxed into an Ogg Opus file (RFC 7845) |
 
+pub mod bite;
+pub mod ogg_opus;
+pub mod opus;
 pub mod rewrite;
 pub mod room;
 pub mod sdp;

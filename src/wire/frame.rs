@@ -106,6 +106,7 @@ mod tests {
                     ice_disconnected_ms: 1,
                     ice_failed_ms: 2,
                 },
+                bites: None,
             },
             ToWorker::Offer {
                 session: SessionId(7),

@@ -5,6 +5,7 @@
 //! refused at its first frame instead of being misread.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,12 +31,28 @@ pub struct MediaConfig {
     pub ice_failed_ms: u64,
 }
 
+/// How a worker cuts and publishes bites (absent when bites are off).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BiteConfig {
+    pub nats: String,
+    pub bite_subject: String,
+    pub store_subject: String,
+    /// This conversation's spool (`STATE_DIR/spool/<conversation>`).
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    /// Silence that closes a bite.
+    pub silence_ms: u64,
+    /// Longest bite; longer speech continues in the next one.
+    pub max_ms: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
-    /// First message: which conversation this worker owns and how to run media.
+    /// First message: which conversation this worker owns and how to run media and bites.
     Init {
         conversation: String,
         media: MediaConfig,
+        bites: Option<BiteConfig>,
     },
     /// Build a peer connection for this offer and answer it.
     Offer {

@@ -1,8 +1,9 @@
 //! What crosses a process boundary, and nothing else: the IPC messages between front and a
-//! worker and their framing, the client's signalling frames, the caller's identity, and the
-//! typed ids and counters those carry. Both processes depend on this layer; it depends on
+//! worker and their framing, the client's signalling frames, the caller's identity, the bite
+//! messages consumers read from NATS, and the typed ids and counters those carry. Both processes depend on this layer; it depends on
 //! no other part of the crate, so a change here is a change of protocol and reads as one.
 
+pub mod bite;
 pub mod frame;
 pub mod identity;
 pub mod ids;

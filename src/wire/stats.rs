@@ -17,6 +17,7 @@ pub struct WorkerStats {
     pub packets_forwarded: u64,
     pub bytes_forwarded: u64,
     pub forward_delay: DelayHistogram,
+    pub bites: BiteStats,
 }
 
 impl WorkerStats {
@@ -26,6 +27,61 @@ impl WorkerStats {
         self.packets_forwarded += other.packets_forwarded;
         self.bytes_forwarded += other.bytes_forwarded;
         self.forward_delay.add(&other.forward_delay);
+        self.bites.add(&other.bites);
+    }
+}
+
+/// Upper bounds (ms) of the publish latency histogram buckets; a last `+Inf` bucket is implied.
+pub const LATENCY_BUCKETS_MS: [u64; 11] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000];
+
+/// A worker's bite publishing counters (since it started), reported in its `Stats`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BiteStats {
+    /// Bites published live (both messages acked or flushed).
+    pub published: u64,
+    /// Bites written to the spool.
+    pub spooled: u64,
+    /// Spooled bites published and deleted.
+    pub replayed: u64,
+    /// Bites lost (NATS and spool both refused) or set aside as unpublishable.
+    pub failed: u64,
+    /// Sends that found the queue full and went to the overflow lane (then to the spool).
+    pub overflowed: u64,
+    /// Messages JetStream acked as duplicates (a replay of something it already had).
+    pub duplicates: u64,
+    /// Spool files moved to `corrupt/` or `rejected/`.
+    pub moved_aside: u64,
+    /// Gauge: bytes in the spool.
+    pub spool_bytes: u64,
+    /// Gauge: bites in the spool.
+    pub spool_files: u64,
+    /// Publish latency (both messages, until acked/flushed): sum and count ...
+    pub latency_seconds_sum: f64,
+    pub latency_count: u64,
+    /// ... and cumulative counts per [`LATENCY_BUCKETS_MS`] bucket, plus a last `+Inf` bucket.
+    pub latency_buckets: Vec<u64>,
+}
+
+impl BiteStats {
+    /// Adds `other` to these (the spool gauges too: each worker has its own spool).
+    pub fn add(&mut self, other: &BiteStats) {
+        self.published += other.published;
+        self.spooled += other.spooled;
+        self.replayed += other.replayed;
+        self.failed += other.failed;
+        self.overflowed += other.overflowed;
+        self.duplicates += other.duplicates;
+        self.moved_aside += other.moved_aside;
+        self.spool_bytes += other.spool_bytes;
+        self.spool_files += other.spool_files;
+        self.latency_seconds_sum += other.latency_seconds_sum;
+        self.latency_count += other.latency_count;
+        if self.latency_buckets.len() < other.latency_buckets.len() {
+            self.latency_buckets.resize(other.latency_buckets.len(), 0);
+        }
+        for (a, b) in self.latency_buckets.iter_mut().zip(&other.latency_buckets) {
+            *a += b;
+        }
     }
 }
 

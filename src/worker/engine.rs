@@ -18,6 +18,8 @@
 //! slow listener cannot hold anyone up: a send that would block is dropped, as UDP would.
 //!
 //! Front's messages come in on a channel; what the engine tells front goes out on another.
+//! Finished bites are remuxed to Ogg Opus here (microseconds per bite) and handed to the
+//! publisher with a call that never blocks: the media path never waits on NATS or the disk.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, UdpSocket};
@@ -36,14 +38,18 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
 use super::peer::{self, NegotiationError};
+use crate::media::bite::{CutBite, CutterConfig};
+use crate::media::ogg_opus::{self, BiteTags};
 use crate::media::rewrite::SlotRewriter;
 use crate::media::room::{Forward, Room, RoomEvent, SlotOutput};
 use crate::media::sdp::{Offer, unify_bundle_ice};
+use crate::publish::publisher::PublisherHandle;
+use crate::publish::spool::BiteRecord;
 use crate::wire::identity::Identity;
 use crate::wire::ids::SessionId;
 use crate::wire::ipc::{CloseReason, MediaConfig, ToFront, ToWorker};
 use crate::wire::signal::ErrorCode;
-use crate::wire::stats::DelayHistogram;
+use crate::wire::stats::{DelayHistogram, WorkerStats};
 
 /// How often the speaker selection re-runs.
 const TICK: Duration = Duration::from_millis(50);
@@ -101,6 +107,39 @@ struct Drops {
     send_full: u64,
 }
 
+/// Where finished bites go: the conversation's publisher.
+pub struct BiteSink {
+    pub conversation: String,
+    pub handle: PublisherHandle,
+}
+
+impl BiteSink {
+    /// Remuxes a bite and hands it to the publisher (never blocks).
+    fn send(&self, identity: &Identity, bite: &CutBite) {
+        let tags = BiteTags {
+            conversation: &self.conversation,
+            user: &identity.userid,
+            client: &identity.clientid,
+            start_unix_ms: bite.start_unix_ms,
+        };
+        match ogg_opus::write_bite(bite, &tags, ogg_opus::random_serial()) {
+            Ok(data) => self.handle.send(BiteRecord {
+                key: self.conversation.clone(),
+                user: identity.userid.clone(),
+                client: identity.clientid.clone(),
+                start: bite.start_unix_ms,
+                duration_ms: bite.duration_ms(),
+                data: data.into(),
+            }),
+            Err(e) => tracing::warn!(
+                %identity,
+                start = bite.start_unix_ms,
+                "bite not written: {e}"
+            ),
+        }
+    }
+}
+
 pub struct Engine {
     media: MediaConfig,
     room: Room,
@@ -115,19 +154,23 @@ pub struct Engine {
     forwards: Vec<Forward>,
     drops: Drops,
     forward_delay: DelayHistogram,
+    bites: Option<BiteSink>,
 }
 
 impl Engine {
-    /// Runs until front says `Shutdown` or goes away; returns why it stopped.
+    /// Runs until front says `Shutdown` or goes away; returns why it stopped and its last
+    /// counters. With `cutter` and `bites`, members' speech is cut into bites for `bites`.
     pub async fn run(
         media: MediaConfig,
+        cutter: Option<CutterConfig>,
+        bites: Option<BiteSink>,
         to_front: UnboundedSender<ToFront>,
         mut front: UnboundedReceiver<Input>,
-    ) -> String {
+    ) -> (String, WorkerStats) {
         let (datagrams, mut incoming) = mpsc::channel(DATAGRAM_QUEUE);
         let mut engine = Engine {
             media,
-            room: Room::new(),
+            room: Room::new(cutter),
             to_front,
             peers: HashMap::new(),
             sessions: HashMap::new(),
@@ -137,6 +180,7 @@ impl Engine {
             forwards: Vec::new(),
             drops: Drops::default(),
             forward_delay: DelayHistogram::default(),
+            bites,
         };
         let mut next_tick = Instant::now() + TICK;
         let mut last_stats = Instant::now();
@@ -187,8 +231,6 @@ impl Engine {
         for session in sessions {
             engine.end_session(session, None);
         }
-        // The last counters, so front's totals include everything this worker did.
-        engine.send_stats();
         if engine.drops.refused + engine.drops.send_full > 0 {
             tracing::info!(
                 refused = engine.drops.refused,
@@ -196,7 +238,7 @@ impl Engine {
                 "packets not sent"
             );
         }
-        reason
+        (reason, engine.stats())
     }
 
     /// Passes what the room has to tell members on to front.
@@ -209,14 +251,26 @@ impl Engine {
                         json,
                     });
                 }
+                RoomEvent::Bite { identity, bite, .. } => {
+                    if let Some(sink) = &self.bites {
+                        sink.send(&identity, &bite);
+                    }
+                }
             }
         }
     }
 
-    fn send_stats(&self) {
+    fn stats(&self) -> WorkerStats {
         let mut stats = self.room.stats();
         stats.forward_delay = self.forward_delay.clone();
-        let _ = self.to_front.send(ToFront::Stats(stats));
+        if let Some(sink) = &self.bites {
+            stats.bites = sink.handle.metrics();
+        }
+        stats
+    }
+
+    fn send_stats(&self) {
+        let _ = self.to_front.send(ToFront::Stats(self.stats()));
     }
 
     fn on_front(&mut self, msg: ToWorker) {
@@ -406,10 +460,14 @@ impl Engine {
         rearm(&mut self.timers, key, peer, now);
         let (session, level_id) = (peer.session, peer.level_id);
 
-        for pkt in &received {
-            self.room
-                .on_rtp(session, level_id, pkt, now, &mut self.forwards);
-            self.send_forwards(now, read_at);
+        if !received.is_empty() {
+            let unix_ms = unix_ms_now();
+            for pkt in &received {
+                self.room
+                    .on_rtp(session, level_id, pkt, now, unix_ms, &mut self.forwards);
+                self.send_forwards(now, read_at);
+            }
+            self.drain_room_events();
         }
         for ev in events {
             self.on_peer_event(session, ev);
@@ -467,6 +525,13 @@ impl Engine {
             _ => {}
         }
     }
+}
+
+/// The wall clock in Unix milliseconds (the start of a bite).
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Whether the client closed the connection (its DTLS close_notify arrived).

@@ -21,10 +21,15 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use crate::media::bite::CutterConfig;
+use crate::publish::nats::PublisherSettings;
+use crate::publish::publisher::{Publisher, PublisherHandle};
+use crate::publish::spool::Spool;
 use crate::wire::frame::{self, FrameError};
-use crate::wire::ipc::{MediaConfig, ToFront, ToWorker};
+use crate::wire::ipc::{BiteConfig, MediaConfig, ToFront, ToWorker};
 use crate::wire::socket::{self, PeerError};
-use engine::{Engine, Input};
+use crate::wire::stats::BiteStats;
+use engine::{BiteSink, Engine, Input};
 
 /// Why a worker could not start serving.
 #[derive(Debug, thiserror::Error)]
@@ -48,25 +53,66 @@ pub async fn run(socket: &Path) -> Result<(), WorkerError> {
     socket::check_peer(&stream, None)?;
     let (mut r, w) = stream.into_split();
     let mut buf = Vec::new();
-    let (conversation, media) = match frame::read_frame::<_, ToWorker>(&mut r, &mut buf).await? {
-        ToWorker::Init {
-            conversation,
-            media,
-        } => (conversation, media),
-        other => return Err(WorkerError::NotInit(format!("{other:?}"))),
-    };
+    let (conversation, media, bites) =
+        match frame::read_frame::<_, ToWorker>(&mut r, &mut buf).await? {
+            ToWorker::Init {
+                conversation,
+                media,
+                bites,
+            } => (conversation, media, bites),
+            other => return Err(WorkerError::NotInit(format!("{other:?}"))),
+        };
     // Every log line of this process, spawned tasks included, names the conversation.
     let span = tracing::info_span!("worker", conversation = conversation.as_str());
-    serve(media, r, w).instrument(span).await;
+    serve(conversation, media, bites, r, w)
+        .instrument(span)
+        .await;
     Ok(())
 }
 
+/// How long the publisher may take at exit to spool (and, NATS permitting, publish) what is
+/// left; well inside the 5 s front waits before it kills a worker that was told to stop.
+const PUBLISHER_DRAIN: Duration = Duration::from_secs(2);
+
+/// How long a new worker waits for its conversation's spool, which front may be replaying
+/// (a predecessor's leftovers); bites cut meanwhile wait in the publisher's queue.
+const SPOOL_LOCK_WAIT: Duration = Duration::from_secs(120);
+
+/// Starts the bite publisher on this conversation's spool.
+fn start_publisher(
+    conversation: &str,
+    cfg: BiteConfig,
+) -> (PublisherHandle, tokio::task::JoinHandle<BiteStats>) {
+    let settings = PublisherSettings {
+        nats_url: cfg.nats.clone(),
+        bite_subject: cfg.bite_subject.clone(),
+        store_subject: cfg.store_subject.clone(),
+        client_name: Some(format!("beep-webrtc worker {conversation}")),
+        drain_timeout: PUBLISHER_DRAIN,
+        ..PublisherSettings::default()
+    };
+    Publisher::start_with(settings, move || {
+        Spool::open_wait(&cfg.spool_dir, cfg.spool_max_bytes, SPOOL_LOCK_WAIT)
+    })
+}
+
 async fn serve(
+    conversation: String,
     media: MediaConfig,
+    bites: Option<BiteConfig>,
     mut r: tokio::net::unix::OwnedReadHalf,
     mut w: tokio::net::unix::OwnedWriteHalf,
 ) {
     tracing::info!(pid = std::process::id(), "worker started");
+    let cutter = bites.as_ref().map(|b| CutterConfig {
+        silence: Duration::from_millis(b.silence_ms),
+        max_len: Duration::from_millis(b.max_ms),
+    });
+    let (handle, publishing) = bites.map(|cfg| start_publisher(&conversation, cfg)).unzip();
+    let sink = handle.map(|handle| BiteSink {
+        conversation: conversation.clone(),
+        handle,
+    });
 
     let (to_front, mut outbox) = mpsc::unbounded_channel::<ToFront>();
     let writer = tokio::spawn(async move {
@@ -97,10 +143,21 @@ async fn serve(
         }
     });
 
-    let reason = Engine::run(media, to_front, from_front)
+    let (reason, mut stats) = Engine::run(media, cutter, sink, to_front.clone(), from_front)
         .in_current_span()
         .await;
     tracing::info!("worker stopping: {reason}");
     reader.abort();
+    // The engine and its publisher handle are gone: the publisher spools what is left.
+    if let Some(task) = publishing {
+        match tokio::time::timeout(PUBLISHER_DRAIN + Duration::from_millis(500), task).await {
+            Ok(Ok(last)) => stats.bites = last,
+            Ok(Err(e)) => tracing::error!("bite publisher: {e}"),
+            Err(_) => tracing::error!("bite publisher did not finish in time"),
+        }
+    }
+    // The last counters, so front's totals include everything this worker did.
+    let _ = to_front.send(ToFront::Stats(stats));
+    drop(to_front);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
 }

@@ -85,6 +85,10 @@ impl Front {
             ("PERMISSIONS_HOST", permissions.to_string()),
             ("RTC_BIND_IP", "127.0.0.1".into()),
             ("RUNTIME_DIR", runtime_dir.path().display().to_string()),
+            (
+                "STATE_DIR",
+                runtime_dir.path().join("state").display().to_string(),
+            ),
             ("WORKER_BIN", env!("CARGO_BIN_EXE_worker").into()),
             ("WORKER_IDLE_MS", "1500".into()),
             ("ICE_DISCONNECTED_MS", "1000".into()),

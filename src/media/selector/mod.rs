@@ -243,6 +243,11 @@ impl<M: MemberId> Selector<M> {
         changes
     }
 
+    /// The level at or above which a packet counts as speech (`dbov <= threshold`).
+    pub fn speech_threshold(&self) -> u8 {
+        self.cfg.speech_threshold_dbov
+    }
+
     /// Current mapping of one listener (empty for an unknown member).
     pub fn slots_of(&self, listener: M) -> &[Option<M>] {
         self.members

@@ -1,0 +1,404 @@
+//! One conversation's media routing inside a worker: the [`Selector`] decides who is on which
+//! slot of whom, a [`SlotRewriter`] per slot keeps each outgoing stream continuous, and a
+//! [`BiteCutter`] per member turns what it says into bites. Slot selection and bite cutting
+//! take the same speech decision ([`Loudness::is_speech`]) from the same packet.
+//!
+//! A plain state machine, like the two it combines: a packet (and the time) goes in, the
+//! packets to send come out as [`Forward`]s, and the engine (`crate::worker::engine`) hands
+//! them to the listeners' peer connections. What members must be told (their slot mapping)
+//! and the finished bites wait in a queue the engine drains with [`Room::poll_event`]. No locks, no channels, no
+//! I/O, no clock: time is passed in.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+use rtc::rtp;
+
+use super::bite::{AudioPacket, BiteCutter, CutBite, CutterConfig, StartClock};
+use super::rewrite::{SlotRewriter, SourceKey};
+use super::selector::{Selector, SelectorConfig, SlotChange};
+use super::speech::Loudness;
+use crate::wire::identity::Identity;
+use crate::wire::ids::SessionId;
+use crate::wire::stats::WorkerStats;
+
+/// A member of the room is named by its session.
+type MemberId = SessionId;
+
+/// A finished bite and who said it.
+#[derive(Debug)]
+struct HeldBite {
+    speaker: SessionId,
+    identity: Identity,
+    bite: CutBite,
+}
+
+/// What the room has to hand out besides forwards.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RoomEvent {
+    /// The `slots` event JSON for `listener`: who is on each of its slots now.
+    Slots { listener: SessionId, json: String },
+    /// A finished bite of `speaker`; its `start` is already unique and increasing within the
+    /// conversation.
+    Bite {
+        speaker: SessionId,
+        identity: Identity,
+        bite: CutBite,
+    },
+}
+
+/// One receive slot of a listener, as set up by the negotiation.
+pub struct SlotOutput {
+    pub mid: String,
+    pub payload_type: u8,
+    pub rewriter: SlotRewriter,
+}
+
+/// One packet for one slot of one listener, rewritten and ready to send.
+#[derive(Debug)]
+pub struct Forward {
+    pub listener: MemberId,
+    pub slot: usize,
+    pub packet: rtp::Packet,
+}
+
+struct Member {
+    identity: Identity,
+    slots: Vec<SlotOutput>,
+    /// Who is on each slot, as last announced: a slot whose occupant changes is vacated.
+    mapping: Vec<Option<MemberId>>,
+    /// Listener's negotiated audio-level id: forwarded packets carry the speaker's level.
+    audio_level_id: Option<u8>,
+    /// Its connection is up (DTLS done). Until then nothing is sent to it: SRTP cannot
+    /// encrypt yet, and every packet would be dropped by the crate with a warning.
+    live: bool,
+    /// Cuts this member's speech into bites (absent when bites are off).
+    cutter: Option<BiteCutter>,
+}
+
+pub struct Room {
+    selector: Selector<MemberId>,
+    members: HashMap<MemberId, Member>,
+    events: VecDeque<RoomEvent>,
+    /// How to cut bites; `None` turns bites off.
+    bites: Option<CutterConfig>,
+    /// Finished bites waiting until no member has an open bite that started earlier, so bites
+    /// are handed out in the order of their start (see [`Room::release_bites`]).
+    held: Vec<HeldBite>,
+    start_clock: StartClock,
+    packets_in: u64,
+    packets_forwarded: u64,
+    bytes_forwarded: u64,
+}
+
+impl Room {
+    /// A room; with `bites`, every member's speech is cut into bites with that setting.
+    pub fn new(bites: Option<CutterConfig>) -> Room {
+        Room {
+            selector: Selector::new(SelectorConfig::default()),
+            members: HashMap::new(),
+            events: VecDeque::new(),
+            bites,
+            held: Vec::new(),
+            start_clock: StartClock::new(),
+            packets_in: 0,
+            packets_forwarded: 0,
+            bytes_forwarded: 0,
+        }
+    }
+
+    /// A member whose answer has been sent. Sends its first `slots` event.
+    pub fn add_member(
+        &mut self,
+        session: SessionId,
+        identity: Identity,
+        slots: Vec<SlotOutput>,
+        audio_level_id: Option<u8>,
+    ) {
+        self.selector.add_member(session, slots.len());
+        let mapping = self.selector.slots_of(session).to_vec();
+        self.members.insert(
+            session,
+            Member {
+                identity,
+                slots,
+                mapping: mapping.clone(),
+                audio_level_id,
+                live: false,
+                cutter: self.bites.map(BiteCutter::new),
+            },
+        );
+        if let Some(json) = slots_event(&self.members, session, &mapping) {
+            self.events.push_back(RoomEvent::Slots {
+                listener: session,
+                json,
+            });
+        }
+    }
+
+    /// The next thing a member must be told, if any.
+    pub fn poll_event(&mut self) -> Option<RoomEvent> {
+        self.events.pop_front()
+    }
+
+    /// The member's connection is up: start forwarding to it. (Its slots are assigned from
+    /// the start, so the `slots` event does not wait for this.)
+    pub fn set_live(&mut self, session: SessionId) {
+        if let Some(m) = self.members.get_mut(&session) {
+            m.live = true;
+        }
+    }
+
+    /// A member leaves; a bite it was in the middle of is closed and handed out, not lost.
+    pub fn remove_member(&mut self, session: SessionId, now: Instant) {
+        let changes = self.selector.remove_member(session);
+        if let Some(mut m) = self.members.remove(&session)
+            && let Some(cutter) = m.cutter.as_mut()
+        {
+            cutter.finish(now);
+            hold_bites(&mut self.held, session, &m.identity, cutter);
+        }
+        self.release_bites();
+        self.apply(changes, now);
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Re-runs the selection and closes bites whose silence has lasted (called every few
+    /// tens of milliseconds).
+    pub fn tick(&mut self, now: Instant) {
+        let changes = self.selector.tick(now);
+        self.apply(changes, now);
+        for (&id, m) in &mut self.members {
+            if let Some(cutter) = m.cutter.as_mut() {
+                cutter.tick(now);
+                hold_bites(&mut self.held, id, &m.identity, cutter);
+            }
+        }
+        self.release_bites();
+    }
+
+    /// Hands out, in start order, the finished bites that no open bite started before.
+    ///
+    /// `start` must be unique and increasing within the conversation (SPEC §5), and it must
+    /// stay the true time of the first sample. Bites close in another order than they open
+    /// when members speak at once (a long bite opened first closes last), so a finished bite
+    /// waits while another member's open bite started earlier: at most one bite's length
+    /// (`max_len`), after which every open bite has closed or continued past it. The start
+    /// clock then only nudges exact collisions by a millisecond.
+    fn release_bites(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let open_since = self
+            .members
+            .values()
+            .filter_map(|m| m.cutter.as_ref()?.open_start_unix_ms())
+            .min();
+        self.held.sort_by_key(|h| h.bite.start_unix_ms);
+        let ready = self
+            .held
+            .iter()
+            .take_while(|h| open_since.is_none_or(|t| h.bite.start_unix_ms <= t))
+            .count();
+        for HeldBite {
+            speaker,
+            identity,
+            mut bite,
+        } in self.held.drain(..ready)
+        {
+            bite.start_unix_ms = self.start_clock.unique(bite.start_unix_ms);
+            self.events.push_back(RoomEvent::Bite {
+                speaker,
+                identity,
+                bite,
+            });
+        }
+    }
+
+    /// Vacates the slots whose occupant changed and tells each listener its new mapping.
+    fn apply(&mut self, changes: Vec<SlotChange<MemberId>>, now: Instant) {
+        for c in changes {
+            let Some(m) = self.members.get_mut(&c.listener) else {
+                continue;
+            };
+            for (i, out) in m.slots.iter_mut().enumerate() {
+                if m.mapping.get(i).copied().flatten() != c.slots.get(i).copied().flatten() {
+                    out.rewriter.vacate(now);
+                }
+            }
+            m.mapping = c.slots.clone();
+            if let Some(json) = slots_event(&self.members, c.listener, &c.slots) {
+                self.events.push_back(RoomEvent::Slots {
+                    listener: c.listener,
+                    json,
+                });
+            }
+        }
+    }
+
+    /// One RTP packet from `member`'s microphone; what to send because of it is appended to
+    /// `out`. `level_id` is the member's own negotiated audio-level extension id; `unix_ms`
+    /// is the wall-clock time of `now`, for the start of a bite.
+    pub fn on_rtp(
+        &mut self,
+        member: MemberId,
+        level_id: Option<u8>,
+        pkt: &rtp::Packet,
+        now: Instant,
+        unix_ms: u64,
+        out: &mut Vec<Forward>,
+    ) {
+        self.packets_in += 1;
+        let source = SourceKey {
+            member,
+            ssrc: pkt.header.ssrc,
+        };
+        let Room {
+            selector,
+            members,
+            held,
+            ..
+        } = self;
+        // Padding-only packets (Chromium's bandwidth probes, sent every few seconds when
+        // transport-cc is negotiated) carry no audio and no level: they must neither count
+        // as silence in the selection nor leave a gap in the slots they are not sent on.
+        if pkt.payload.is_empty() {
+            for &(listener, slot) in selector.destinations(member) {
+                if let Some(slot) = members
+                    .get_mut(&listener)
+                    .filter(|m| m.live)
+                    .and_then(|m| m.slots.get_mut(slot))
+                {
+                    slot.rewriter.skip(source, pkt.header.sequence_number);
+                }
+            }
+            return;
+        }
+        let level_byte = level_id
+            .and_then(|id| pkt.header.get_extension(id))
+            .and_then(|b| b.first().copied());
+        let loudness = Loudness::of_packet(level_byte, pkt.payload.len());
+        selector.on_audio(member, now, loudness);
+        if let Some(m) = members.get_mut(&member)
+            && let Some(cutter) = m.cutter.as_mut()
+        {
+            let speech = loudness.is_speech(selector.speech_threshold());
+            let audio = AudioPacket {
+                ssrc: pkt.header.ssrc,
+                seq: pkt.header.sequence_number,
+                timestamp: pkt.header.timestamp,
+                payload: pkt.payload.clone(),
+                speech,
+            };
+            cutter.handle_packet(audio, now, unix_ms);
+            hold_bites(held, member, &m.identity, cutter);
+        }
+        let before = out.len();
+        for &(listener, slot) in selector.destinations(member) {
+            let Some(m) = members.get_mut(&listener).filter(|m| m.live) else {
+                continue;
+            };
+            let level_ext = m.audio_level_id.zip(level_byte);
+            let Some(output) = m.slots.get_mut(slot) else {
+                continue;
+            };
+            let h = &pkt.header;
+            let Some(rw) =
+                output
+                    .rewriter
+                    .rewrite(source, h.sequence_number, h.timestamp, h.marker, now)
+            else {
+                continue;
+            };
+            let mut header = rtp::header::Header {
+                version: 2,
+                padding: false,
+                marker: rw.marker,
+                payload_type: output.payload_type,
+                sequence_number: rw.seq,
+                timestamp: rw.ts,
+                ssrc: rw.ssrc,
+                ..Default::default()
+            };
+            if let Some((id, b)) = level_ext {
+                let _ = header.set_extension(id, Bytes::copy_from_slice(&[b]));
+            }
+            out.push(Forward {
+                listener,
+                slot,
+                packet: rtp::Packet {
+                    header,
+                    payload: pkt.payload.clone(),
+                },
+            });
+        }
+        let n = (out.len() - before) as u64;
+        self.packets_forwarded += n;
+        self.bytes_forwarded += n * pkt.payload.len() as u64;
+        self.release_bites();
+    }
+
+    /// The room's counters; the engine adds what only it measures (forwarding delay, bite
+    /// publishing).
+    pub fn stats(&self) -> WorkerStats {
+        WorkerStats {
+            peers: self.member_count() as u32,
+            packets_in: self.packets_in,
+            packets_forwarded: self.packets_forwarded,
+            bytes_forwarded: self.bytes_forwarded,
+            ..WorkerStats::default()
+        }
+    }
+}
+
+/// Takes the bites `cutter` has finished into `held`.
+fn hold_bites(
+    held: &mut Vec<HeldBite>,
+    speaker: SessionId,
+    identity: &Identity,
+    cutter: &mut BiteCutter,
+) {
+    while let Some(bite) = cutter.poll_bite() {
+        held.push(HeldBite {
+            speaker,
+            identity: identity.clone(),
+            bite,
+        });
+    }
+}
+
+/// `{"type":"slots","slots":[{"slot":0,"mid":"0","userid":..,"clientid":..}]}`.
+fn slots_event(
+    members: &HashMap<MemberId, Member>,
+    listener: MemberId,
+    mapping: &[Option<MemberId>],
+) -> Option<String> {
+    let m = members.get(&listener)?;
+    let slots: Vec<_> = m
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let who = mapping
+                .get(i)
+                .copied()
+                .flatten()
+                .and_then(|id| members.get(&id))
+                .map(|o| &o.identity);
+            serde_json::json!({
+                "slot": i,
+                "mid": s.mid,
+                "userid": who.map(|w| w.userid.as_str()),
+                "clientid": who.map(|w| w.clientid.as_str()),
+            })
+        })
+        .collect();
+    Some(serde_json::json!({"type": "slots", "slots": slots}).to_string())
+}
+
+#[cfg(test)]
+mod tests;
