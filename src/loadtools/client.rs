@@ -5,9 +5,13 @@
 //! Opus-sized RTP at 50 packets/s. The payload is not audio but a *probe*: the sender's tag,
 //! a send timestamp and a counter, which the SFU must not touch. That lets a receiver say
 //! exactly who it heard, how late, and what it missed.
+//!
+//! For the bite tests it can also [`Client::speak`] real Opus packets (e.g. from `opusenc`),
+//! paced in real time, on the same RTP stream: one SSRC, continuous sequence numbers, and a
+//! timestamp that runs on with the wall clock through pauses, as a muted sender's does.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +36,7 @@ use webrtc::peer_connection::{
     RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
 };
 
+use crate::media::opus;
 use crate::wire::identity::Identity;
 use crate::worker::peer::{audio_engine, opus_media_track};
 
@@ -89,6 +94,9 @@ pub struct StreamStats {
     pub ts_backwards: u64,
     pub markers: u64,
     pub first_at: Option<Instant>,
+    /// When the latest packet arrived, and the longest wait between two packets.
+    pub last_at: Option<Instant>,
+    pub max_gap: Duration,
     /// One-way delay samples (µs), send → receive, capped in number.
     pub latency_us: Vec<u32>,
     /// Per sender tag, the lowest and highest probe counter seen: with `from`, how many of
@@ -156,7 +164,53 @@ pub struct Client {
     /// The offer frame was handed to the WebSocket (after local gathering).
     pub offer_sent_at: Instant,
     pub answer_at: Instant,
-    sending: Arc<AtomicBool>,
+    /// Which [`Client::start_sending`] may send: the task whose number this is.
+    sending: Arc<AtomicU64>,
+    /// The microphone's RTP numbering, held by whoever sends (one sender at a time).
+    mic_clock: Arc<tokio::sync::Mutex<MicClock>>,
+}
+
+/// The microphone stream's RTP numbering, shared by [`Client::start_sending`] and
+/// [`Client::speak`] so that the one SSRC carries one continuous stream.
+struct MicClock {
+    /// Sequence number of the next packet.
+    seq: u16,
+    /// Timestamp of the first packet ever sent.
+    first_ts: u32,
+    /// The last packet sent: its timestamp, its duration in samples, when it was sent.
+    last: Option<(u32, u32, Instant)>,
+}
+
+impl MicClock {
+    fn new() -> MicClock {
+        MicClock {
+            seq: rand::random(),
+            first_ts: rand::random(),
+            last: None,
+        }
+    }
+
+    /// The timestamp of a packet sent now that opens a talkspurt: after a pause, the last
+    /// packet's timestamp plus the wall-clock time since it (at least its own duration), as
+    /// the clock of a sender that muted itself runs on.
+    fn talkspurt_ts(&self) -> u32 {
+        match self.last {
+            None => self.first_ts,
+            Some((ts, samples, at)) => {
+                let elapsed = at.elapsed().as_micros() * 48 / 1000;
+                let advance = u32::try_from(elapsed).unwrap_or(u32::MAX).max(samples);
+                ts.wrapping_add(advance)
+            }
+        }
+    }
+
+    /// Takes a sequence number for a packet with timestamp `ts` and `samples` sent now.
+    fn sent(&mut self, ts: u32, samples: u32) -> u16 {
+        let seq = self.seq;
+        self.seq = seq.wrapping_add(1);
+        self.last = Some((ts, samples, Instant::now()));
+        seq
+    }
 }
 
 struct Handler {
@@ -211,6 +265,10 @@ impl PeerConnectionEventHandler for Handler {
                 st.packets += 1;
                 st.bytes += pkt.payload.len() as u64;
                 st.first_at.get_or_insert(now);
+                if let Some(last) = st.last_at {
+                    st.max_gap = st.max_gap.max(now.duration_since(last));
+                }
+                st.last_at = Some(now);
                 if pkt.header.marker {
                     st.markers += 1;
                 }
@@ -413,7 +471,8 @@ impl Client {
             ws_open_at,
             offer_sent_at,
             answer_at,
-            sending: Arc::new(AtomicBool::new(false)),
+            sending: Arc::new(AtomicU64::new(0)),
+            mic_clock: Arc::new(tokio::sync::Mutex::new(MicClock::new())),
         })
     }
 
@@ -461,26 +520,31 @@ impl Client {
     }
 
     /// Sends probe packets tagged `tag` at 50 packets/s with the given audio level
-    /// (−dBov, 0 loudest) until [`Client::stop_sending`].
+    /// (−dBov, 0 loudest) until [`Client::stop_sending`]. It continues the microphone's RTP
+    /// stream, and a [`Client::speak`] meanwhile waits until it stops.
     pub fn start_sending(&self, tag: &str, dbov: u8) {
-        self.sending.store(true, Ordering::Relaxed);
-        let (mic, ssrc, sending, tag) = (
+        let me = self.sending.fetch_add(1, Ordering::Relaxed) + 1;
+        let (mic, ssrc, sending, clock, tag) = (
             self.mic.clone(),
             self.mic_ssrc,
             self.sending.clone(),
+            self.mic_clock.clone(),
             tag.to_string(),
         );
         tokio::spawn(async move {
+            let mut clock = clock.lock_owned().await;
             let mut tick = tokio::time::interval(Duration::from_millis(20));
-            let (mut seq, mut ts, mut n) = (rand::random::<u16>(), rand::random::<u32>(), 0u32);
-            while sending.load(Ordering::Relaxed) {
+            let mut n = 0u32;
+            let mut ts = None;
+            while sending.load(Ordering::Relaxed) == me {
                 tick.tick().await;
+                let t = *ts.get_or_insert_with(|| clock.talkspurt_ts());
                 let pkt = rtp::Packet {
                     header: rtp::header::Header {
                         version: 2,
                         payload_type: 111,
-                        sequence_number: seq,
-                        timestamp: ts,
+                        sequence_number: clock.sent(t, 960),
+                        timestamp: t,
                         ssrc,
                         marker: n == 0,
                         ..Default::default()
@@ -494,15 +558,55 @@ impl Client {
                 if mic.write_rtp_with_extensions(pkt, &[level]).await.is_err() {
                     break;
                 }
-                seq = seq.wrapping_add(1);
-                ts = ts.wrapping_add(960);
+                ts = Some(t.wrapping_add(960));
                 n = n.wrapping_add(1);
             }
         });
     }
 
     pub fn stop_sending(&self) {
-        self.sending.store(false, Ordering::Relaxed);
+        self.sending.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sends `packets` (Opus payloads, e.g. from `opusenc`) as one talkspurt on the microphone
+    /// stream, each with the RFC 6464 audio level `dbov` (−dBov, 0 loudest), paced in real
+    /// time by each packet's duration (from its TOC byte; 20 ms for a payload that has none),
+    /// and returns once the last one is sent. Sequence numbers continue across calls; the
+    /// timestamp runs on with the wall clock through the pause before it, as a muted sender's
+    /// does, and the first packet carries the marker bit. Payloads are sent as given, even
+    /// empty or invalid ones. Waits while [`Client::start_sending`] sends.
+    pub async fn speak(&self, packets: &[Bytes], dbov: u8) -> anyhow::Result<()> {
+        let mut clock = self.mic_clock.lock().await;
+        let started = tokio::time::Instant::now();
+        let mut ts = clock.talkspurt_ts();
+        let mut media = 0u64;
+        for (i, payload) in packets.iter().enumerate() {
+            tokio::time::sleep_until(started + Duration::from_micros(media * 1000 / 48)).await;
+            let samples = opus::packet_samples(payload).unwrap_or(960);
+            let pkt = rtp::Packet {
+                header: rtp::header::Header {
+                    version: 2,
+                    payload_type: 111,
+                    sequence_number: clock.sent(ts, samples),
+                    timestamp: ts,
+                    ssrc: self.mic_ssrc,
+                    marker: i == 0,
+                    ..Default::default()
+                },
+                payload: payload.clone(),
+            };
+            let level = HeaderExtension::AudioLevel(AudioLevelExtension {
+                level: dbov,
+                voice: true,
+            });
+            self.mic
+                .write_rtp_with_extensions(pkt, &[level])
+                .await
+                .map_err(|e| anyhow!("sending packet {i}: {e}"))?;
+            ts = ts.wrapping_add(samples);
+            media += u64::from(samples);
+        }
+        Ok(())
     }
 
     /// Per incoming SSRC, what arrived so far (with the mid from the answer, where named).
@@ -523,6 +627,17 @@ impl Client {
             .collect();
         v.sort_by_key(|(ssrc, _)| *ssrc);
         v
+    }
+
+    /// The longest wait between two packets on any incoming stream so far; resets it, so the
+    /// next call measures from now on.
+    pub fn take_max_gap(&self) -> Duration {
+        let mut s = lock(&self.shared);
+        s.streams
+            .values_mut()
+            .map(|st| std::mem::take(&mut st.max_gap))
+            .max()
+            .unwrap_or_default()
     }
 
     /// Packets heard from sender `tag`, over all slots.

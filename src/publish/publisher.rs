@@ -95,6 +95,12 @@ impl PublisherHandle {
         }
     }
 
+    /// A bite that could not even be handed over (its file could not be written): counted
+    /// as failed, like one NATS and the spool both refused.
+    pub fn lost(&self) {
+        self.metrics.failed.fetch_add(1, Relaxed);
+    }
+
     /// The counters, for `/metrics`.
     pub fn metrics(&self) -> BiteStats {
         self.metrics.snapshot()

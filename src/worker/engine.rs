@@ -46,8 +46,8 @@ use crate::media::sdp::{Offer, unify_bundle_ice};
 use crate::publish::publisher::PublisherHandle;
 use crate::publish::spool::BiteRecord;
 use crate::wire::identity::Identity;
-use crate::wire::ids::SessionId;
-use crate::wire::ipc::{CloseReason, MediaConfig, ToFront, ToWorker};
+use crate::wire::ids::{Generation, SessionId};
+use crate::wire::ipc::{Adoption, CloseReason, MediaConfig, ToFront, ToWorker};
 use crate::wire::signal::ErrorCode;
 use crate::wire::stats::{DelayHistogram, WorkerStats};
 
@@ -62,10 +62,24 @@ const DATAGRAM_QUEUE: usize = 4096;
 const MIN_TIMEOUT_INTERVAL: Duration = Duration::from_millis(1);
 const MAX_DATAGRAM: usize = 2048;
 
-/// Why the engine stopped, or what it was asked.
+/// What the engine hears from its link to front.
 pub enum Input {
     Front(ToWorker),
-    FrontGone(String),
+    /// The connection to front ended; the conversation goes on without one for a while.
+    FrontGone,
+    /// A front answered again: the engine introduces itself with a `Hello`.
+    FrontBack,
+}
+
+/// What the engine runs with.
+pub struct EngineSettings {
+    pub conversation: String,
+    pub generation: Generation,
+    pub media: MediaConfig,
+    /// How to cut bites; `None` when bites are off.
+    pub cutter: Option<CutterConfig>,
+    /// How long the conversation goes on without a front before the worker stops.
+    pub orphan_grace: Duration,
 }
 
 /// The engine's handle for one peer connection (and its socket). A session that re-offers
@@ -131,16 +145,22 @@ impl BiteSink {
                 duration_ms: bite.duration_ms(),
                 data: data.into(),
             }),
-            Err(e) => tracing::warn!(
-                %identity,
-                start = bite.start_unix_ms,
-                "bite not written: {e}"
-            ),
+            Err(e) => {
+                self.handle.lost();
+                tracing::error!(
+                    %identity,
+                    start = bite.start_unix_ms,
+                    "BITE LOST: its Ogg file could not be written: {e}"
+                );
+            }
         }
     }
 }
 
 pub struct Engine {
+    conversation: String,
+    generation: Generation,
+    started: Instant,
     media: MediaConfig,
     room: Room,
     to_front: UnboundedSender<ToFront>,
@@ -158,18 +178,22 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Runs until front says `Shutdown` or goes away; returns why it stopped and its last
-    /// counters. With `cutter` and `bites`, members' speech is cut into bites for `bites`.
+    /// Runs until front says `Shutdown`, or has been gone for the orphan grace; returns why
+    /// it stopped and its last counters. With `bites`, members' speech is cut into bites.
     pub async fn run(
-        media: MediaConfig,
-        cutter: Option<CutterConfig>,
+        settings: EngineSettings,
         bites: Option<BiteSink>,
         to_front: UnboundedSender<ToFront>,
         mut front: UnboundedReceiver<Input>,
     ) -> (String, WorkerStats) {
         let (datagrams, mut incoming) = mpsc::channel(DATAGRAM_QUEUE);
+        let cutter = settings.cutter.filter(|_| bites.is_some());
+        let orphan_grace = settings.orphan_grace;
         let mut engine = Engine {
-            media,
+            conversation: settings.conversation,
+            generation: settings.generation,
+            started: Instant::now(),
+            media: settings.media,
             room: Room::new(cutter),
             to_front,
             peers: HashMap::new(),
@@ -186,6 +210,8 @@ impl Engine {
         let mut last_stats = Instant::now();
         let sleep = tokio::time::sleep_until(next_tick.into());
         tokio::pin!(sleep);
+        // Since when front is gone, if it is.
+        let mut orphaned: Option<Instant> = None;
         let reason = loop {
             // Connection timers and the selection tick are handled after every wake-up, not
             // only when the sleep fires: under a flood of datagrams the sleep branch might
@@ -201,6 +227,9 @@ impl Engine {
                     engine.send_stats();
                 }
             }
+            if orphaned.is_some_and(|t| now.duration_since(t) >= orphan_grace) {
+                break format!("no front for {orphan_grace:?}");
+            }
             let wake = engine
                 .timers
                 .first()
@@ -211,8 +240,12 @@ impl Engine {
                 input = front.recv() => match input {
                     Some(Input::Front(ToWorker::Shutdown)) => break "shutdown requested".to_string(),
                     Some(Input::Front(msg)) => engine.on_front(msg),
-                    Some(Input::FrontGone(e)) => break format!("front channel ended: {e}"),
-                    None => break "front channel closed".to_string(),
+                    Some(Input::FrontGone) => orphaned = Some(Instant::now()),
+                    Some(Input::FrontBack) => {
+                        orphaned = None;
+                        engine.introduce();
+                    }
+                    None => break "the link to front ended".to_string(),
                 },
                 Some(first) = incoming.recv() => {
                     engine.on_datagram(first);
@@ -239,6 +272,28 @@ impl Engine {
             );
         }
         (reason, engine.stats())
+    }
+
+    /// Tells a new front what it takes over: the sessions, then their current slots and the
+    /// counters, as if nothing had happened (for the clients, nothing has).
+    fn introduce(&mut self) {
+        let sessions = self
+            .room
+            .members()
+            .map(|(session, identity)| (session, identity.clone()))
+            .collect();
+        let _ = self.to_front.send(ToFront::Hello {
+            conversation: self.conversation.clone(),
+            generation: self.generation,
+            pid: std::process::id(),
+            adopted: Some(Adoption {
+                sessions,
+                uptime_ms: self.started.elapsed().as_millis() as u64,
+                stats: self.stats(),
+            }),
+        });
+        self.room.announce_slots();
+        self.drain_room_events();
     }
 
     /// Passes what the room has to tell members on to front.
