@@ -9,13 +9,16 @@ on --remote-debugging-pipe (NUL-separated JSON on fds 3 and 4: no websocket clie
 What it does:
   * makes pure tones with sox (alice 440, bob 880, carol 660, dave 330 Hz), one per Chromium
     instance (--use-file-for-fake-audio-capture is per browser process);
-  * starts front (DEV_MODE=1, PERMISSIONS_HOST=allow-all) on a free port, from copies of the
-    binaries, and a tiny HTTP server that serves tests/browser/seed.html and forwards
+  * starts `nats-server -js` on a free port (inside the namespace), then front (DEV_MODE=1,
+    PERMISSIONS_HOST=allow-all, BITE_MAX_MS=2000 so the endless tones make a bite every 2 s)
+    on a free port, from copies of the binaries, and a tiny HTTP server that serves tests/browser/seed.html and forwards
     POST /join to front with the X-User-Claim header, as the auth proxy would;
   * alice and bob join room1 through the demo page, carol joins room2; each page measures the
     dominant frequency of every received slot and of its own microphone (WebAudio
     AnalyserNode, window.beepTest.measure): alice hears only 880 Hz, bob only 440 Hz, carol
-    nothing; screenshot of alice's page;
+    nothing; each page's Bites list shows the other's bites (published to NATS, announced by
+    front) and their <audio> reports a duration and plays; carol's shows none of room1's;
+    screenshot of alice's page;
   * dave's browser runs the seed README's JavaScript (raw v=0 offer, one m-line, POST /join)
     into room1 and must hear alice or bob; then joins as a demo page with one slot: alice and
     bob hear both others on separate slots, and dave's one slot does not flap;
@@ -328,18 +331,49 @@ class Browser:
 # front, and the stand-in for the auth proxy that serves the seed page
 
 
+class Nats:
+    """`nats-server -js` on a free loopback port, its store in a temp dir."""
+
+    def __init__(self):
+        exe = shutil.which("nats-server", path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin")
+        if not exe:
+            raise RuntimeError("nats-server is not installed (apt-get install nats-server)")
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.store = tempfile.mkdtemp(prefix="beep-nats-")
+        self.log = ART / "nats.log"
+        self.pid = spawn([exe, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.store], self.log)
+        deadline = time.monotonic() + 10
+        while True:
+            if exited(self.pid):
+                raise RuntimeError(f"nats-server exited at start; see {self.log}:\n{self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nats-server did not listen within 10 s; see {self.log}")
+            time.sleep(0.05)
+
+    def stop(self):
+        stop_group(self.pid, grace=3)
+        shutil.rmtree(self.store, ignore_errors=True)
+
+
 class Front:
-    def __init__(self, front_bin, worker_bin):
+    def __init__(self, front_bin, worker_bin, nats_url):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.runtime = tempfile.mkdtemp(prefix="beep-rt-")
         os.chmod(self.runtime, 0o700)
         self.cwd = tempfile.mkdtemp(prefix="beep-cwd-")  # no stray .env gets read
+        self.state = tempfile.mkdtemp(prefix="beep-state-")  # the bite spool, if NATS falters
         env = dict(os.environ)
         env.update({
             "DEV_MODE": "1", "PERMISSIONS_HOST": "allow-all", "LISTEN": f"127.0.0.1:{self.port}",
             "RTC_BIND_IP": "127.0.0.1", "RUNTIME_DIR": self.runtime, "WORKER_BIN": str(worker_bin),
-            "NATS": "nats://127.0.0.1:4222",
+            "NATS": nats_url, "STATE_DIR": self.state, "BITE_MAX_MS": "2000",
             "RUST_LOG": os.environ.get("RUST_LOG", "info,beep_webrtc=debug"),
         })
         self.log = ART / "front.log"
@@ -381,6 +415,7 @@ class Front:
             say(f"note: processes of front's group still running 5 s after front exited on SIGTERM: {left} (killed)")
         shutil.rmtree(self.runtime, ignore_errors=True)
         shutil.rmtree(self.cwd, ignore_errors=True)
+        shutil.rmtree(self.state, ignore_errors=True)
 
 
 def start_seed_server(front_url):
@@ -527,10 +562,12 @@ def main():
                         "synth", str(TONE_SECONDS), "sine", str(hz), "vol", "0.5"], check=True, timeout=30)
 
     suite = Suite()
-    front = seed_srv = None
+    front = seed_srv = nats = None
     browsers = {}
     try:
-        front = Front(bins / BUILT_FRONT.name, bins / BUILT_WORKER.name)
+        nats = Nats()
+        say(f"nats-server -js on {nats.url} (pid {nats.pid}), log {nats.log}")
+        front = Front(bins / BUILT_FRONT.name, bins / BUILT_WORKER.name, nats.url)
         say(f"front on {front.url} (pid {front.pid}), log {front.log}")
         seed_srv = start_seed_server(front.url)
         for name, hz in tones.items():
@@ -581,6 +618,51 @@ def main():
             assert not heard(m), f"carol hears a tone: {describe(m)}"
 
         suite.run("isolation: carol in room2 receives no audio from room1", isolation)
+
+        def bite_list():
+            # Each tone is endless speech, cut every BITE_MAX_MS (2 s): the worker publishes the
+            # bite to NATS, front hears it there and sends event::{"type":"bite"} to room1's pages.
+            BITES = "window.beepTest && beepTest.status().bites"
+            found = {}
+            for page, other in ((alice, "bob"), (bob, "alice")):
+                found[other] = page.wait_for(
+                    f"window.beepTest && beepTest.status().bites.find(b => b.userid === {json.dumps(other)} && b.duration > 0)",
+                    15, f"bite of {other}'s with a duration in the Bites list", BITES)
+            for page, other in ((alice, "bob"), (bob, "alice")):
+                b = found[other]
+                say(f"  {page.name}'s list: {other}'s bite {b['url']} ({b['duration_ms']} ms published, "
+                    f"<audio> duration {b['duration']:.3f} s, readyState {b['readyState']})")
+                assert b["clientid"] == f"{other}-tab", f"the bite names client {b['clientid']!r}: {b}"
+                assert b["url"] == f"/bites/room1/{b['start']}.ogg", f"unexpected url: {b}"
+                assert abs(b["start"] / 1000 - time.time()) < 60, f"start is not Unix ms of now: {b}"
+                assert 0 < b["duration"] < 60, f"<audio> duration: {b}"
+                assert abs(b["duration"] * 1000 - b["duration_ms"]) <= 250, \
+                    f"the file plays {b['duration']:.3f} s but was published as {b['duration_ms']} ms: {b}"
+                row = page.eval("(e => e && [e.querySelector('.who').textContent, e.querySelector('.sub').textContent,"
+                                " e.querySelector('audio').controls, e.querySelector('audio').preload])"
+                                f"([...document.querySelectorAll('#bites .bite')].find(r => r.querySelector('audio').getAttribute('src') === {json.dumps(b['url'])}))")
+                assert row and row[0] == other and row[2] and row[3] == "metadata", f"the row of {b['url']}: {row}"
+                say(f"  row: {row[0]} | {row[1]}")
+                starts = [x["start"] for x in page.eval(BITES)]
+                assert starts == sorted(starts, reverse=True), f"the list is not newest first: {starts}"
+            played = alice.eval(f"beepTest.playBite({json.dumps(found['bob']['url'])}, 0.3)", 15)
+            say(f"  alice plays bob's bite: {played}")
+            assert played["currentTime"] >= 0.3 or played["ended"], f"the bite did not play: {played}"
+            # Served by front: audio/ogg, 404 with a reason when unknown, 400 for a bad id.
+            with urllib.request.urlopen(front.url + found["bob"]["url"], timeout=5) as r:
+                body = r.read()
+                assert r.headers["Content-Type"] == "audio/ogg" and body[:4] == b"OggS", (r.headers, body[:8])
+            for path, code in (("/bites/room1/1.ogg", 404), ("/bites/room.1/1.ogg", 400)):
+                try:
+                    urllib.request.urlopen(front.url + path, timeout=5)
+                    raise AssertionError(f"{path}: 200")
+                except urllib.error.HTTPError as e:
+                    assert e.code == code and e.read(), f"{path}: {e.code}"
+            others = [b for b in carol.eval(BITES) if b["userid"] != "carol"]
+            assert not others, f"carol (room2) lists bites of room1: {others}"
+
+        suite.run("bites: each page's Bites list shows the other's bite, whose <audio> has a duration and plays; "
+                  "room2 sees none", bite_list)
 
         def screenshot():
             alice.wait_for(slot_user("bob"), 5, "bob in a slot", STATUS)
@@ -739,6 +821,8 @@ def main():
             t = time.monotonic()
             front.stop()
             say(f"front stopped in {time.monotonic() - t:.1f} s")
+        if nats:
+            nats.stop()
         shutil.rmtree(tones_dir, ignore_errors=True)
         shutil.rmtree(bins, ignore_errors=True)
 
