@@ -36,6 +36,13 @@ pub struct Config {
     pub join_timeout: Duration,
     /// How long a conversation's worker lives on with nobody in it.
     pub worker_idle: Duration,
+    /// How long a worker keeps its conversation going without a front (a restart, an
+    /// upgrade) before it stops by itself.
+    pub worker_orphan_grace: Duration,
+    /// A worker silent this long is killed as hung.
+    pub worker_heartbeat: Duration,
+    /// On SIGTERM, how long front waits for conversations to end before it stops them.
+    pub drain_timeout: Duration,
     pub permissions_timeout: Duration,
     pub max_sessions_per_user: usize,
     pub max_frame_bytes: usize,
@@ -56,6 +63,21 @@ pub struct Bites {
 }
 
 impl Config {
+    /// Front's socket for workers.
+    pub fn worker_socket(&self) -> PathBuf {
+        self.runtime_dir.join("front.sock")
+    }
+
+    /// Where the workers' pid files are.
+    pub fn pid_dir(&self) -> PathBuf {
+        self.runtime_dir.join("workers")
+    }
+
+    /// Front's admin socket, for `ctl`.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.runtime_dir.join(crate::wire::admin::ADMIN_SOCKET)
+    }
+
     /// Where the spools live: one directory per conversation under it.
     pub fn spool_root(&self) -> PathBuf {
         self.state_dir.join("spool")
@@ -156,13 +178,7 @@ impl Config {
                 }
             };
         let max_slots = num("MAX_SLOTS", 3, 1, 16)? as usize;
-        let runtime_dir = match var("RUNTIME_DIR") {
-            Some(d) => PathBuf::from(d),
-            None => match var("XDG_RUNTIME_DIR") {
-                Some(x) => PathBuf::from(x).join("beep-webrtc"),
-                None => PathBuf::from("/run/beep-webrtc"),
-            },
-        };
+        let runtime_dir = runtime_dir(&get);
         let state_dir = match var("STATE_DIR") {
             Some(d) => PathBuf::from(d),
             None => match var("STATE_DIRECTORY") {
@@ -228,6 +244,19 @@ impl Config {
             dev_mode,
             join_timeout: Duration::from_millis(num("JOIN_TIMEOUT_MS", 30_000, 100, 3_600_000)?),
             worker_idle: Duration::from_millis(num("WORKER_IDLE_MS", 30_000, 0, 86_400_000)?),
+            worker_orphan_grace: Duration::from_millis(num(
+                "WORKER_ORPHAN_GRACE_MS",
+                60_000,
+                1_000,
+                3_600_000,
+            )?),
+            worker_heartbeat: Duration::from_millis(num(
+                "WORKER_HEARTBEAT_MS",
+                10_000,
+                3_000,
+                600_000,
+            )?),
+            drain_timeout: Duration::from_millis(num("DRAIN_TIMEOUT_MS", 5_000, 0, 3_600_000)?),
             permissions_timeout: Duration::from_millis(num(
                 "PERMISSIONS_TIMEOUT_MS",
                 2_000,
@@ -239,6 +268,19 @@ impl Config {
             offers_per_minute: num("OFFERS_PER_MINUTE", 30, 1, 100_000)? as u32,
             worker_bin,
         })
+    }
+}
+
+/// `RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/beep-webrtc`, else `/run/beep-webrtc` (shared with
+/// `ctl`, which must find the same sockets).
+pub fn runtime_dir(get: impl Fn(&str) -> Option<String>) -> PathBuf {
+    let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+    match var("RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => match var("XDG_RUNTIME_DIR") {
+            Some(x) => PathBuf::from(x).join("beep-webrtc"),
+            None => PathBuf::from("/run/beep-webrtc"),
+        },
     }
 }
 

@@ -17,6 +17,7 @@
 //! | [`front`] | front's state, HTTP routes, signalling sessions, permissions, supervisor, metrics | front |
 //! | [`wire`] | what crosses a process boundary: IPC messages and framing, signalling frames, identity, typed ids, stats | both |
 //! | [`config`] | settings from the environment / `.env`, validated at startup | front |
+//! | [`ctl`] | the operator CLI's client side: one request to front's admin socket, printed | `ctl` |
 //! | [`telemetry`] | tracing setup | both |
 //! | `loadtools` | the webrtc-rs test client and the load generator (feature `loadtools`) | tests, `loadgen` |
 //!
@@ -24,6 +25,7 @@
 //! `wire` for ids; `wire` uses nothing of ours.
 
 pub mod config;
+pub mod ctl;
 pub mod front;
 #[cfg(feature = "loadtools")]
 pub mod loadtools;

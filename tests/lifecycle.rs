@@ -22,18 +22,6 @@ async fn member(front: &Front, conv: &str, user: &str) -> Client {
     c
 }
 
-fn worker_of(front: &Front, conversation: &str) -> Option<u32> {
-    front.workers().into_iter().find(|pid| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| {
-                String::from_utf8_lossy(&c)
-                    .split('\0')
-                    .any(|a| a == conversation)
-            })
-            .unwrap_or(false)
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_worker_only_affects_its_conversation() {
     let perms = Permissions::start().await;
@@ -45,7 +33,7 @@ async fn a_dead_worker_only_affects_its_conversation() {
     a1.start_sending("a1", 20);
     b1.start_sending("b1", 20);
     assert!(eventually(T, || a2.heard_from("a1") > 20 && b2.heard_from("b1") > 20).await);
-    let doomed = worker_of(&front, "doomed").expect("worker of 'doomed'");
+    let doomed = front.worker_of("doomed").expect("worker of 'doomed'");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(doomed as i32),
         nix::sys::signal::SIGKILL,
@@ -80,7 +68,7 @@ async fn a_dead_worker_only_affects_its_conversation() {
         eventually(T, || a2.heard_from("a1") > 20).await,
         "no audio after the re-offer"
     );
-    assert_ne!(worker_of(&front, "doomed"), Some(doomed));
+    assert_ne!(front.worker_of("doomed"), Some(doomed));
     let r = front
         .http
         .get(front.url("/metrics"))
@@ -155,7 +143,10 @@ async fn metric_totals_survive_the_exit_of_their_worker() {
         let now = metric(&front, name).await.expect(name);
         assert!(now >= was, "{name} went backwards: {was} -> {now}");
     }
-    assert_eq!(metric(&front, "beep_workers").await, Some(0));
+    assert_eq!(
+        metric(&front, r#"beep_workers{state="running"}"#).await,
+        Some(0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,15 +200,20 @@ async fn a_client_that_closes_its_connection_is_let_go_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_workers_and_leaves_nothing_behind() {
     let perms = Permissions::start().await;
-    let mut front = Front::start(&perms.url(), &[]).await;
+    let mut front = Front::start(&perms.url(), &[("DRAIN_TIMEOUT_MS", "1000")]).await;
     let a = member(&front, "one", "a").await;
     let b = member(&front, "two", "b").await;
+    a.start_sending("a", 20);
     let workers = front.workers();
     assert_eq!(workers.len(), 2);
+    // 1 s of drain with conversations still going, then the workers are stopped (each has
+    // 5 s before it is killed): well within 8 s.
+    let t0 = std::time::Instant::now();
     assert!(
-        front.terminate(Duration::from_secs(15)),
-        "front did not exit after SIGTERM"
+        front.terminate(Duration::from_secs(8)),
+        "front did not exit within the drain deadline after SIGTERM"
     );
+    println!("SIGTERM to exit with 2 conversations: {:?}", t0.elapsed());
     for pid in workers {
         assert!(
             eventually(Duration::from_millis(300), || !std::path::Path::new(
@@ -235,6 +231,12 @@ async fn sigterm_stops_workers_and_leaves_nothing_behind() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(sockets_left.is_empty(), "left behind: {sockets_left:?}");
+    for socket in ["front.sock", "admin.sock"] {
+        assert!(
+            !front.runtime_dir.path().join(socket).exists(),
+            "{socket} left behind"
+        );
+    }
     a.close().await;
     b.close().await;
 }
@@ -246,10 +248,16 @@ async fn a_worker_that_sends_garbage_is_killed() {
     let perms = Permissions::start().await;
     let front = Front::start(
         &perms.url(),
-        &[(
-            "WORKER_BIN",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/garbage_worker.py"),
-        )],
+        &[
+            (
+                "WORKER_BIN",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/garbage_worker.py"),
+            ),
+            (
+                "BEEP_TEST_PROTOCOL",
+                &beep_webrtc::wire::ipc::PROTOCOL_VERSION.to_string(),
+            ),
+        ],
     )
     .await;
     let connecting = tokio::spawn(Client::connect(ClientOptions::new(

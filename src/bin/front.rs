@@ -1,20 +1,35 @@
 //! front: HTTP/WebSocket signalling and the supervisor of the conversation workers.
+//!
+//! Signals: SIGTERM/SIGINT drain (no new conversations, up to `DRAIN_TIMEOUT_MS` for the
+//! others to end), then stop every worker and exit, leaving nothing behind. SIGHUP
+//! (`systemctl reload`) re-executes front's binary, possibly a new one, keeping the HTTP
+//! listener; the workers keep their calls and come back to the new front. `ctl drain`
+//! drains without a deadline and exits once the last conversation has ended.
 
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use beep_webrtc::config::Config;
 use beep_webrtc::front::bites::BiteReplays;
-use beep_webrtc::front::http;
+use beep_webrtc::front::demo::DemoBites;
 use beep_webrtc::front::state::Front;
+use beep_webrtc::front::supervisor::{self, LISTEN_FD_ENV};
+use beep_webrtc::front::{admin, http, links, notify};
 use beep_webrtc::telemetry;
 use beep_webrtc::wire::socket;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// How long front waits at exit for its workers to be reaped.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+/// How long a starting front waits for the workers its predecessor left running.
+const ADOPT_WAIT: Duration = Duration::from_secs(5);
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // Taken before anything can replace the file: a reload re-executes whatever binary is at
+    // this path then (an upgrade), not the deleted one still running.
+    let exe = std::env::current_exe().ok();
     let cfg = match Config::load() {
         Ok(c) => c,
         Err(e) => {
@@ -23,13 +38,35 @@ async fn main() {
         }
     };
     telemetry::init();
-    if let Err(e) = run(cfg).await {
-        tracing::error!("front failed: {e:#}");
-        std::process::exit(1);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match runtime.block_on(run(cfg)) {
+        Ok(Exit::Done) => {}
+        Ok(Exit::Reexec(fd)) => {
+            let e = reexec(exe, fd);
+            tracing::error!("re-exec failed, exiting: {e:#}");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            tracing::error!("front failed: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+/// How `run` ended.
+enum Exit {
+    Done,
+    /// Re-execute, handing over the HTTP listener.
+    Reexec(RawFd),
+}
+
+async fn run(cfg: Config) -> anyhow::Result<Exit> {
     if cfg.dev_mode {
         tracing::warn!(
             "DEV_MODE is on: the demo page is served at / and ?userid=&clientid= is accepted as identity"
@@ -38,32 +75,43 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             tracing::warn!("PERMISSIONS_HOST=allow-all: every user may join every conversation");
         }
     }
-    socket::private_dir(&cfg.runtime_dir)
-        .map_err(|e| anyhow::anyhow!("RUNTIME_DIR {}: {e}", cfg.runtime_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("LISTEN {}: {e}", cfg.listen))?;
+    for dir in [cfg.runtime_dir.clone(), cfg.pid_dir()] {
+        socket::private_dir(&dir)
+            .with_context(|| format!("RUNTIME_DIR {}", cfg.runtime_dir.display()))?;
+    }
+    let listener = http_listener(&cfg).await?;
+    let listen_fd = listener.as_raw_fd();
     if cfg.bites.is_some() {
-        let root = cfg.spool_root();
-        socket::private_dir(&root)
-            .map_err(|e| anyhow::anyhow!("STATE_DIR {}: {e}", cfg.state_dir.display()))?;
+        socket::private_dir(&cfg.spool_root())
+            .with_context(|| format!("STATE_DIR {}", cfg.state_dir.display()))?;
     }
     let bites = BiteReplays::start(&cfg).await;
-    let front =
-        Front::new(cfg, bites).map_err(|e| anyhow::anyhow!("permissions HTTP client: {e}"))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "front listening");
-    if front.cfg.dev_mode {
-        let host = if addr.ip().is_unspecified() {
-            "localhost".to_string()
-        } else {
-            addr.ip().to_string()
-        };
+    let front = Front::new(cfg, bites).context("permissions HTTP client")?;
+
+    // Workers connect to this socket; those a previous front left running come back to it.
+    let expected: Vec<_> = supervisor::running_orphans(&front.cfg.pid_dir())
+        .into_iter()
+        .map(|(generation, _)| generation)
+        .collect();
+    let workers_socket = socket::bind_private(&front.cfg.worker_socket())
+        .with_context(|| format!("worker socket {}", front.cfg.worker_socket().display()))?;
+    tokio::spawn(links::serve(workers_socket, front.clone()));
+    if !expected.is_empty() {
+        let t0 = Instant::now();
+        while front.adopted_of(&expected) < expected.len() && t0.elapsed() < ADOPT_WAIT {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         tracing::info!(
-            "demo page: open http://{host}:{}/ in two tabs and talk",
-            addr.port()
+            adopted = front.adopted_of(&expected),
+            expected = expected.len(),
+            "took back the workers of the previous front in {:?}",
+            t0.elapsed()
         );
     }
+    let admin_socket = socket::bind_private(&front.cfg.admin_socket())
+        .with_context(|| format!("admin socket {}", front.cfg.admin_socket().display()))?;
+    tokio::spawn(admin::serve(admin_socket, front.clone()));
+
     {
         let front = front.clone();
         tokio::spawn(async move {
@@ -71,6 +119,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 front.housekeeping(Instant::now());
+                // After the state lock was taken: a stuck lock stops the pings.
+                notify::watchdog();
             }
         });
     }
@@ -86,22 +136,122 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
+
+    let mut app = http::router(front.clone());
+    // Development only: the demo page's bite list (with bites on; none of it exists otherwise).
+    if front.cfg.dev_mode
+        && let Some(demo) = DemoBites::start(&front)
+    {
+        app = app.merge(demo.router());
+    }
+    let addr = listener.local_addr()?;
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                // Only an explicit stop: on a re-exec the sender is simply dropped, and the
+                // listener must stay open for the next image.
+                if http_stopped.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            })
+            .await
+    });
+    tracing::info!(%addr, "front listening");
+    if front.cfg.dev_mode {
+        let host = if addr.ip().is_unspecified() {
+            "localhost".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        tracing::info!(
+            "demo page: open http://{host}:{}/ in two tabs and talk",
+            addr.port()
+        );
+    }
+    notify::ready();
+
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+        _ = hup.recv() => {
+            tracing::info!("reload: re-executing front; the workers keep their calls");
+            notify::reloading();
+            return Ok(Exit::Reexec(listen_fd));
         }
-        tracing::info!("shutting down");
-    };
-    axum::serve(listener, http::router(front.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+        _ = front.drained.notified() => {
+            tracing::info!("drained: no conversation left");
+        }
+        r = server => {
+            r.context("HTTP server task")?.context("HTTP server")?;
+            anyhow::bail!("the HTTP server stopped");
+        }
+    }
+    notify::stopping();
+    if front.drain() > 0 {
+        let deadline = front.cfg.drain_timeout;
+        tracing::info!("waiting up to {deadline:?} for conversations to end");
+        let _ = tokio::time::timeout(deadline, front.drained.notified()).await;
+    }
+    let _ = stop_http.send(());
     // Every supervisor kills its worker if it has not exited 5 s after Shutdown, so this
     // normally ends well within the bound.
     if !front.shutdown_workers(SHUTDOWN_WAIT).await {
         tracing::warn!("workers still running after {SHUTDOWN_WAIT:?}; exiting anyway");
     }
-    Ok(())
+    for path in [front.cfg.worker_socket(), front.cfg.admin_socket()] {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("front stopped");
+    Ok(Exit::Done)
+}
+
+/// The HTTP listener: the one a re-executed front was handed, or a new one on `LISTEN`.
+async fn http_listener(cfg: &Config) -> anyhow::Result<tokio::net::TcpListener> {
+    if let Some(fd) = std::env::var(LISTEN_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok())
+    {
+        // SAFETY: our previous image put this listening socket at this fd for us, and
+        // nothing else in this process has taken it.
+        let std_listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        nix::fcntl::fcntl(
+            &std_listener,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .context("inherited listener")?;
+        std_listener
+            .set_nonblocking(true)
+            .context("inherited listener")?;
+        tracing::info!("serving on the listener handed over by the previous front");
+        return tokio::net::TcpListener::from_std(std_listener).context("inherited listener");
+    }
+    tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("LISTEN {}", cfg.listen))
+}
+
+/// Replaces this process with `exe` (the same path, maybe a new binary), handing over the
+/// HTTP listener at `fd`. Returns only on failure.
+fn reexec(exe: Option<PathBuf>, fd: RawFd) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let Some(exe) = exe else {
+        return anyhow::anyhow!("the path of front's executable is unknown");
+    };
+    // SAFETY: the listener is still open (its server task is only abandoned, not dropped).
+    let listener = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    if let Err(e) = nix::fcntl::fcntl(
+        listener,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    ) {
+        return anyhow::anyhow!("keeping the listener across exec: {e}");
+    }
+    let err = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(LISTEN_FD_ENV, fd.to_string())
+        .exec();
+    anyhow::anyhow!("exec {}: {err}", exe.display())
 }

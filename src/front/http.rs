@@ -26,6 +26,7 @@ pub fn router(front: Arc<Front>) -> Router {
         .route("/connect", get(connect))
         .route("/join/{conversationid}", post(join))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     if front.cfg.dev_mode {
         r = r.route("/", get(demo_page));
@@ -108,15 +109,56 @@ async fn connect(
         .on_upgrade(move |socket| signalling(front, who, conversation, socket))
 }
 
-async fn healthz(State(front): State<Arc<Front>>) -> Response {
-    let nats = match &front.bites {
+/// Whether NATS answers: front's own connection when bites are on, else a TCP probe.
+async fn nats_up(front: &Front) -> bool {
+    match &front.bites {
         Some(b) => b.nats_state() == NatsState::Connected,
         None => nats_reachable(&front.cfg.nats).await,
+    }
+}
+
+/// Readiness, for a load balancer: 200 when front should get new conversations (NATS and
+/// the permissions service reachable, not draining), else 503 saying what is missing.
+/// Liveness is `/healthz`, which stays 200 while front runs.
+async fn readyz(State(front): State<Arc<Front>>) -> Response {
+    let (nats, permissions) = tokio::join!(nats_up(&front), front.permissions_reachable());
+    let draining = front.is_draining();
+    let mut missing = Vec::new();
+    if !nats {
+        missing.push("NATS is down (bites are spooled meanwhile)".to_string());
+    }
+    if let Err(e) = &permissions {
+        missing.push(format!("the permissions service is unreachable: {e}"));
+    }
+    if draining {
+        missing.push("front is draining".to_string());
+    }
+    let body = serde_json::json!({
+        "ready": missing.is_empty(),
+        "nats": if nats { "up" } else { "down" },
+        "permissions": if permissions.is_ok() { "up" } else { "down" },
+        "draining": draining,
+        "missing": missing,
+    });
+    let status = if missing.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
+    (
+        status,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn healthz(State(front): State<Arc<Front>>) -> Response {
+    let nats = nats_up(&front).await;
     let body = serde_json::json!({
         "status": "ok",
         "nats": if nats { "up" } else { "down" },
-        "workers": front.workers().len(),
+        "workers": front.worker_count(),
         "sessions": front.client_count(),
     });
     (
@@ -153,13 +195,17 @@ async fn metrics(State(front): State<Arc<Front>>) -> Response {
         .bites
         .as_ref()
         .map_or(0, |b| b.replayed.load(std::sync::atomic::Ordering::Relaxed));
-    let body = front
-        .metrics
-        .render(front.client_count(), &running, &retired, front_replayed);
+    let snapshot = super::metrics::Snapshot {
+        sessions: front.client_count(),
+        workers_by_state: front.workers_by_state(),
+        running,
+        retired,
+        front_replayed,
+    };
     (
         StatusCode::OK,
-        [("content-type", "text/plain; version=0.0.4")],
-        body,
+        [("content-type", super::metrics::CONTENT_TYPE)],
+        front.metrics.render(&snapshot),
     )
         .into_response()
 }

@@ -4,17 +4,29 @@
 //! | module | what it is |
 //! |---|---|
 //! | [`state`] | clients, their sessions, and which worker owns which conversation |
+//! | [`lifecycle`] | the workers' lives on that state: reports, crashes, housekeeping, adoption, drain |
+//! | [`conversation`] | one conversation's worker as front sees it; the crash policy |
+//! | [`admin`] | the admin socket `ctl` talks to |
+//! | [`links`] | front's socket for workers: routes each `Hello` to its supervisor, or adopts |
 //! | [`http`] | the axum routes: `/connect`, `/join/{id}`, `/healthz`, `/metrics`, the demo page |
 //! | [`session`] | one client's WebSocket signalling loop |
 //! | [`permissions`] | the permission check, failing closed |
 //! | [`bites`] | replays of dead workers' spools; front's NATS connection |
+//! | [`demo`] | development only: the demo page's bite list and `/bites/…` audio |
 //! | [`supervisor`] | spawning, connecting and watching one worker process |
-//! | [`metrics`] | Prometheus text for `/metrics` |
+//! | [`metrics`] | `/metrics`: front's counters and the workers' totals, via prometheus-client |
+//! | [`notify`] | systemd notifications (`READY=1`, `RELOADING=1`, `STOPPING=1`, watchdog); no-ops outside systemd |
 //! | [`procfs`] | CPU and memory of a process from `/proc` |
 
+pub mod admin;
 pub mod bites;
+pub mod conversation;
+pub mod demo;
 pub mod http;
+pub mod lifecycle;
+pub mod links;
 pub mod metrics;
+pub mod notify;
 pub mod permissions;
 pub mod procfs;
 pub mod session;

@@ -31,6 +31,20 @@ impl PermissionClient {
         Ok(PermissionClient { backend, http })
     }
 
+    /// Whether the permissions service answers at all (any HTTP status): for readiness.
+    pub async fn reachable(&self) -> Result<(), String> {
+        match &self.backend {
+            Permissions::AllowAll => Ok(()),
+            Permissions::Http(base) => self
+                .http
+                .head(base)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.without_url().to_string()),
+        }
+    }
+
     /// Asks whether `userid` may join `conversation`; returns the verdict and how long it took.
     pub async fn check(&self, userid: &str, conversation: &str) -> (Verdict, Duration) {
         let t0 = Instant::now();

@@ -85,3 +85,31 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     v.sort_unstable();
     v
 }
+
+/// Whether `pid` still runs. A process that has exited is reaped here if it is our child
+/// (a worker spawned before front re-executed itself is still front's child, and nobody
+/// else would wait for it); a zombie that is not ours counts as gone.
+pub fn alive(pid: u32) -> bool {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    match waitpid(
+        nix::unistd::Pid::from_raw(pid as i32),
+        Some(WaitPidFlag::WNOHANG),
+    ) {
+        Ok(WaitStatus::StillAlive) => true,
+        Ok(_) => false,
+        // Not our child (front was restarted): ask /proc.
+        Err(_) => proc_sample(pid).is_some(),
+    }
+}
+
+/// The command line of `pid`, its arguments split.
+pub fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            c.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -11,9 +11,11 @@
 //! the worker reports the peer connection `Closed`, when the client leaves (joins elsewhere,
 //! re-offers, or drops its socket before the answer), or when the worker dies (the client gets
 //! `event::{"type":"reconnect"}` and re-offers). A client that closes its socket after the
-//! answer keeps its media.
+//! answer keeps its media, and can reconnect its socket later and go on: it gets its current
+//! slots again. Workers' lives (supervision, crashes, adoption, drain) are in
+//! [`super::lifecycle`], on the same state.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -22,13 +24,14 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 
 use super::bites::BiteReplays;
+use super::conversation::{Conversation, CrashHistory, CrashPolicy};
 use super::metrics::Metrics;
 use super::permissions::{PermissionClient, Verdict};
-use super::supervisor::{self, WorkerEvents, WorkerSpec};
+use super::supervisor::{self, Pending, WorkerEvents, WorkerSpec};
 use crate::config::Config;
 use crate::wire::identity::Identity;
 use crate::wire::ids::{Generation, SessionId};
-use crate::wire::ipc::{CloseReason, ToFront, ToWorker};
+use crate::wire::ipc::ToWorker;
 use crate::wire::signal::{ErrorCode, SignalError};
 use crate::wire::stats::WorkerStats;
 
@@ -70,77 +73,64 @@ impl JoinError {
     }
 }
 
-struct Socket {
+pub(super) struct Socket {
     id: u64,
     tx: SocketTx,
 }
 
-struct Live {
-    id: SessionId,
-    conversation: String,
-    answered: bool,
+pub(super) struct Live {
+    pub id: SessionId,
+    pub conversation: String,
+    pub answered: bool,
+    /// When the offer went to the worker: an answer must follow within the offer deadline.
+    pub dispatched_at: Instant,
 }
 
 #[derive(Default)]
-struct Client {
-    conversation: Option<String>,
-    joined_at: Option<Instant>,
-    socket: Option<Socket>,
+pub(super) struct Client {
+    pub conversation: Option<String>,
+    pub joined_at: Option<Instant>,
+    pub socket: Option<Socket>,
     pending_offer: Option<String>,
     pending_ice: Vec<String>,
-    session: Option<Live>,
-    recent_offers: VecDeque<Instant>,
+    pub session: Option<Live>,
+    pub recent_offers: VecDeque<Instant>,
+    /// The last `slots` event of its session, for a socket that reconnects.
+    pub last_slots: Option<String>,
 }
 
 impl Client {
-    fn send(&self, out: Out) {
+    pub fn send(&self, out: Out) {
         if let Some(s) = &self.socket {
             let _ = s.tx.send(out);
         }
     }
 
     /// Counts against the user's session limit.
-    fn active(&self) -> bool {
+    pub fn active(&self) -> bool {
         self.socket.is_some() || self.session.is_some()
     }
 }
 
-/// One conversation's worker, as front sees it.
-pub struct Conversation {
-    generation: Generation,
-    tx: UnboundedSender<ToWorker>,
-    sessions: HashMap<SessionId, Identity>,
-    empty_since: Option<Instant>,
-    pub pid: Option<u32>,
-    pub started: Instant,
-    pub stats: WorkerStats,
-}
-
-impl Conversation {
-    /// Forgets a session; the idle clock starts when the last one goes.
-    fn remove_session(&mut self, session: SessionId) {
-        self.sessions.remove(&session);
-        if self.sessions.is_empty() {
-            self.empty_since = Some(Instant::now());
-        }
-    }
-}
-
 #[derive(Default)]
-struct State {
-    clients: HashMap<Identity, Client>,
-    conversations: HashMap<String, Conversation>,
+pub(super) struct State {
+    pub clients: HashMap<Identity, Client>,
+    pub conversations: HashMap<String, Conversation>,
     /// Workers told to stop and not yet reaped: their last `Stats` still count.
-    retiring: HashMap<Generation, WorkerStats>,
+    pub retiring: HashMap<Generation, WorkerStats>,
     /// Counters of every worker that has exited, so `/metrics` totals never go backwards.
-    retired: WorkerStats,
+    pub retired: WorkerStats,
+    /// Crashes and restarts per conversation, across its workers.
+    pub crashes: HashMap<String, CrashHistory>,
+    /// Generations taken back from a previous front (for readiness at startup).
+    pub adopted: HashSet<Generation>,
 }
 
 impl State {
     /// Stops counting a conversation's worker as running; its counters live on in
     /// `retiring` until the worker is reaped.
-    fn retire(&mut self, conv: Conversation) {
-        let _ = conv.tx.send(ToWorker::Shutdown);
+    pub fn retire(&mut self, conv: Conversation) {
+        conv.send(ToWorker::Shutdown);
         self.retiring.insert(conv.generation, conv.stats);
     }
 }
@@ -151,24 +141,19 @@ pub struct Front {
     permissions: PermissionClient,
     state: Mutex<State>,
     ids: AtomicU64,
-    spec: Arc<WorkerSpec>,
+    pub(super) spec: Arc<WorkerSpec>,
+    /// Spawned workers waiting for their connection.
+    pub pending: Arc<Pending>,
+    pub(super) crash_policy: CrashPolicy,
     /// One supervisor task per worker process not yet reaped. Locked after `state`, never
     /// the other way round.
     supervisors: Mutex<JoinSet<()>>,
-    /// Shutting down: no new joins, offers or workers.
-    draining: AtomicBool,
+    /// Draining: no new conversations (existing ones go on); front exits once none is left.
+    pub(super) draining: AtomicBool,
+    /// Woken when draining has nothing left to wait for.
+    pub drained: tokio::sync::Notify,
     /// Replays of dead workers' spools, and front's NATS connection; `None` with bites off.
     pub bites: Option<Arc<BiteReplays>>,
-}
-
-/// A row of `workers()`, for health and (later) `ctl`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct WorkerInfo {
-    pub conversation: String,
-    pub pid: Option<u32>,
-    pub sessions: usize,
-    pub uptime_s: f64,
-    pub stats: WorkerStats,
 }
 
 impl Front {
@@ -177,34 +162,46 @@ impl Front {
         let cfg = Arc::new(cfg);
         let spec = Arc::new(WorkerSpec {
             bin: cfg.worker_bin.clone(),
-            socket_dir: cfg.runtime_dir.join("workers"),
+            front_socket: cfg.worker_socket(),
+            pid_dir: cfg.pid_dir(),
             media: cfg.media.clone(),
             bites: cfg.bite_config(),
+            orphan_grace: cfg.worker_orphan_grace,
+            heartbeat: cfg.worker_heartbeat,
         });
+        // Ids continue from the wall clock in microseconds, so those of a front that takes
+        // over workers from its predecessor never collide with the predecessor's.
+        let first_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64)
+            .max(1);
         Ok(Arc::new(Front {
             cfg,
             metrics: Metrics::default(),
             permissions,
             state: Mutex::new(State::default()),
-            ids: AtomicU64::new(1),
+            ids: AtomicU64::new(first_id),
             spec,
+            pending: Arc::new(Pending::default()),
+            crash_policy: CrashPolicy::default(),
             supervisors: Mutex::new(JoinSet::new()),
             draining: AtomicBool::new(false),
+            drained: tokio::sync::Notify::new(),
             bites,
         }))
     }
 
-    fn supervisors(&self) -> MutexGuard<'_, JoinSet<()>> {
+    pub(super) fn supervisors(&self) -> MutexGuard<'_, JoinSet<()>> {
         self.supervisors.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a bug we log elsewhere; the state itself is still
         // consistent enough to keep serving, which beats taking every conversation down.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn next_id(&self) -> u64 {
+    pub(super) fn next_id(&self) -> u64 {
         self.ids.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -237,6 +234,13 @@ impl Front {
                 "replaced by a newer connection of the same client",
             )));
         }
+        // A client whose media went on while its socket was away (it dropped, or front was
+        // restarted) picks up where it stands.
+        if client.session.as_ref().is_some_and(|l| l.answered)
+            && let Some(slots) = &client.last_slots
+        {
+            client.send(Out::Text(format!("event::{slots}")));
+        }
         Ok(id)
     }
 
@@ -262,11 +266,8 @@ impl Front {
         who: &Identity,
         conversation: &str,
     ) -> Result<(), JoinError> {
-        if self.is_draining() {
-            return Err(JoinError::Unavailable(
-                "this server is shutting down".into(),
-            ));
-        }
+        self.check_available(conversation)
+            .map_err(|e| JoinError::Unavailable(e.message))?;
         let t0 = Instant::now();
         let (verdict, took) = self.permissions.check(&who.userid, conversation).await;
         self.metrics.permission_latency.observe(took);
@@ -305,18 +306,12 @@ impl Front {
         client.joined_at = Some(Instant::now());
         tracing::info!(%who, conversation, "joined");
         if let Some(sdp) = client.pending_offer.take() {
-            self.dispatch(&mut st.conversations, who, client, sdp);
+            self.dispatch(st, who, sdp);
         }
     }
 
     /// An offer from the client's socket.
     pub fn offer(self: &Arc<Self>, who: &Identity, sdp: String) -> Result<OfferState, SignalError> {
-        if self.is_draining() {
-            return Err(SignalError::new(
-                ErrorCode::Unavailable,
-                "this server is shutting down",
-            ));
-        }
         let mut st = self.lock();
         let st = &mut *st;
         let client = st.clients.entry(who.clone()).or_default();
@@ -339,7 +334,7 @@ impl Front {
         }
         client.recent_offers.push_back(now);
         if client.conversation.is_some() {
-            self.dispatch(&mut st.conversations, who, client, sdp);
+            self.dispatch(st, who, sdp);
             Ok(OfferState::Dispatched)
         } else {
             client.pending_offer = Some(sdp);
@@ -372,7 +367,7 @@ impl Front {
         match &client.session {
             Some(live) => {
                 if let Some(conv) = st.conversations.get(&live.conversation) {
-                    let _ = conv.tx.send(ToWorker::Ice {
+                    conv.send(ToWorker::Ice {
                         session: live.id,
                         candidate,
                     });
@@ -384,290 +379,138 @@ impl Front {
         }
     }
 
+    /// Whether the permissions service answers (readiness).
+    pub async fn permissions_reachable(&self) -> Result<(), String> {
+        self.permissions.reachable().await
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 
-    fn dispatch(
-        self: &Arc<Self>,
-        convs: &mut HashMap<String, Conversation>,
-        who: &Identity,
-        client: &mut Client,
-        sdp: String,
-    ) {
-        if self.is_draining() {
-            client.send(Out::Fail(SignalError::new(
-                ErrorCode::Unavailable,
-                "this server is shutting down",
-            )));
+    /// Whether `conversation` may be joined or offered into now: not while front drains (for
+    /// a conversation that has no worker yet), nor while it cools down from a crash loop.
+    fn check_available(&self, conversation: &str) -> Result<(), SignalError> {
+        let mut st = self.lock();
+        unavailable(&mut st, self, conversation, Instant::now()).map_or(Ok(()), Err)
+    }
+
+    fn dispatch(self: &Arc<Self>, st: &mut State, who: &Identity, sdp: String) {
+        let Some(client) = st.clients.get_mut(who) else {
             return;
-        }
+        };
         let Some(conversation) = client.conversation.clone() else {
             return;
         };
+        let now = Instant::now();
         // A re-offer replaces the previous peer connection.
-        end_session(convs, client);
-        let session = SessionId(self.next_id());
-        let conv = convs.entry(conversation.clone()).or_insert_with(|| {
-            let generation = Generation(self.next_id());
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            self.metrics.workers_spawned.fetch_add(1, Ordering::Relaxed);
-            let events: Arc<dyn WorkerEvents> = self.clone();
-            self.supervisors().spawn(supervisor::run_worker(
-                self.spec.clone(),
-                events,
-                conversation.clone(),
-                generation,
-                rx,
-            ));
-            Conversation {
-                generation,
-                tx,
-                sessions: HashMap::new(),
-                empty_since: None,
-                pid: None,
-                started: Instant::now(),
-                stats: WorkerStats::default(),
+        end_session(&mut st.conversations, client);
+        if let Some(e) = unavailable(st, self, &conversation, now) {
+            if let Some(client) = st.clients.get(who) {
+                client.send(Out::Fail(e));
             }
-        });
+            return;
+        }
+        let session = SessionId(self.next_id());
+        if !st.conversations.contains_key(&conversation) {
+            let delay = st
+                .crashes
+                .get_mut(&conversation)
+                .map_or(Duration::ZERO, |h| h.backoff(now, &self.crash_policy));
+            let conv = self.spawn_worker(&conversation, delay, now);
+            st.conversations.insert(conversation.clone(), conv);
+        }
+        let (Some(conv), Some(client)) = (
+            st.conversations.get_mut(&conversation),
+            st.clients.get_mut(who),
+        ) else {
+            return;
+        };
         conv.sessions.insert(session, who.clone());
         conv.empty_since = None;
-        let _ = conv.tx.send(ToWorker::Offer {
+        conv.send(ToWorker::Offer {
             session,
             identity: who.clone(),
             sdp,
         });
         for candidate in client.pending_ice.drain(..) {
-            let _ = conv.tx.send(ToWorker::Ice { session, candidate });
+            conv.send(ToWorker::Ice { session, candidate });
         }
         client.session = Some(Live {
             id: session,
             conversation,
             answered: false,
+            dispatched_at: now,
         });
-        self.metrics.offers.fetch_add(1, Ordering::Relaxed);
+        client.last_slots = None;
+        self.metrics.offers.inc();
     }
 
-    /// Periodic housekeeping: stop workers idle for `worker_idle`, forget joins that no offer
-    /// followed within `join_timeout`.
-    pub fn housekeeping(&self, now: Instant) {
-        let mut st = self.lock();
-        let idle = self.cfg.worker_idle;
-        let expired: Vec<String> = st
-            .conversations
-            .iter()
-            .filter(|(_, c)| {
-                c.sessions.is_empty()
-                    && c.empty_since.is_some_and(|t| now.duration_since(t) >= idle)
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in expired {
-            tracing::info!(conversation = name.as_str(), "worker idle, stopping it");
-            if let Some(c) = st.conversations.remove(&name) {
-                st.retire(c);
-            }
-        }
-        let join_timeout = self.cfg.join_timeout;
-        st.clients.retain(|_, c| {
-            c.active()
-                || c.joined_at
-                    .is_some_and(|t| now.duration_since(t) < join_timeout)
-                || c.recent_offers
-                    .back()
-                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
-        });
-        drop(st);
-        self.reap_supervisors();
-    }
-
-    /// Asks every worker to shut down and waits until each is reaped, at most `within`
-    /// (each supervisor kills its worker if it does not exit in time, so this ends).
-    /// Returns whether all were reaped in time.
-    pub async fn shutdown_workers(&self, within: Duration) -> bool {
-        self.draining.store(true, Ordering::Relaxed);
-        {
-            let mut st = self.lock();
-            let convs: Vec<Conversation> = st.conversations.drain().map(|(_, c)| c).collect();
-            for c in convs {
-                st.retire(c);
-            }
-        }
-        let mut tasks = std::mem::take(&mut *self.supervisors());
-        tokio::time::timeout(within, async { while tasks.join_next().await.is_some() {} })
-            .await
-            .is_ok()
-    }
-
-    /// Forgets the supervisor tasks that have ended.
-    fn reap_supervisors(&self) {
-        let mut tasks = self.supervisors();
-        while tasks.try_join_next().is_some() {}
-    }
-
-    /// Whether `conversation` has a worker (running or starting).
-    pub fn has_worker(&self, conversation: &str) -> bool {
-        self.lock().conversations.contains_key(conversation)
-    }
-
-    /// Counters of the running workers and the total of those that exited (for `/metrics`).
-    pub fn worker_stats(&self) -> (Vec<WorkerStats>, WorkerStats) {
-        let st = self.lock();
-        let mut running: Vec<WorkerStats> =
-            st.conversations.values().map(|c| c.stats.clone()).collect();
-        running.extend(st.retiring.values().cloned());
-        (running, st.retired.clone())
-    }
-
-    pub fn workers(&self) -> Vec<WorkerInfo> {
-        let st = self.lock();
-        let mut v: Vec<_> = st
-            .conversations
-            .iter()
-            .map(|(name, c)| WorkerInfo {
-                conversation: name.clone(),
-                pid: c.pid,
-                sessions: c.sessions.len(),
-                uptime_s: c.started.elapsed().as_secs_f64(),
-                stats: c.stats.clone(),
-            })
-            .collect();
-        v.sort_by(|a, b| a.conversation.cmp(&b.conversation));
-        v
+    /// Starts a worker for `conversation` (after `delay`) under a supervisor task.
+    fn spawn_worker(
+        self: &Arc<Self>,
+        conversation: &str,
+        delay: Duration,
+        now: Instant,
+    ) -> Conversation {
+        let generation = Generation(self.next_id());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.metrics.workers_spawned.inc();
+        let events: Arc<dyn WorkerEvents> = self.clone();
+        self.supervisors().spawn(supervisor::run_spawned(
+            self.spec.clone(),
+            self.pending.clone(),
+            events,
+            conversation.to_string(),
+            generation,
+            rx,
+            delay,
+        ));
+        Conversation::new(generation, tx, now)
     }
 
     pub fn client_count(&self) -> usize {
         self.lock().clients.values().filter(|c| c.active()).count()
     }
+
+    /// Sends `text` down the signalling socket of every client in `conversation`.
+    pub fn send_to_conversation(&self, conversation: &str, text: &str) {
+        let st = self.lock();
+        for c in st.clients.values() {
+            if c.conversation.as_deref() == Some(conversation) {
+                c.send(Out::Text(text.to_owned()));
+            }
+        }
+    }
 }
 
-/// How the supervisors report to front: what their worker said, and when it is gone.
-impl WorkerEvents for Front {
-    fn ready(&self, conversation: &str, generation: Generation, pid: u32) {
-        let mut st = self.lock();
-        if let Some(c) = st
-            .conversations
-            .get_mut(conversation)
-            .filter(|c| c.generation == generation)
-        {
-            c.pid = Some(pid);
-        }
+/// Why `conversation` takes no join or offer now, if it does not.
+fn unavailable(
+    st: &mut State,
+    front: &Front,
+    conversation: &str,
+    now: Instant,
+) -> Option<SignalError> {
+    if front.is_draining() && !st.conversations.contains_key(conversation) {
+        return Some(SignalError::new(
+            ErrorCode::Unavailable,
+            "this server is draining and takes no new conversations; try again shortly",
+        ));
     }
-
-    /// A message from a worker. Messages about sessions that have since ended are dropped.
-    fn message(&self, conversation: &str, generation: Generation, msg: ToFront) {
-        let mut st = self.lock();
-        let st = &mut *st;
-        if let (ToFront::Stats(s), Some(last)) = (&msg, st.retiring.get_mut(&generation)) {
-            *last = s.clone();
-            return;
-        }
-        let Some(conv) = st
-            .conversations
-            .get_mut(conversation)
-            .filter(|c| c.generation == generation)
-        else {
-            return;
-        };
-        let session = match &msg {
-            ToFront::Stats(s) => {
-                conv.stats = s.clone();
-                return;
-            }
-            ToFront::Ready { .. } => return,
-            ToFront::Answer { session, .. }
-            | ToFront::Event { session, .. }
-            | ToFront::Rejected { session, .. }
-            | ToFront::Closed { session, .. } => *session,
-        };
-        let Some(who) = conv.sessions.get(&session).cloned() else {
-            return;
-        };
-        let client = st.clients.get_mut(&who);
-        let current = client
-            .as_ref()
-            .is_some_and(|c| c.session.as_ref().is_some_and(|l| l.id == session));
-        match msg {
-            ToFront::Answer { sdp, .. } => {
-                if let Some(c) = client.filter(|_| current) {
-                    if let Some(l) = c.session.as_mut() {
-                        l.answered = true;
-                    }
-                    c.send(Out::Text(format!("answer::{sdp}")));
-                }
-            }
-            ToFront::Event { json, .. } => {
-                if let Some(c) = client.filter(|_| current) {
-                    c.send(Out::Text(format!("event::{json}")));
-                }
-            }
-            ToFront::Rejected { code, message, .. } => {
-                conv.remove_session(session);
-                if let Some(c) = client.filter(|_| current) {
-                    c.session = None;
-                    c.send(Out::Fail(SignalError::new(code, message)));
-                }
-            }
-            ToFront::Closed { reason, .. } => {
-                tracing::info!(%who, conversation, %session, "session closed: {}", reason.as_str());
-                conv.remove_session(session);
-                if let Some(c) = client.filter(|_| current) {
-                    c.session = None;
-                    // Still signalling: the client can get its media back with a new offer.
-                    // (One that closed its connection itself knows, and is not told.)
-                    if reason != CloseReason::ByClient {
-                        c.send(Out::Text(reconnect_event(reason.as_str())));
-                    }
-                }
-            }
-            ToFront::Stats(_) | ToFront::Ready { .. } => {}
-        }
-    }
-
-    /// The worker process of `conversation` is gone. Its clients are told to reconnect.
-    fn gone(&self, conversation: &str, generation: Generation, reason: &str) {
-        let mut st = self.lock();
-        let st = &mut *st;
-        // Whatever its worker could not publish is published now, or retried later.
-        if let Some(bites) = &self.bites {
-            bites.replay(conversation);
-        }
-        if let Some(last) = st.retiring.remove(&generation) {
-            st.retired.add_counters(&last);
-            return;
-        }
-        if st
-            .conversations
-            .get(conversation)
-            .is_none_or(|c| c.generation != generation)
-        {
-            return;
-        }
-        let Some(conv) = st.conversations.remove(conversation) else {
-            return;
-        };
-        st.retired.add_counters(&conv.stats);
-        let had_members = !conv.sessions.is_empty();
-        if had_members {
-            self.metrics.worker_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(conversation, "worker exited with members: {reason}");
-        }
-        for (session, who) in conv.sessions {
-            if let Some(c) = st.clients.get_mut(&who)
-                && c.session.as_ref().is_some_and(|l| l.id == session)
-            {
-                c.session = None;
-                c.send(Out::Text(reconnect_event("worker-exited")));
-                if c.socket.is_none() {
-                    st.clients.remove(&who);
-                }
-            }
-        }
-    }
+    let left = st.crashes.get(conversation)?.unavailable_for(now)?;
+    Some(SignalError::new(
+        ErrorCode::Unavailable,
+        format!(
+            "conversation {conversation} is unavailable: its worker crashed {} times within {} s; try again in {} s",
+            front.crash_policy.loop_crashes,
+            front.crash_policy.window.as_secs(),
+            left.as_secs() + 1
+        ),
+    ))
 }
 
 /// Forgets an offer still waiting for its join, and ends a session not yet answered.
-fn drop_unanswered(convs: &mut HashMap<String, Conversation>, client: &mut Client) {
+pub(super) fn drop_unanswered(convs: &mut HashMap<String, Conversation>, client: &mut Client) {
     client.pending_offer = None;
     client.pending_ice.clear();
     if client.session.as_ref().is_some_and(|s| !s.answered) {
@@ -675,12 +518,12 @@ fn drop_unanswered(convs: &mut HashMap<String, Conversation>, client: &mut Clien
     }
 }
 
-fn end_session(convs: &mut HashMap<String, Conversation>, client: &mut Client) {
+pub(super) fn end_session(convs: &mut HashMap<String, Conversation>, client: &mut Client) {
     if let Some(live) = client.session.take()
         && let Some(conv) = convs.get_mut(&live.conversation)
     {
-        conv.remove_session(live.id);
-        let _ = conv.tx.send(ToWorker::Leave { session: live.id });
+        conv.remove_session(live.id, Instant::now());
+        conv.send(ToWorker::Leave { session: live.id });
     }
 }
 

@@ -97,7 +97,6 @@ mod tests {
     fn round_trip() {
         let msgs = vec![
             ToWorker::Init {
-                conversation: "c".into(),
                 media: MediaConfig {
                     bind_ip: None,
                     ports: (1, 2),
@@ -107,6 +106,7 @@ mod tests {
                     ice_failed_ms: 2,
                 },
                 bites: None,
+                orphan_grace_ms: 60_000,
             },
             ToWorker::Offer {
                 session: SessionId(7),

@@ -1,6 +1,12 @@
 //! The front ↔ worker message set (mediasoup's worker/channel split): small, versioned, and
 //! the only thing the two processes say to each other. Framing is in [`super::frame`].
 //!
+//! The worker connects to front's socket and speaks first, on every connection, with
+//! [`ToFront::Hello`]. A worker front has just spawned says so (`adopted: None`) and gets its
+//! [`ToWorker::Init`]; a worker that lost its front (a crash, or a re-exec on reload) and
+//! found a new one brings what the new front must know to take it back: its sessions and its
+//! counters. Its peer connections never stopped.
+//!
 //! Bump [`PROTOCOL_VERSION`] whenever a message changes shape: a worker from another build is
 //! refused at its first frame instead of being misread.
 
@@ -10,11 +16,11 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::identity::Identity;
-use super::ids::SessionId;
+use super::ids::{Generation, SessionId};
 use super::signal::ErrorCode;
 use super::stats::WorkerStats;
 
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// What a worker needs to run its peer connections. Front sends it in `Init` rather than
 /// letting the worker re-read the environment, so the one process that validated the
@@ -48,11 +54,14 @@ pub struct BiteConfig {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
-    /// First message: which conversation this worker owns and how to run media and bites.
+    /// Answer to a fresh worker's `Hello`: how to run media and bites. (The conversation is
+    /// the worker's from its command line and its `Hello`.)
     Init {
-        conversation: String,
         media: MediaConfig,
         bites: Option<BiteConfig>,
+        /// How long the worker keeps its conversation going without a front, waiting for one
+        /// to come back, before it stops by itself.
+        orphan_grace_ms: u64,
     },
     /// Build a peer connection for this offer and answer it.
     Offer {
@@ -73,7 +82,15 @@ pub enum ToWorker {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ToFront {
-    /// The worker is up; sent once, after `Init`.
+    /// The first message on every connection.
+    Hello {
+        conversation: String,
+        generation: Generation,
+        pid: u32,
+        /// `None` from a worker front just spawned; what a new front takes over otherwise.
+        adopted: Option<Adoption>,
+    },
+    /// `Init` is applied and the worker serves; sent once, after `Init`.
     Ready {
         pid: u32,
     },
@@ -99,6 +116,17 @@ pub enum ToFront {
     },
     /// Counters for metrics and `ctl`, sent every few seconds and once more before exiting.
     Stats(WorkerStats),
+}
+
+/// What a worker that outlived its front tells the new one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Adoption {
+    /// Its live sessions and whose they are.
+    pub sessions: Vec<(SessionId, Identity)>,
+    /// How long it has run.
+    pub uptime_ms: u64,
+    /// Its counters so far.
+    pub stats: WorkerStats,
 }
 
 /// Why a peer connection ended.

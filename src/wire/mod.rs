@@ -3,6 +3,7 @@
 //! messages consumers read from NATS, and the typed ids and counters those carry. Both processes depend on this layer; it depends on
 //! no other part of the crate, so a change here is a change of protocol and reads as one.
 
+pub mod admin;
 pub mod bite;
 pub mod frame;
 pub mod identity;

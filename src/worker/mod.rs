@@ -6,8 +6,13 @@
 //! | [`engine`] | one task driving every peer connection (`rtc` sans-I/O) and the room |
 //! | [`peer`] | building and answering one peer connection, with its UDP socket |
 //!
-//! One IPC task reads front's frames into the engine's channel, the other writes the
-//! engine's messages to front.
+//! The worker connects to front's socket and speaks first (`Hello`). Its link to front is one
+//! task ([`link`]): a reader feeds front's frames to the engine, and the engine's messages are
+//! written back. When front goes away (a crash, or a re-exec on `systemctl reload`), the
+//! conversation goes on: the engine keeps every peer connection, the link keeps knocking on
+//! front's socket, and a new front that answers gets a `Hello` with the sessions to take
+//! back. A worker whose front does not come back within the grace period it was given stops
+//! by itself, its bites spooled for front to publish.
 //!
 //! The worker exits on `Shutdown`, or when front's end of the socket closes (front died: a
 //! worker never outlives its supervisor).
@@ -15,7 +20,7 @@
 pub mod engine;
 pub mod peer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -26,47 +31,96 @@ use crate::publish::nats::PublisherSettings;
 use crate::publish::publisher::{Publisher, PublisherHandle};
 use crate::publish::spool::Spool;
 use crate::wire::frame::{self, FrameError};
-use crate::wire::ipc::{BiteConfig, MediaConfig, ToFront, ToWorker};
+use crate::wire::ids::Generation;
+use crate::wire::ipc::{BiteConfig, ToFront, ToWorker};
 use crate::wire::socket::{self, PeerError};
 use crate::wire::stats::BiteStats;
-use engine::{BiteSink, Engine, Input};
+use engine::{BiteSink, Engine, EngineSettings, Input};
+
+/// Who this worker is, from its command line (front spawned it with these).
+#[derive(Clone, Debug)]
+pub struct WorkerArgs {
+    /// Front's socket for workers (`RUNTIME_DIR/front.sock`).
+    pub front_socket: PathBuf,
+    pub conversation: String,
+    pub generation: Generation,
+}
 
 /// Why a worker could not start serving.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("connect to front's socket: {0}")]
-    Connect(std::io::Error),
+    #[error("connect to front's socket {0}: {1}")]
+    Connect(PathBuf, std::io::Error),
     #[error("front's socket: {0}")]
     Peer(#[from] PeerError),
-    #[error("reading Init from front: {0}")]
-    Init(#[from] FrameError),
+    #[error("talking to front: {0}")]
+    Frame(#[from] FrameError),
     #[error("expected Init from front, got {0}")]
     NotInit(String),
+    #[error("front sent no Init within {0:?}")]
+    InitTimeout(Duration),
 }
 
-/// Runs a worker connected to front at `socket`.
-pub async fn run(socket: &Path) -> Result<(), WorkerError> {
-    let stream = tokio::net::UnixStream::connect(socket)
+/// How long a new worker tries to reach front, and waits for its `Init`.
+const START_WAIT: Duration = Duration::from_secs(10);
+/// How often an orphaned worker knocks on front's socket.
+const RECONNECT_EVERY: Duration = Duration::from_millis(100);
+
+/// Connects to front's socket, checking that the other end is our own user.
+async fn connect(path: &Path) -> Result<tokio::net::UnixStream, WorkerError> {
+    let stream = tokio::net::UnixStream::connect(path)
         .await
-        .map_err(WorkerError::Connect)?;
-    // Front is the only other party; make sure the socket is not someone else's.
+        .map_err(|e| WorkerError::Connect(path.to_path_buf(), e))?;
     socket::check_peer(&stream, None)?;
-    let (mut r, w) = stream.into_split();
+    Ok(stream)
+}
+
+/// Runs the worker front spawned with `args`.
+pub async fn run(args: WorkerArgs) -> Result<(), WorkerError> {
+    let deadline = tokio::time::Instant::now() + START_WAIT;
+    let stream = loop {
+        match connect(&args.front_socket).await {
+            Ok(s) => break s,
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(RECONNECT_EVERY).await,
+        }
+    };
+    let (mut r, mut w) = stream.into_split();
+    let hello = ToFront::Hello {
+        conversation: args.conversation.clone(),
+        generation: args.generation,
+        pid: std::process::id(),
+        adopted: None,
+    };
+    frame::write_frame(&mut w, &hello).await?;
     let mut buf = Vec::new();
-    let (conversation, media, bites) =
-        match frame::read_frame::<_, ToWorker>(&mut r, &mut buf).await? {
-            ToWorker::Init {
-                conversation,
-                media,
-                bites,
-            } => (conversation, media, bites),
-            other => return Err(WorkerError::NotInit(format!("{other:?}"))),
-        };
+    let init = tokio::time::timeout(
+        START_WAIT,
+        frame::read_frame::<_, ToWorker>(&mut r, &mut buf),
+    )
+    .await
+    .map_err(|_| WorkerError::InitTimeout(START_WAIT))??;
+    let ToWorker::Init {
+        media,
+        bites,
+        orphan_grace_ms,
+    } = init
+    else {
+        return Err(WorkerError::NotInit(format!("{init:?}")));
+    };
     // Every log line of this process, spawned tasks included, names the conversation.
-    let span = tracing::info_span!("worker", conversation = conversation.as_str());
-    serve(conversation, media, bites, r, w)
-        .instrument(span)
-        .await;
+    let span = tracing::info_span!("worker", conversation = args.conversation.as_str());
+    let settings = EngineSettings {
+        conversation: args.conversation.clone(),
+        generation: args.generation,
+        media,
+        cutter: bites.as_ref().map(|b| CutterConfig {
+            silence: Duration::from_millis(b.silence_ms),
+            max_len: Duration::from_millis(b.max_ms),
+        }),
+        orphan_grace: Duration::from_millis(orphan_grace_ms),
+    };
+    serve(args, settings, bites, r, w).instrument(span).await;
     Ok(())
 }
 
@@ -97,57 +151,33 @@ fn start_publisher(
 }
 
 async fn serve(
-    conversation: String,
-    media: MediaConfig,
+    args: WorkerArgs,
+    settings: EngineSettings,
     bites: Option<BiteConfig>,
-    mut r: tokio::net::unix::OwnedReadHalf,
-    mut w: tokio::net::unix::OwnedWriteHalf,
+    r: tokio::net::unix::OwnedReadHalf,
+    w: tokio::net::unix::OwnedWriteHalf,
 ) {
     tracing::info!(pid = std::process::id(), "worker started");
-    let cutter = bites.as_ref().map(|b| CutterConfig {
-        silence: Duration::from_millis(b.silence_ms),
-        max_len: Duration::from_millis(b.max_ms),
-    });
-    let (handle, publishing) = bites.map(|cfg| start_publisher(&conversation, cfg)).unzip();
+    let (handle, publishing) = bites
+        .map(|cfg| start_publisher(&args.conversation, cfg))
+        .unzip();
     let sink = handle.map(|handle| BiteSink {
-        conversation: conversation.clone(),
+        conversation: args.conversation.clone(),
         handle,
     });
 
-    let (to_front, mut outbox) = mpsc::unbounded_channel::<ToFront>();
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = outbox.recv().await {
-            frame::write_frame(&mut w, &msg).await?;
-        }
-        Ok::<_, FrameError>(())
-    });
+    let (to_front, outbox) = mpsc::unbounded_channel::<ToFront>();
+    let (inputs, from_front) = mpsc::unbounded_channel::<Input>();
     let _ = to_front.send(ToFront::Ready {
         pid: std::process::id(),
     });
+    let link =
+        tokio::spawn(link(args.front_socket.clone(), r, w, outbox, inputs).in_current_span());
 
-    let (inputs, from_front) = mpsc::unbounded_channel::<Input>();
-    let reader = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        loop {
-            match frame::read_frame::<_, ToWorker>(&mut r, &mut buf).await {
-                Ok(msg) => {
-                    if inputs.send(Input::Front(msg)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = inputs.send(Input::FrontGone(e.to_string()));
-                    return;
-                }
-            }
-        }
-    });
-
-    let (reason, mut stats) = Engine::run(media, cutter, sink, to_front.clone(), from_front)
+    let (reason, mut stats) = Engine::run(settings, sink, to_front.clone(), from_front)
         .in_current_span()
         .await;
     tracing::info!("worker stopping: {reason}");
-    reader.abort();
     // The engine and its publisher handle are gone: the publisher spools what is left.
     if let Some(task) = publishing {
         match tokio::time::timeout(PUBLISHER_DRAIN + Duration::from_millis(500), task).await {
@@ -159,5 +189,90 @@ async fn serve(
     // The last counters, so front's totals include everything this worker did.
     let _ = to_front.send(ToFront::Stats(stats));
     drop(to_front);
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    // The link writes what is queued and ends once the channel is empty and closed.
+    if tokio::time::timeout(Duration::from_secs(1), link)
+        .await
+        .is_err()
+    {
+        tracing::debug!("front did not take the last messages");
+    }
+}
+
+/// The worker's link to front, for the worker's whole life: writes the engine's messages,
+/// feeds front's frames to the engine, and when front goes away keeps knocking until a front
+/// answers (the engine decides when to stop waiting). Ends when the engine's channel closes.
+async fn link(
+    path: PathBuf,
+    mut r: tokio::net::unix::OwnedReadHalf,
+    mut w: tokio::net::unix::OwnedWriteHalf,
+    mut outbox: mpsc::UnboundedReceiver<ToFront>,
+    inputs: mpsc::UnboundedSender<Input>,
+) {
+    loop {
+        // Reading is its own task: read_frame is not cancel-safe, so it must not sit in a select.
+        let mut reader = tokio::spawn(read_front(r, inputs.clone()));
+        loop {
+            tokio::select! {
+                msg = outbox.recv() => match msg {
+                    Some(m) => {
+                        if frame::write_frame(&mut w, &m).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => {
+                        reader.abort();
+                        return;
+                    }
+                },
+                _ = &mut reader => break,
+            }
+        }
+        reader.abort();
+        if inputs.send(Input::FrontGone).is_err() {
+            return;
+        }
+        tracing::warn!("front is gone; the conversation goes on while it comes back");
+        // Knock until a front answers. What was queued for the old front is dropped: the new
+        // one learns everything from the Hello.
+        let stream = loop {
+            if let Ok(s) = connect(&path).await {
+                break s;
+            }
+            let pause = tokio::time::sleep(RECONNECT_EVERY);
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    msg = outbox.recv() => if msg.is_none() { return },
+                    _ = &mut pause => break,
+                }
+            }
+        };
+        (r, w) = stream.into_split();
+        if inputs.send(Input::FrontBack).is_err() {
+            return;
+        }
+        // The engine answers with a Hello; anything it queued before that is stale.
+        loop {
+            match outbox.recv().await {
+                Some(hello @ ToFront::Hello { .. }) => {
+                    if frame::write_frame(&mut w, &hello).await.is_ok() {
+                        tracing::info!("a new front took the conversation back");
+                    }
+                    break;
+                }
+                Some(_) => {}
+                None => return,
+            }
+        }
+    }
+}
+
+/// Reads front's frames into the engine until the connection ends.
+async fn read_front(mut r: tokio::net::unix::OwnedReadHalf, inputs: mpsc::UnboundedSender<Input>) {
+    let mut buf = Vec::new();
+    while let Ok(msg) = frame::read_frame::<_, ToWorker>(&mut r, &mut buf).await {
+        if inputs.send(Input::Front(msg)).is_err() {
+            return;
+        }
+    }
 }

@@ -5,6 +5,10 @@
 
 #![allow(dead_code)]
 
+pub mod nats;
+pub mod opus;
+pub mod signal;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -73,6 +77,20 @@ pub struct Front {
     pub port: u16,
     pub runtime_dir: tempfile::TempDir,
     pub http: reqwest::Client,
+    /// Its environment, to start it again the same way.
+    env: Vec<(String, String)>,
+}
+
+fn spawn_front(env: &[(String, String)], dir: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_front"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        // Run where no `.env` can leak in: the test decides every setting.
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn front")
 }
 
 impl Front {
@@ -104,24 +122,37 @@ impl Front {
         for (k, v) in extra {
             env.insert(k, v.to_string());
         }
-        let child = Command::new(env!("CARGO_BIN_EXE_front"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(env)
-            // Run where no `.env` can leak in: the test decides every setting.
-            .current_dir(runtime_dir.path())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn front");
+        let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let child = spawn_front(&env, runtime_dir.path());
         let front = Front {
             child,
             port,
             runtime_dir,
             http: reqwest::Client::new(),
+            env,
         };
+        front.wait_healthy().await;
+        front
+    }
+
+    /// SIGKILLs front (its workers live on) and starts it again with the same settings.
+    pub async fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_front(&self.env, self.runtime_dir.path());
+        self.wait_healthy().await;
+    }
+
+    /// Sends a signal to front.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
+    }
+
+    /// Waits until front answers `/healthz` with 200 (15 s at most).
+    pub async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(r) = front.http.get(front.url("/healthz")).send().await
+            if let Ok(r) = self.http.get(self.url("/healthz")).send().await
                 && r.status().is_success()
             {
                 break;
@@ -132,7 +163,23 @@ impl Front {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        front
+    }
+
+    /// Runs the `ctl` binary against this front; returns (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_ctl"))
+            .arg("--runtime-dir")
+            .arg(self.runtime_dir.path())
+            .args(args)
+            .current_dir(self.runtime_dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -166,9 +213,39 @@ impl Front {
         assert_eq!(r.status(), 200);
     }
 
-    /// The worker processes this front has spawned and that are still alive.
+    /// The worker processes this front supervises and that are still alive: its children,
+    /// and the workers it took back from a front before it (their pid files).
     pub fn workers(&self) -> Vec<u32> {
-        children_of(self.child.id())
+        let mut pids = children_of(self.child.id());
+        pids.extend(self.pid_files().into_iter().map(|(pid, _)| pid));
+        pids.retain(|&pid| beep_webrtc::front::procfs::proc_sample(pid).is_some());
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// (pid, conversation) of every worker pid file front keeps in its runtime directory.
+    pub fn pid_files(&self) -> Vec<(u32, String)> {
+        let Ok(dir) = std::fs::read_dir(self.runtime_dir.path().join("workers")) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| {
+                let text = std::fs::read_to_string(e.path()).ok()?;
+                let mut lines = text.lines();
+                let pid = lines.next()?.trim().parse().ok()?;
+                Some((pid, lines.next()?.to_string()))
+            })
+            .collect()
+    }
+
+    /// The worker of `conversation`, if one runs.
+    pub fn worker_of(&self, conversation: &str) -> Option<u32> {
+        self.workers().into_iter().find(|&pid| {
+            let args = beep_webrtc::front::procfs::cmdline(pid);
+            args.windows(2)
+                .any(|w| w[0] == "--conversation" && w[1] == conversation)
+        })
     }
 
     /// Running (not exited, not a zombie).
@@ -180,6 +257,18 @@ impl Front {
                     .map(|x| x.1.trim_start().starts_with(|c| c != 'Z'))
             })
             .unwrap_or(false)
+    }
+
+    /// Waits for front to exit by itself; returns whether it did within `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// SIGTERM and wait; returns whether it exited within `within`.

@@ -163,6 +163,22 @@ impl Room {
         self.apply(changes, now);
     }
 
+    /// Every member and whose it is.
+    pub fn members(&self) -> impl Iterator<Item = (SessionId, &Identity)> {
+        self.members.iter().map(|(id, m)| (*id, &m.identity))
+    }
+
+    /// Queues every member's current `slots` event again (for a front that takes the
+    /// conversation over and must tell reconnecting clients where they stand).
+    pub fn announce_slots(&mut self) {
+        for (&id, m) in &self.members {
+            if let Some(json) = slots_event(&self.members, id, &m.mapping) {
+                self.events
+                    .push_back(RoomEvent::Slots { listener: id, json });
+            }
+        }
+    }
+
     pub fn member_count(&self) -> usize {
         self.members.len()
     }

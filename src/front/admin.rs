@@ -1,0 +1,61 @@
+//! Front's admin socket (`RUNTIME_DIR/admin.sock`, 0600, same uid only): what `ctl` talks to.
+//! One request, one answer per connection ([`crate::wire::admin`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+
+use super::state::Front;
+use crate::wire::admin::{AdminRequest, AdminResponse};
+use crate::wire::frame;
+use crate::wire::socket;
+
+/// Serves `ctl` until the listener fails.
+pub async fn serve(listener: UnixListener, front: Arc<Front>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let front = front.clone();
+                tokio::spawn(async move { answer(stream, front).await });
+            }
+            Err(e) => {
+                tracing::error!("admin socket accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn answer(stream: tokio::net::UnixStream, front: Arc<Front>) {
+    if let Err(e) = socket::check_peer(&stream, None) {
+        tracing::warn!("refused an admin connection: {e}");
+        return;
+    }
+    let (mut r, mut w) = stream.into_split();
+    let mut buf = Vec::new();
+    let request =
+        tokio::time::timeout(Duration::from_secs(5), frame::read_frame(&mut r, &mut buf)).await;
+    let response = match request {
+        Ok(Ok(req)) => handle(&front, req),
+        Ok(Err(e)) => AdminResponse::Error {
+            message: format!("unreadable request: {e}"),
+        },
+        Err(_) => return,
+    };
+    let _ = frame::write_frame(&mut w, &response).await;
+}
+
+fn handle(front: &Front, request: AdminRequest) -> AdminResponse {
+    tracing::info!("admin: {request:?}");
+    match request {
+        AdminRequest::Workers => AdminResponse::Workers(front.worker_rows()),
+        AdminRequest::Restart { conversation } => match front.restart(&conversation) {
+            Ok(pid) => AdminResponse::Restarting { conversation, pid },
+            Err(message) => AdminResponse::Error { message },
+        },
+        AdminRequest::Drain => AdminResponse::Draining {
+            conversations: front.drain(),
+        },
+    }
+}
