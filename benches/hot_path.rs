@@ -257,6 +257,7 @@ fn bench_ipc(c: &mut Criterion) {
             latency_buckets: vec![12_357; LATENCY_BUCKETS_MS.len() + 1],
             ..BiteStats::default()
         },
+        ..WorkerStats::default()
     });
     let event = ToFront::Event {
         session: SessionId(42),

@@ -47,8 +47,36 @@ pub struct Config {
     pub max_sessions_per_user: usize,
     pub max_frame_bytes: usize,
     pub offers_per_minute: u32,
+    /// Most worker processes (conversations) at once; a new conversation beyond it is refused.
+    pub max_workers: usize,
+    /// Most new conversations (worker starts) one user may cause per minute.
+    pub new_conversations_per_minute: u32,
     /// The worker executable; by default the `worker` binary beside the running `front`.
     pub worker_bin: PathBuf,
+    // Hardening (README "Security"): who may send the claim, and the limits of one client.
+    /// Peers whose `X-User-Claim` is believed.
+    pub trusted_proxies: crate::wire::identity::TrustedProxies,
+    /// `Origin`s accepted on `/connect` and `/join` (lower case); `None` = no check.
+    pub allowed_origins: Option<Vec<String>>,
+    /// CA certificates for an https:// permissions service (only these are trusted then).
+    pub permissions_ca: Vec<reqwest::Certificate>,
+    /// ICE candidates one peer connection may bring (its offer's and trickled ones together).
+    pub max_candidates: usize,
+    /// `ice::` frames per second one socket may send, and the burst above that rate.
+    pub ice_per_second: u32,
+    pub ice_burst: u32,
+    /// A request's headers must arrive within this.
+    pub http_header_timeout: Duration,
+    /// Open HTTP connections, WebSockets included.
+    pub max_connections: usize,
+    /// WebSocket ping interval; a socket that sends nothing (not even a pong) for
+    /// `ws_idle` is closed.
+    pub ws_ping: Duration,
+    pub ws_idle: Duration,
+    /// Frames queued for one socket; a client that lets more pile up is disconnected.
+    pub ws_send_queue: usize,
+    /// A frame that cannot be written to the socket within this disconnects the client.
+    pub ws_send_timeout: Duration,
 }
 
 /// Bite settings; each worker gets them, with its own spool directory, in `Init`.
@@ -108,9 +136,22 @@ pub struct ConfigError {
 }
 
 impl Config {
-    /// Loads `.env` (if present; the real environment wins) and reads the configuration.
+    /// Loads `./.env` (if present; the real environment wins) and reads the configuration.
+    /// Only the working directory's `.env` is read, never a parent's: dotenvy's `dotenv()`
+    /// searches upwards, so a front started anywhere below a checkout would take the
+    /// checkout's development settings (`DEV_MODE`, `allow-all`).
     pub fn load() -> Result<Config, ConfigError> {
-        let _ = dotenvy::dotenv();
+        match dotenvy::from_path("./.env") {
+            Ok(()) => {}
+            Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ConfigError {
+                    var: ".env",
+                    value: "./.env".into(),
+                    reason: e.to_string(),
+                });
+            }
+        }
         Config::from_lookup(|k| std::env::var(k).ok())
     }
 
@@ -130,6 +171,17 @@ impl Config {
         };
         let listen_s = var("LISTEN").unwrap_or_else(|| ":80".into());
         let listen = parse_listen(&listen_s).map_err(|r| err("LISTEN", &listen_s, r))?;
+        // Development mode opens identity by query string and allow-all: loopback only.
+        if dev_mode && !listen.ip().is_loopback() {
+            return Err(err(
+                "DEV_MODE",
+                "1",
+                format!(
+                    "development mode is refused unless LISTEN is a loopback address (LISTEN={listen_s} listens on {}); set LISTEN=127.0.0.1:PORT or turn DEV_MODE off",
+                    listen.ip()
+                ),
+            ));
+        }
         let nats = var("NATS").unwrap_or_else(|| "nats://localhost:4222".into());
         let perm_s = var("PERMISSIONS_HOST").unwrap_or_else(|| "http://permissions".into());
         let permissions = if perm_s == "allow-all" {
@@ -179,6 +231,8 @@ impl Config {
             };
         let max_slots = num("MAX_SLOTS", 3, 1, 16)? as usize;
         let runtime_dir = runtime_dir(&get);
+        crate::wire::socket::check_socket_dir(&runtime_dir)
+            .map_err(|r| err("RUNTIME_DIR", &runtime_dir.display().to_string(), r))?;
         let state_dir = match var("STATE_DIR") {
             Some(d) => PathBuf::from(d),
             None => match var("STATE_DIRECTORY") {
@@ -237,6 +291,24 @@ impl Config {
                 max_slots,
                 ice_disconnected_ms: num("ICE_DISCONNECTED_MS", 5_000, 500, 600_000)?,
                 ice_failed_ms: num("ICE_FAILED_MS", 15_000, 500, 3_600_000)?,
+                member_packets_per_s: num(
+                    "MEMBER_PACKETS_PER_S",
+                    crate::wire::ipc::default_member_packets_per_s().into(),
+                    0,
+                    1_000_000,
+                )? as u32,
+                member_bytes_per_s: num(
+                    "MEMBER_BYTES_PER_S",
+                    crate::wire::ipc::default_member_bytes_per_s().into(),
+                    0,
+                    1 << 30,
+                )? as u32,
+                first_connect_ms: num(
+                    "WORKER_FIRST_CONNECT_MS",
+                    crate::wire::ipc::default_first_connect_ms(),
+                    0,
+                    86_400_000,
+                )?,
             },
             runtime_dir,
             state_dir,
@@ -264,11 +336,107 @@ impl Config {
                 60_000,
             )?),
             max_sessions_per_user: num("MAX_SESSIONS_PER_USER", 8, 1, 10_000)? as usize,
-            max_frame_bytes: num("MAX_FRAME_BYTES", 65_536, 1_024, 16 << 20)? as usize,
+            max_frame_bytes: max_frame_bytes(num("MAX_FRAME_BYTES", 65_536, 1_024, 16 << 20)?)
+                .map_err(|(v, r)| err("MAX_FRAME_BYTES", &v, r))?,
             offers_per_minute: num("OFFERS_PER_MINUTE", 30, 1, 100_000)? as u32,
+            max_workers: num("MAX_WORKERS", 512, 1, 100_000)? as usize,
+            new_conversations_per_minute: num("NEW_CONVERSATIONS_PER_MINUTE", 10, 1, 100_000)?
+                as u32,
             worker_bin,
+            trusted_proxies: match var("TRUSTED_PROXIES") {
+                None => Default::default(),
+                Some(v) => crate::wire::identity::TrustedProxies::parse(&v)
+                    .map_err(|r| err("TRUSTED_PROXIES", &v, r))?,
+            },
+            allowed_origins: match var("ALLOWED_ORIGINS") {
+                None => None,
+                Some(v) => Some(parse_origins(&v).map_err(|r| err("ALLOWED_ORIGINS", &v, r))?),
+            },
+            permissions_ca: match var("PERMISSIONS_CA_FILE") {
+                None => Vec::new(),
+                Some(v) => load_ca_file(std::path::Path::new(&v))
+                    .map_err(|r| err("PERMISSIONS_CA_FILE", &v, r))?,
+            },
+            // At most what `Offer::parse` takes in one offer (its hard cap, shared with workers).
+            max_candidates: num(
+                "MAX_CANDIDATES",
+                32,
+                1,
+                crate::media::sdp::MAX_CANDIDATES as u64,
+            )? as usize,
+            ice_per_second: num("ICE_PER_SECOND", 20, 1, 10_000)? as u32,
+            ice_burst: num("ICE_BURST", 40, 1, 100_000)? as u32,
+            http_header_timeout: Duration::from_millis(num(
+                "HTTP_HEADER_TIMEOUT_MS",
+                10_000,
+                100,
+                600_000,
+            )?),
+            max_connections: num("MAX_CONNECTIONS", 10_000, 1, 1_000_000)? as usize,
+            ws_ping: Duration::from_millis(num("WS_PING_MS", 20_000, 100, 3_600_000)?),
+            ws_idle: Duration::from_millis(num("WS_IDLE_MS", 60_000, 200, 86_400_000)?),
+            ws_send_queue: num("WS_SEND_QUEUE", 128, 1, 1_000_000)? as usize,
+            ws_send_timeout: Duration::from_millis(num(
+                "WS_SEND_TIMEOUT_MS",
+                10_000,
+                100,
+                600_000,
+            )?),
         })
     }
+}
+
+/// `ALLOWED_ORIGINS`: comma-separated `scheme://host[:port]` (compared case-insensitively,
+/// without a trailing slash), or `null` for the origin browsers send from opaque contexts.
+pub fn parse_origins(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let o = item.trim_end_matches('/').to_ascii_lowercase();
+        let rest = o
+            .strip_prefix("https://")
+            .or_else(|| o.strip_prefix("http://"));
+        let valid = o == "null"
+            || rest.is_some_and(|r| {
+                !r.is_empty() && !r.contains(['/', '?', '#', '@', ' ']) && !r.starts_with(':')
+            });
+        if !valid {
+            return Err(format!(
+                "{item:?} is not an origin: expected scheme://host[:port], e.g. https://app.example"
+            ));
+        }
+        out.push(o);
+    }
+    if out.is_empty() {
+        return Err("expected one or more origins, e.g. https://app.example".into());
+    }
+    Ok(out)
+}
+
+/// Reads `PERMISSIONS_CA_FILE`: the PEM certificates an https:// permissions service is
+/// checked against (instead of the built-in public roots).
+pub fn load_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("not a PEM certificate bundle: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(certs)
+}
+
+/// `MAX_FRAME_BYTES` must stay well under the front ↔ worker frame limit: a client's frame
+/// crosses to the worker inside one IPC frame, and what comes back repeats parts of it.
+fn max_frame_bytes(n: u64) -> Result<usize, (String, String)> {
+    use crate::wire::frame::{MAX_FRAME, MAX_SIGNAL_FRAME};
+    if n > MAX_SIGNAL_FRAME as u64 {
+        return Err((
+            n.to_string(),
+            format!(
+                "must stay well under the front-worker frame limit MAX_FRAME ({MAX_FRAME} bytes): at most {MAX_SIGNAL_FRAME}"
+            ),
+        ));
+    }
+    Ok(n as usize)
 }
 
 /// `RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/beep-webrtc`, else `/run/beep-webrtc` (shared with
@@ -377,9 +545,90 @@ mod tests {
     }
 
     #[test]
+    fn max_frame_bytes_stays_well_under_the_ipc_frame_limit() {
+        use crate::wire::frame::{MAX_FRAME, MAX_SIGNAL_FRAME};
+        assert_eq!(load(&[]).unwrap().max_frame_bytes, 65_536);
+        let ok = MAX_SIGNAL_FRAME.to_string();
+        assert_eq!(
+            load(&[("MAX_FRAME_BYTES", &ok)]).unwrap().max_frame_bytes,
+            MAX_SIGNAL_FRAME
+        );
+        for too_close in [MAX_SIGNAL_FRAME + 1, MAX_FRAME - 64, MAX_FRAME, 16 << 20] {
+            let e = load(&[("MAX_FRAME_BYTES", &too_close.to_string())]).expect_err("refused");
+            assert_eq!(e.var, "MAX_FRAME_BYTES");
+            let line = e.to_string();
+            assert!(
+                line.contains("MAX_FRAME_BYTES") && line.contains("MAX_FRAME ("),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn worker_limits() {
+        let c = load(&[]).unwrap();
+        assert_eq!((c.max_workers, c.new_conversations_per_minute), (512, 10));
+        let c = load(&[("MAX_WORKERS", "2"), ("NEW_CONVERSATIONS_PER_MINUTE", "3")]).unwrap();
+        assert_eq!((c.max_workers, c.new_conversations_per_minute), (2, 3));
+        for k in ["MAX_WORKERS", "NEW_CONVERSATIONS_PER_MINUTE"] {
+            assert_eq!(load(&[(k, "0")]).expect_err(k).var, k);
+        }
+    }
+
+    #[test]
     fn allow_all_needs_dev_mode() {
         assert!(load(&[("PERMISSIONS_HOST", "allow-all")]).is_err());
-        let c = load(&[("PERMISSIONS_HOST", "allow-all"), ("DEV_MODE", "1")]).unwrap();
+        let c = load(&[
+            ("PERMISSIONS_HOST", "allow-all"),
+            ("DEV_MODE", "1"),
+            ("LISTEN", "127.0.0.1:8080"),
+        ])
+        .unwrap();
         assert_eq!(c.permissions, Permissions::AllowAll);
+    }
+
+    #[test]
+    fn dev_mode_needs_a_loopback_listen() {
+        for listen in [":8080", "0.0.0.0:8080", "[::]:8080", "10.1.2.3:80"] {
+            let e = load(&[("DEV_MODE", "1"), ("LISTEN", listen)]).expect_err(listen);
+            assert_eq!(e.var, "DEV_MODE");
+            assert!(e.to_string().contains("LISTEN"), "{e}");
+        }
+        for listen in ["127.0.0.1:8080", "[::1]:8080", "127.0.0.2:1"] {
+            assert!(
+                load(&[("DEV_MODE", "1"), ("LISTEN", listen)]).is_ok(),
+                "{listen}"
+            );
+        }
+    }
+
+    #[test]
+    fn security_settings() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.trusted_proxies, Default::default());
+        assert_eq!(c.allowed_origins, None);
+        assert_eq!(c.max_candidates, 32);
+        let c = load(&[
+            ("TRUSTED_PROXIES", "10.0.0.0/8"),
+            (
+                "ALLOWED_ORIGINS",
+                "https://app.example, HTTP://Local.Test:8080/",
+            ),
+        ])
+        .unwrap();
+        assert!(!c.trusted_proxies.trusts("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            c.allowed_origins.unwrap(),
+            ["https://app.example", "http://local.test:8080"]
+        );
+        for (k, v) in [
+            ("TRUSTED_PROXIES", "nope"),
+            ("ALLOWED_ORIGINS", "app.example"),
+            ("PERMISSIONS_CA_FILE", "/nonexistent/ca.pem"),
+            ("RUNTIME_DIR", &format!("/tmp/{}", "x".repeat(120))),
+        ] {
+            let e = load(&[(k, v)]).expect_err(k);
+            assert_eq!(e.var, k, "{e}");
+        }
     }
 }

@@ -6,21 +6,9 @@ mod common;
 use std::time::Duration;
 
 use beep_webrtc::loadtools::client::{Client, ClientOptions};
-use common::{Front, Permissions, eventually};
+use common::{Front, Permissions, eventually, member};
 
 const T: Duration = Duration::from_secs(20);
-
-async fn member(front: &Front, conv: &str, user: &str) -> Client {
-    let c = Client::connect(ClientOptions::new(
-        front.ws(&format!("?conversation={conv}")),
-        user,
-        "app",
-    ))
-    .await
-    .unwrap_or_else(|e| panic!("{user}: {e:#}"));
-    c.wait_connected(T).await.expect("connected");
-    c
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_worker_only_affects_its_conversation() {

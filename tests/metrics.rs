@@ -8,22 +8,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use beep_webrtc::loadtools::client::{Client, ClientOptions};
-use common::{Front, Permissions, eventually};
+use common::{Front, Permissions, eventually, member};
 
 const T: Duration = Duration::from_secs(20);
-
-async fn member(front: &Front, conv: &str, user: &str) -> Client {
-    let c = Client::connect(ClientOptions::new(
-        front.ws(&format!("?conversation={conv}")),
-        user,
-        "app",
-    ))
-    .await
-    .unwrap_or_else(|e| panic!("{user}: {e:#}"));
-    c.wait_connected(T).await.expect("connected");
-    c
-}
 
 /// One scrape: the text, and its samples by name (labels included in the name).
 struct Scrape {

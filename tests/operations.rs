@@ -6,23 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use beep_webrtc::loadtools::client::{Client, ClientOptions};
+use beep_webrtc::loadtools::client::Client;
 use common::signal::{OFFER, Signal};
-use common::{Front, Permissions, eventually};
+use common::{Front, Permissions, eventually, member};
 
 const T: Duration = Duration::from_secs(20);
-
-async fn member(front: &Front, conv: &str, user: &str) -> Client {
-    let c = Client::connect(ClientOptions::new(
-        front.ws(&format!("?conversation={conv}")),
-        user,
-        "app",
-    ))
-    .await
-    .unwrap_or_else(|e| panic!("{user}: {e:#}"));
-    c.wait_connected(T).await.expect("connected");
-    c
-}
 
 /// Packets of `speaker` that `listener` never got, between the first and last it got.
 fn lost(listener: &Client, speaker: &str) -> u64 {

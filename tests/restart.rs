@@ -7,23 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use beep_webrtc::loadtools::client::{Client, ClientOptions};
 use common::signal::Signal;
-use common::{Front, Permissions, eventually};
+use common::{Front, Permissions, eventually, member};
 
 const T: Duration = Duration::from_secs(20);
-
-async fn member(front: &Front, conv: &str, user: &str) -> Client {
-    let c = Client::connect(ClientOptions::new(
-        front.ws(&format!("?conversation={conv}")),
-        user,
-        "app",
-    ))
-    .await
-    .unwrap_or_else(|e| panic!("{user}: {e:#}"));
-    c.wait_connected(T).await.expect("connected");
-    c
-}
 
 fn ctl_pids(front: &Front) -> Vec<(String, u64, u64)> {
     let (code, out, err) = front.ctl(&["workers", "--json"]);

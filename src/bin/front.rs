@@ -38,6 +38,7 @@ fn main() {
         }
     };
     telemetry::init();
+    raise_nofile_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -67,6 +68,20 @@ enum Exit {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<Exit> {
+    if cfg.trusted_proxies == beep_webrtc::wire::identity::TrustedProxies::Any {
+        tracing::warn!(
+            "TRUSTED_PROXIES=*: X-User-Claim is believed from any peer; LISTEN must be reachable by the auth proxy alone"
+        );
+    }
+    if let Ok((soft, _)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        && soft < cfg.max_connections as u64 + 256
+    {
+        tracing::warn!(
+            "MAX_CONNECTIONS={} but front may open only {soft} files (RLIMIT_NOFILE): connections will fail before the cap; raise LimitNOFILE or lower MAX_CONNECTIONS",
+            cfg.max_connections
+        );
+    }
     if cfg.dev_mode {
         tracing::warn!(
             "DEV_MODE is on: the demo page is served at / and ?userid=&clientid= is accepted as identity"
@@ -78,6 +93,10 @@ async fn run(cfg: Config) -> anyhow::Result<Exit> {
     for dir in [cfg.runtime_dir.clone(), cfg.pid_dir()] {
         socket::private_dir(&dir)
             .with_context(|| format!("RUNTIME_DIR {}", cfg.runtime_dir.display()))?;
+    }
+    if cfg.bites.is_some() {
+        socket::private_dir(&cfg.state_dir)
+            .with_context(|| format!("STATE_DIR {}", cfg.state_dir.display()))?;
     }
     let listener = http_listener(&cfg).await?;
     let listen_fd = listener.as_raw_fd();
@@ -146,16 +165,18 @@ async fn run(cfg: Config) -> anyhow::Result<Exit> {
     }
     let addr = listener.local_addr()?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (header_timeout, max_connections) =
+        (front.cfg.http_header_timeout, front.cfg.max_connections);
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                // Only an explicit stop: on a re-exec the sender is simply dropped, and the
-                // listener must stay open for the next image.
-                if http_stopped.await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            })
-            .await
+        http::serve(listener, app, header_timeout, max_connections, async {
+            // Only an explicit stop: on a re-exec the sender is simply dropped, and the
+            // listener must stay open for the next image.
+            if http_stopped.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+        .await;
+        Ok::<(), std::io::Error>(())
     });
     tracing::info!(%addr, "front listening");
     if front.cfg.dev_mode {
@@ -207,6 +228,21 @@ async fn run(cfg: Config) -> anyhow::Result<Exit> {
     }
     tracing::info!("front stopped");
     Ok(Exit::Done)
+}
+
+/// Raises the soft limit of open files to the hard limit: every WebSocket is a descriptor in
+/// front, and every peer connection a UDP socket in a worker (which inherits the limit).
+/// Failing is logged, not fatal: the limits in force still work, up to their size.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!("RLIMIT_NOFILE raised from {soft} to {hard}"),
+            Err(e) => tracing::warn!("cannot raise RLIMIT_NOFILE from {soft} to {hard}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read RLIMIT_NOFILE: {e}"),
+    }
 }
 
 /// The HTTP listener: the one a re-executed front was handed, or a new one on `LISTEN`.

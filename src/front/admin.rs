@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::net::UnixListener;
 
+use super::links::accept_each;
 use super::state::Front;
 use crate::wire::admin::{AdminRequest, AdminResponse};
 use crate::wire::frame;
@@ -13,18 +14,10 @@ use crate::wire::socket;
 
 /// Serves `ctl` until the listener fails.
 pub async fn serve(listener: UnixListener, front: Arc<Front>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let front = front.clone();
-                tokio::spawn(async move { answer(stream, front).await });
-            }
-            Err(e) => {
-                tracing::error!("admin socket accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    accept_each(listener, "admin", move |stream| {
+        answer(stream, front.clone())
+    })
+    .await
 }
 
 async fn answer(stream: tokio::net::UnixStream, front: Arc<Front>) {

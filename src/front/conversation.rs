@@ -24,7 +24,22 @@ pub enum Control {
     /// Pass this message to the worker.
     Send(ToWorker),
     /// Kill the worker now (SIGKILL), for this reason; it is then handled as gone.
-    Kill(String),
+    Kill(Kill, String),
+}
+
+/// Why front killed a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kill {
+    /// No `Stats` for the heartbeat window.
+    Heartbeat,
+    /// An offer left unanswered past the deadline.
+    OfferTimeout,
+    /// It sent something that is not our protocol.
+    Protocol,
+    /// The operator asked (`ctl restart`).
+    Restart,
+    /// Told to stop, it did not within the grace period.
+    Stuck,
 }
 
 /// Where a worker stands.
@@ -57,8 +72,6 @@ pub struct Conversation {
     pub started: Instant,
     pub state: WorkerState,
     pub stats: WorkerStats,
-    /// Set by `ctl restart`: the worker's end is a restart, not a crash.
-    pub restarting: bool,
 }
 
 impl Conversation {
@@ -72,7 +85,6 @@ impl Conversation {
             started: now,
             state: WorkerState::Starting,
             stats: WorkerStats::default(),
-            restarting: false,
         }
     }
 

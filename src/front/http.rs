@@ -2,23 +2,31 @@
 //! [`super::session`]), `POST /join/{id}`, `/healthz`, `/metrics`, and the development page.
 //! Handlers translate between HTTP and the state in [`super::state`]; nothing here panics on
 //! input.
+//!
+//! [`serve`] is front's own connection loop (hyper's HTTP/1 under the axum router): unlike
+//! `axum::serve` it has a header-read timeout, caps open connections (WebSockets included),
+//! and tells the handlers the peer's address, which decides whether `X-User-Claim` is
+//! believed (`TRUSTED_PROXIES`).
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::session::signalling;
 use super::state::{Front, JoinError};
 use crate::publish::nats::NatsState;
 use crate::wire::identity::{
-    CLAIM_HEADER, ClaimError, Identity, check_conversation_id, parse_claim,
+    CLAIM_HEADER, ClaimError, Identity, check_conversation_id, claim_from, parse_claim,
 };
 
 pub fn router(front: Arc<Front>) -> Router {
@@ -38,32 +46,102 @@ fn bad_request(reason: impl std::fmt::Display) -> Response {
     (StatusCode::BAD_REQUEST, reason.to_string()).into_response()
 }
 
-/// The caller's identity: the claim header, or in development mode `?userid=&clientid=`
-/// (browsers cannot set headers on a WebSocket).
+fn refused(e: ClaimError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    (status, e.to_string()).into_response()
+}
+
+/// What front's connection loop tells every request about its connection: the peer's
+/// address and the connection's slot under `MAX_CONNECTIONS` (a WebSocket keeps it).
+pub struct Conn {
+    pub peer: Option<IpAddr>,
+    permit: Option<ConnPermit>,
+}
+
+/// One slot under `MAX_CONNECTIONS`, shared by the connection and the WebSocket it becomes.
+#[derive(Clone)]
+struct ConnPermit(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Conn {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Conn {
+            peer: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+            permit: parts.extensions.get::<ConnPermit>().cloned(),
+        })
+    }
+}
+
+/// The caller's identity: the claim header (once, from a trusted proxy), or in development
+/// mode `?userid=&clientid=` (browsers cannot set headers on a WebSocket; development mode
+/// requires a loopback `LISTEN`).
 fn identity(
     front: &Front,
+    peer: Option<IpAddr>,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Result<Identity, ClaimError> {
-    let header = headers.get(CLAIM_HEADER).map(|v| v.as_bytes());
-    if header.is_none()
+    let values = headers.get_all(CLAIM_HEADER);
+    if values.iter().next().is_none()
         && front.cfg.dev_mode
         && let (Some(u), Some(c)) = (query.get("userid"), query.get("clientid"))
     {
         let claim = serde_json::json!({"userid": u, "clientid": c}).to_string();
         return parse_claim(Some(claim.as_bytes()));
     }
-    parse_claim(header)
+    claim_from(
+        values.iter().map(|v| v.as_bytes()),
+        peer,
+        &front.cfg.trusted_proxies,
+    )
+}
+
+/// Cross-site WebSocket hijacking (and cross-site joins) when the proxy authenticates by
+/// cookie: with `ALLOWED_ORIGINS` set, a request whose `Origin` is not listed is refused.
+/// A request without `Origin` is not from a browser's cross-site page (browsers always send
+/// it on WebSocket handshakes and cross-site POSTs), so apps and servers need none.
+/// `Err` is the reason of the 403.
+fn check_origin(front: &Front, headers: &HeaderMap) -> Result<(), String> {
+    let Some(allowed) = &front.cfg.allowed_origins else {
+        return Ok(());
+    };
+    let mut values = headers.get_all(axum::http::header::ORIGIN).iter();
+    let Some(origin) = values.next() else {
+        return Ok(());
+    };
+    if values.next().is_some() {
+        return Err("more than one Origin header".into());
+    }
+    let o = String::from_utf8_lossy(origin.as_bytes())
+        .trim()
+        .trim_end_matches('/')
+        .to_ascii_lowercase();
+    if allowed.contains(&o) {
+        Ok(())
+    } else {
+        let shown: String = o.chars().take(100).collect();
+        Err(format!(
+            "Origin {shown} is not allowed here (ALLOWED_ORIGINS)"
+        ))
+    }
 }
 
 async fn join(
     State(front): State<Arc<Front>>,
     Path(conversation): Path<String>,
+    conn: Conn,
     headers: HeaderMap,
 ) -> Response {
-    let who = match identity(&front, &headers, &HashMap::new()) {
+    if let Err(r) = check_origin(&front, &headers) {
+        return (StatusCode::FORBIDDEN, r).into_response();
+    }
+    let who = match identity(&front, conn.peer, &headers, &HashMap::new()) {
         Ok(w) => w,
-        Err(r) => return bad_request(r),
+        Err(r) => return refused(r),
     };
     if let Err(r) = check_conversation_id(&conversation) {
         return bad_request(r);
@@ -73,9 +151,16 @@ async fn join(
         Err(e @ JoinError::Forbidden(_)) => {
             (StatusCode::UNAUTHORIZED, e.to_string()).into_response()
         }
-        Err(JoinError::Unavailable(m)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cannot check permissions: {m}"),
+        // The reason in words: the permissions service, a crash loop, drain, MAX_WORKERS.
+        Err(JoinError::Unavailable(m)) => (StatusCode::SERVICE_UNAVAILABLE, m).into_response(),
+        // NEW_CONVERSATIONS_PER_MINUTE.
+        Err(JoinError::RateLimited {
+            message,
+            retry_after,
+        }) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", (retry_after.as_secs() + 1).to_string())],
+            message,
         )
             .into_response(),
     }
@@ -84,12 +169,16 @@ async fn join(
 async fn connect(
     State(front): State<Arc<Front>>,
     Query(query): Query<HashMap<String, String>>,
+    conn: Conn,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let who = match identity(&front, &headers, &query) {
+    if let Err(r) = check_origin(&front, &headers) {
+        return (StatusCode::FORBIDDEN, r).into_response();
+    }
+    let who = match identity(&front, conn.peer, &headers, &query) {
         Ok(w) => w,
-        Err(r) => return bad_request(r),
+        Err(r) => return refused(r),
     };
     let conversation = query.get("conversation").cloned();
     if let Some(c) = &conversation
@@ -106,7 +195,88 @@ async fn connect(
     let limit = front.cfg.max_frame_bytes;
     ws.max_message_size(limit.saturating_mul(4))
         .max_frame_size(limit.saturating_mul(4))
-        .on_upgrade(move |socket| signalling(front, who, conversation, socket))
+        .on_upgrade(move |socket| async move {
+            // The socket holds its connection's slot under MAX_CONNECTIONS until it ends.
+            let _slot = conn.permit;
+            signalling(front, who, conversation, socket).await
+        })
+}
+
+/// Serves `app` on `listener` until `stop` completes: HTTP/1.1 (hyper) with upgrades, a
+/// `header_timeout` for each request's headers, and at most `max_connections` open
+/// connections (an upgraded WebSocket keeps its slot). A connection beyond the cap is
+/// closed at once: the kernel's backlog would only make it wait for nothing. Accept errors
+/// (EMFILE, ...) are logged and retried after a pause, never fatal.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    max_connections: usize,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let http = Arc::new(http);
+    let mut warned_full: Option<Instant> = None;
+    let mut warned_accept: Option<Instant> = None;
+    let quiet = |last: &mut Option<Instant>| {
+        let now = Instant::now();
+        let speak = last.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10));
+        if speak {
+            *last = Some(now);
+        }
+        speak
+    };
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut stop => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                if quiet(&mut warned_accept) {
+                    tracing::warn!("accepting an HTTP connection failed: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            if quiet(&mut warned_full) {
+                tracing::warn!(
+                    %peer,
+                    "MAX_CONNECTIONS ({max_connections}) reached: closing new connections"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let permit = ConnPermit(Arc::new(permit));
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service = hyper::service::service_fn(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(permit.clone());
+                hyper::service::Service::call(&service, req)
+            },
+        );
+        let http = http.clone();
+        tokio::spawn(async move {
+            if let Err(e) = http
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await
+            {
+                tracing::debug!(%peer, "HTTP connection: {e}");
+            }
+        });
+    }
 }
 
 /// Whether NATS answers: front's own connection when bites are on, else a TCP probe.

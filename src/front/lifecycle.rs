@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::conversation::{Control, Conversation, CrashHistory, WorkerState};
+use super::conversation::{Control, Conversation, CrashHistory, Kill, WorkerState};
 use super::procfs;
 use super::state::{Client, Front, Live, Out, reconnect_event};
-use super::supervisor::{self, Ending, Kill, Link, WorkerEvents};
+use super::supervisor::{self, Ending, Link, WorkerEvents};
 use crate::wire::admin::WorkerRow;
 use crate::wire::ids::Generation;
 use crate::wire::ipc::{Adoption, CloseReason, ToFront};
@@ -117,7 +117,7 @@ impl WorkerEvents for Front {
             Ending::Killed(Kill::Heartbeat, _) => {
                 self.metrics.heartbeat_kills.inc();
             }
-            Ending::Killed(Kill::Asked, why) if why.contains("offer") => {
+            Ending::Killed(Kill::OfferTimeout, _) => {
                 self.metrics.offer_timeouts.inc();
             }
             _ => {}
@@ -140,7 +140,8 @@ impl WorkerEvents for Front {
         st.retired.add_counters(&conv.stats);
         let now = Instant::now();
         let history = st.crashes.entry(conversation.to_string()).or_default();
-        if conv.restarting {
+        let restarted = matches!(ending, Ending::Killed(Kill::Restart, _));
+        if restarted {
             history.restarts += 1;
             self.metrics.worker_restarts.inc();
             tracing::info!(conversation, "worker restarted: {ending}");
@@ -159,7 +160,7 @@ impl WorkerEvents for Front {
                 );
             }
         }
-        let reason = if conv.restarting {
+        let reason = if restarted {
             "worker-restarted"
         } else {
             "worker-exited"
@@ -177,6 +178,62 @@ impl WorkerEvents for Front {
             }
         }
         self.notify_if_drained(st.conversations.is_empty());
+    }
+
+    /// A message too large for the worker's channel was not sent (issue 11, point 11): the
+    /// client it came from gets `too-large` and the conversation goes on. A refused offer
+    /// never reached the worker, so its session ends here; a refused candidate leaves the
+    /// session's media as it is.
+    fn refused(
+        &self,
+        conversation: &str,
+        generation: Generation,
+        msg: crate::wire::ipc::ToWorker,
+        size: usize,
+    ) {
+        use crate::wire::ipc::ToWorker;
+        let (session, what, ends) = match &msg {
+            ToWorker::Offer { session, .. } => (*session, "offer", true),
+            ToWorker::Ice { session, .. } => (*session, "ICE candidate", false),
+            ToWorker::Init { .. } | ToWorker::Leave { .. } | ToWorker::Shutdown => {
+                tracing::error!(
+                    conversation,
+                    "a control message of {size} bytes was too large for the worker's channel"
+                );
+                return;
+            }
+        };
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(conv) = st
+            .conversations
+            .get_mut(conversation)
+            .filter(|c| c.generation == generation)
+        else {
+            return;
+        };
+        let Some(who) = conv.sessions.get(&session).cloned() else {
+            return;
+        };
+        let Some(c) = st
+            .clients
+            .get_mut(&who)
+            .filter(|c| c.session.as_ref().is_some_and(|l| l.id == session))
+        else {
+            return;
+        };
+        tracing::warn!(%who, conversation, %session, "{what} of {size} bytes refused: too large for the worker's channel");
+        if ends {
+            conv.remove_session(session, Instant::now());
+            c.session = None;
+        }
+        c.send(Out::Fail(SignalError::new(
+            crate::wire::signal::ErrorCode::TooLarge,
+            format!(
+                "the {what} is too large to pass on to the conversation ({size} bytes once encoded, the limit is {}); the conversation goes on without it",
+                crate::wire::frame::MAX_FRAME
+            ),
+        )));
     }
 }
 
@@ -218,9 +275,10 @@ impl Front {
                 && conv.state != WorkerState::Stopping
             {
                 conv.state = WorkerState::Stopping;
-                let _ = conv.tx.send(Control::Kill(format!(
-                    "did not answer an offer within {OFFER_DEADLINE:?}"
-                )));
+                let _ = conv.tx.send(Control::Kill(
+                    Kill::OfferTimeout,
+                    format!("did not answer an offer within {OFFER_DEADLINE:?}"),
+                ));
             }
         }
         let join_timeout = self.cfg.join_timeout;
@@ -234,6 +292,11 @@ impl Front {
         });
         let policy = &self.crash_policy;
         st.crashes.retain(|_, h| !h.is_idle(now, policy));
+        st.new_conversations.retain(|_, starts| {
+            starts
+                .back()
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
+        });
         self.notify_if_drained(st.conversations.is_empty());
         self.reap_supervisors();
     }
@@ -286,11 +349,11 @@ impl Front {
             .conversations
             .get_mut(conversation)
             .ok_or_else(|| format!("no worker for conversation {conversation:?}"))?;
-        conv.restarting = true;
         conv.state = WorkerState::Stopping;
-        let _ = conv
-            .tx
-            .send(Control::Kill("restart requested by the operator".into()));
+        let _ = conv.tx.send(Control::Kill(
+            Kill::Restart,
+            "restart requested by the operator".into(),
+        ));
         Ok(conv.pid)
     }
 

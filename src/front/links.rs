@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
 
 use super::state::Front;
 use super::supervisor::Link;
@@ -20,22 +20,34 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepts workers until the listener fails.
 pub async fn serve(listener: UnixListener, front: Arc<Front>) {
+    accept_each(listener, "worker", move |stream| {
+        handshake(stream, front.clone())
+    })
+    .await
+}
+
+/// Accepts connections on one of front's Unix sockets until it fails, each handled in a task
+/// of its own, so one slow peer never holds up the next.
+pub(super) async fn accept_each<F, Fut>(listener: UnixListener, what: &str, handle: F)
+where
+    F: Fn(UnixStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let front = front.clone();
-                tokio::spawn(async move { handshake(stream, front).await });
+                tokio::spawn(handle(stream));
             }
             Err(e) => {
                 // EMFILE and the like: never spin on it.
-                tracing::error!("worker socket accept: {e}");
+                tracing::error!("{what} socket accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
 }
 
-async fn handshake(stream: tokio::net::UnixStream, front: Arc<Front>) {
+async fn handshake(stream: UnixStream, front: Arc<Front>) {
     if let Err(e) = socket::check_peer(&stream, None) {
         tracing::warn!("refused a connection on the worker socket: {e}");
         return;

@@ -313,6 +313,18 @@ impl Collector for WorkersCollector {
             let c = ConstCounter::new(v);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
+        let mut family = encoder.encode_descriptor(
+            "beep_packets_dropped",
+            "Packets workers dropped on purpose, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in [
+            ("member-rate", all.dropped.member_rate),
+            ("unselected-address", all.dropped.unselected_address),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+        }
 
         let histograms = [
             (
@@ -388,6 +400,10 @@ mod tests {
                 latency_count: 3,
                 latency_buckets,
                 ..BiteStats::default()
+            },
+            dropped: crate::wire::stats::DropStats {
+                member_rate: packets / 10,
+                unselected_address: 1,
             },
         }
     }
@@ -469,6 +485,7 @@ mod tests {
             ("beep_bites_spooled_total", "counter"),
             ("beep_bites_replayed_total", "counter"),
             ("beep_bites_failed_total", "counter"),
+            ("beep_packets_dropped_total", "counter"),
             ("beep_spool_files", "gauge"),
             ("beep_spool_bytes", "gauge"),
             ("beep_bite_publish_latency_seconds", "histogram"),
@@ -506,6 +523,14 @@ mod tests {
         assert_eq!(value(&text, "beep_bites_replayed_total"), 4.0); // 1 + 1 + front's 2
         assert_eq!(value(&text, "beep_spool_files"), 2.0);
         assert_eq!(value(&text, "beep_spool_bytes"), 4096.0);
+        let dropped = |reason: &str| {
+            value(
+                &text,
+                &format!(r#"beep_packets_dropped_total{{reason="{reason}"}}"#),
+            )
+        };
+        assert_eq!(dropped("member-rate"), 15.0);
+        assert_eq!(dropped("unselected-address"), 2.0);
 
         // Histograms: cumulative buckets ending in +Inf = _count.
         let d = "beep_forward_delay_seconds";

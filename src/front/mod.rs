@@ -10,6 +10,7 @@
 //! | [`links`] | front's socket for workers: routes each `Hello` to its supervisor, or adopts |
 //! | [`http`] | the axum routes: `/connect`, `/join/{id}`, `/healthz`, `/metrics`, the demo page |
 //! | [`session`] | one client's WebSocket signalling loop |
+//! | [`outbox`] | what front sends down one socket, through a bounded queue |
 //! | [`permissions`] | the permission check, failing closed |
 //! | [`bites`] | replays of dead workers' spools; front's NATS connection |
 //! | [`demo`] | development only: the demo page's bite list and `/bites/…` audio |
@@ -27,6 +28,7 @@ pub mod lifecycle;
 pub mod links;
 pub mod metrics;
 pub mod notify;
+pub mod outbox;
 pub mod permissions;
 pub mod procfs;
 pub mod session;

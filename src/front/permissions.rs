@@ -1,6 +1,8 @@
-//! The permission check of `POST /join` (and `?conversation=`): one GET to the permissions
-//! service per join. It fails closed: only a 200 lets a user in. The Go predecessor looked at
-//! the transport error alone, so a 403 let everybody in (SPEC §8).
+//! The permission check of `POST /join` (and `?conversation=`), asked again before every
+//! offer: one GET to the permissions service. It fails closed: only a 200 lets a user in,
+//! redirects are not followed (a 302 to a login page that answers 200 would let everyone in),
+//! and an error or a timeout is a 503. The Go predecessor looked at the transport error
+//! alone, so a 403 let everybody in (SPEC §8). `https://` services are reached with rustls.
 
 use std::time::{Duration, Instant};
 
@@ -11,8 +13,24 @@ pub enum Verdict {
     Allowed,
     /// 401/403/404 from the service → 401 to the caller.
     Denied(String),
-    /// Timeout, connection error, 5xx or anything unexpected → 503 to the caller.
+    /// Timeout, connection error, 5xx, 408/429 → 503 to the caller.
     Unavailable(String),
+}
+
+/// The verdict of one HTTP status of the permissions service: 200 and nothing else allows.
+/// Redirects deny (they are not followed); a service error, or one that asks to be asked
+/// again later (408, 429), is an outage: fail closed with a 503.
+pub fn verdict_of(status: u16) -> Verdict {
+    match status {
+        200 => Verdict::Allowed,
+        408 | 429 | 500..=599 => {
+            Verdict::Unavailable(format!("the permissions service answered {status}"))
+        }
+        300..=399 => Verdict::Denied(format!(
+            "the permissions service answered {status} (a redirect, which is not followed)"
+        )),
+        s => Verdict::Denied(format!("the permissions service answered {s}")),
+    }
 }
 
 pub struct PermissionClient {
@@ -21,14 +39,30 @@ pub struct PermissionClient {
 }
 
 impl PermissionClient {
-    /// A client with `timeout` on every request. Failing to build one is a startup error:
-    /// a fallback client without the timeout would hang joins instead of failing closed.
-    pub fn new(backend: Permissions, timeout: Duration) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+    /// A client with `timeout` on every request, following no redirect, and trusting only
+    /// `ca` for https when given (else the built-in public roots). Failing to build one is a
+    /// startup error: a fallback client without the timeout would hang joins instead of
+    /// failing closed.
+    pub fn new(
+        backend: Permissions,
+        timeout: Duration,
+        ca: &[reqwest::Certificate],
+    ) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .build()?;
-        Ok(PermissionClient { backend, http })
+            .redirect(reqwest::redirect::Policy::none());
+        if !ca.is_empty() {
+            builder = builder.tls_built_in_root_certs(false);
+            for c in ca {
+                builder = builder.add_root_certificate(c.clone());
+            }
+        }
+        Ok(PermissionClient {
+            backend,
+            http: builder.build()?,
+        })
     }
 
     /// Whether the permissions service answers at all (any HTTP status): for readiness.
@@ -76,21 +110,51 @@ impl PermissionClient {
             }
         };
         let verdict = match self.http.get(url).send().await {
-            Ok(r) => match r.status().as_u16() {
-                200 => Verdict::Allowed,
-                s @ (401 | 403 | 404) => {
-                    Verdict::Denied(format!("the permissions service answered {s}"))
-                }
-                s => Verdict::Unavailable(format!("the permissions service answered {s}")),
-            },
+            Ok(r) => verdict_of(r.status().as_u16()),
             Err(e) if e.is_timeout() => {
                 Verdict::Unavailable("the permissions service did not answer in time".into())
             }
             Err(e) => Verdict::Unavailable(format!(
                 "the permissions service is unreachable: {}",
-                e.without_url()
+                error_chain(&e.without_url())
             )),
         };
         (verdict, t0.elapsed())
+    }
+}
+
+/// An error with its causes (`error sending request: ...: invalid peer certificate: ...`):
+/// reqwest's own text alone does not say whether TLS or the connection failed.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        source = cause.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_200_allows() {
+        assert_eq!(verdict_of(200), Verdict::Allowed);
+        for s in [201, 204, 301, 302, 303, 307, 308, 400, 401, 403, 404, 410] {
+            assert!(matches!(verdict_of(s), Verdict::Denied(_)), "{s}");
+        }
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert!(matches!(verdict_of(s), Verdict::Unavailable(_)), "{s}");
+        }
+        let Verdict::Denied(m) = verdict_of(302) else {
+            unreachable!()
+        };
+        assert!(m.contains("redirect"), "{m}");
     }
 }

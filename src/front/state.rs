@@ -5,7 +5,8 @@
 //! the conversation's worker). Join and offer can come in either order; whichever comes second
 //! sends the offer to the worker. All of this sits behind one `std::sync::Mutex` that is never
 //! held across an `.await`: every operation is a short, synchronous state change, and I/O
-//! (socket writes, worker messages) goes out through unbounded channels.
+//! goes out through channels that never block: worker messages unbounded, socket writes
+//! through a bounded queue per socket whose overflow disconnects that client.
 //!
 //! Life of a session: offer dispatched → `Answer` from the worker → media flows. It ends when
 //! the worker reports the peer connection `Closed`, when the client leaves (joins elsewhere,
@@ -20,7 +21,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 
 use super::bites::BiteReplays;
@@ -35,15 +35,7 @@ use crate::wire::ipc::ToWorker;
 use crate::wire::signal::{ErrorCode, SignalError};
 use crate::wire::stats::WorkerStats;
 
-/// What front sends down one signalling socket.
-#[derive(Debug)]
-pub enum Out {
-    Text(String),
-    /// Send `error::` and close the socket.
-    Fail(SignalError),
-}
-
-pub type SocketTx = UnboundedSender<Out>;
+pub use super::outbox::{Out, SocketTx};
 
 /// Outcome of an offer frame.
 #[derive(Debug, PartialEq)]
@@ -59,6 +51,12 @@ pub enum JoinError {
     Forbidden(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The user starts new conversations faster than `NEW_CONVERSATIONS_PER_MINUTE`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: Duration,
+    },
 }
 
 impl JoinError {
@@ -69,6 +67,9 @@ impl JoinError {
                 format!("not allowed in this conversation: {m}"),
             ),
             JoinError::Unavailable(m) => SignalError::new(ErrorCode::Unavailable, m.clone()),
+            JoinError::RateLimited { message, .. } => {
+                SignalError::new(ErrorCode::RateLimited, message.clone())
+            }
         }
     }
 }
@@ -95,6 +96,9 @@ pub(super) struct Client {
     pending_ice: Vec<String>,
     pub session: Option<Live>,
     pub recent_offers: VecDeque<Instant>,
+    /// The join's permission check was this moment's: the next offer needs no check of its own
+    /// (every later one does, see [`super::session`]).
+    pub join_covers_offer: bool,
     /// The last `slots` event of its session, for a socket that reconnects.
     pub last_slots: Option<String>,
 }
@@ -124,6 +128,9 @@ pub(super) struct State {
     pub crashes: HashMap<String, CrashHistory>,
     /// Generations taken back from a previous front (for readiness at startup).
     pub adopted: HashSet<Generation>,
+    /// When each user last started new conversations (worker starts), for
+    /// `NEW_CONVERSATIONS_PER_MINUTE`; emptied by housekeeping.
+    pub new_conversations: HashMap<String, VecDeque<Instant>>,
 }
 
 impl State {
@@ -138,7 +145,7 @@ impl State {
 pub struct Front {
     pub cfg: Arc<Config>,
     pub metrics: Metrics,
-    permissions: PermissionClient,
+    pub(super) permissions: PermissionClient,
     state: Mutex<State>,
     ids: AtomicU64,
     pub(super) spec: Arc<WorkerSpec>,
@@ -158,7 +165,11 @@ pub struct Front {
 
 impl Front {
     pub fn new(cfg: Config, bites: Option<Arc<BiteReplays>>) -> Result<Arc<Front>, reqwest::Error> {
-        let permissions = PermissionClient::new(cfg.permissions.clone(), cfg.permissions_timeout)?;
+        let permissions = PermissionClient::new(
+            cfg.permissions.clone(),
+            cfg.permissions_timeout,
+            &cfg.permissions_ca,
+        )?;
         let cfg = Arc::new(cfg);
         let spec = Arc::new(WorkerSpec {
             bin: cfg.worker_bin.clone(),
@@ -260,6 +271,24 @@ impl Front {
         // rate limit across a reconnect.
     }
 
+    /// Asks the permissions service whether `who` may be in `conversation` (and records the
+    /// latency): the check of a join, and of every offer into a joined conversation.
+    pub async fn authorize(&self, who: &Identity, conversation: &str) -> Result<(), JoinError> {
+        let (verdict, took) = self.permissions.check(&who.userid, conversation).await;
+        self.metrics.permission_latency.observe(took);
+        match verdict {
+            Verdict::Allowed => Ok(()),
+            Verdict::Denied(m) => {
+                tracing::info!(%who, conversation, "denied: {m}");
+                Err(JoinError::Forbidden(m))
+            }
+            Verdict::Unavailable(m) => {
+                tracing::warn!(%who, conversation, "failed closed: {m}");
+                Err(JoinError::Unavailable(m))
+            }
+        }
+    }
+
     /// Permission check, then join. Used by `POST /join` and `/connect?conversation=`.
     pub async fn authorize_and_join(
         self: &Arc<Self>,
@@ -268,20 +297,16 @@ impl Front {
     ) -> Result<(), JoinError> {
         self.check_available(conversation)
             .map_err(|e| JoinError::Unavailable(e.message))?;
+        self.check_new_conversation_rate(who, conversation)?;
         let t0 = Instant::now();
-        let (verdict, took) = self.permissions.check(&who.userid, conversation).await;
-        self.metrics.permission_latency.observe(took);
-        match verdict {
-            Verdict::Allowed => {}
-            Verdict::Denied(m) => {
-                tracing::info!(%who, conversation, "join denied: {m}");
-                return Err(JoinError::Forbidden(m));
-            }
-            Verdict::Unavailable(m) => {
-                tracing::warn!(%who, conversation, "join failed closed: {m}");
-                return Err(JoinError::Unavailable(m));
-            }
-        }
+        self.authorize(who, conversation)
+            .await
+            .map_err(|e| match e {
+                JoinError::Unavailable(m) => {
+                    JoinError::Unavailable(format!("cannot check permissions: {m}"))
+                }
+                e => e,
+            })?;
         self.join(who, conversation);
         self.metrics.join_latency.observe(t0.elapsed());
         Ok(())
@@ -305,7 +330,9 @@ impl Front {
         }
         client.joined_at = Some(Instant::now());
         tracing::info!(%who, conversation, "joined");
+        client.join_covers_offer = true;
         if let Some(sdp) = client.pending_offer.take() {
+            client.join_covers_offer = false;
             self.dispatch(st, who, sdp);
         }
     }
@@ -395,6 +422,25 @@ impl Front {
         unavailable(&mut st, self, conversation, Instant::now()).map_or(Ok(()), Err)
     }
 
+    /// Refuses a join that would start one conversation too many for this user this minute.
+    fn check_new_conversation_rate(
+        &self,
+        who: &Identity,
+        conversation: &str,
+    ) -> Result<(), JoinError> {
+        let mut st = self.lock();
+        match new_conversation_limited(&mut st, self, &who.userid, conversation, Instant::now()) {
+            None => Ok(()),
+            Some((message, retry_after)) => {
+                tracing::info!(%who, conversation, "join refused: {message}");
+                Err(JoinError::RateLimited {
+                    message,
+                    retry_after,
+                })
+            }
+        }
+    }
+
     fn dispatch(self: &Arc<Self>, st: &mut State, who: &Identity, sdp: String) {
         let Some(client) = st.clients.get_mut(who) else {
             return;
@@ -411,8 +457,23 @@ impl Front {
             }
             return;
         }
+        if let Some((message, _)) =
+            new_conversation_limited(st, self, &who.userid, &conversation, now)
+        {
+            if let Some(client) = st.clients.get(who) {
+                client.send(Out::Fail(SignalError::new(ErrorCode::RateLimited, message)));
+            }
+            return;
+        }
         let session = SessionId(self.next_id());
         if !st.conversations.contains_key(&conversation) {
+            // A conversation this user starts (a restart after a crash is not a new one).
+            if !st.crashes.contains_key(&conversation) {
+                st.new_conversations
+                    .entry(who.userid.clone())
+                    .or_default()
+                    .push_back(now);
+            }
             let delay = st
                 .crashes
                 .get_mut(&conversation)
@@ -497,6 +558,17 @@ fn unavailable(
             "this server is draining and takes no new conversations; try again shortly",
         ));
     }
+    // Worker processes, those still stopping included: MAX_WORKERS bounds the processes.
+    let workers = st.conversations.len() + st.retiring.len();
+    if !st.conversations.contains_key(conversation) && workers >= front.cfg.max_workers {
+        return Some(SignalError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "this server runs as many conversations as it may ({workers}, MAX_WORKERS={}) and takes no new one; try again later",
+                front.cfg.max_workers
+            ),
+        ));
+    }
     let left = st.crashes.get(conversation)?.unavailable_for(now)?;
     Some(SignalError::new(
         ErrorCode::Unavailable,
@@ -506,6 +578,44 @@ fn unavailable(
             front.crash_policy.window.as_secs(),
             left.as_secs() + 1
         ),
+    ))
+}
+
+/// Why `userid` may not start `conversation` now, and when it may: it has no worker yet
+/// (a restart after a crash or `ctl restart` does not count) and the user has started
+/// `NEW_CONVERSATIONS_PER_MINUTE` conversations within the last minute.
+fn new_conversation_limited(
+    st: &mut State,
+    front: &Front,
+    userid: &str,
+    conversation: &str,
+    now: Instant,
+) -> Option<(String, Duration)> {
+    const MINUTE: Duration = Duration::from_secs(60);
+    if st.conversations.contains_key(conversation) || st.crashes.contains_key(conversation) {
+        return None;
+    }
+    let recent = st.new_conversations.get_mut(userid)?;
+    while recent
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= MINUTE)
+    {
+        recent.pop_front();
+    }
+    let limit = front.cfg.new_conversations_per_minute as usize;
+    if recent.len() < limit {
+        return None;
+    }
+    let retry_after = recent
+        .front()
+        .map_or(MINUTE, |t| MINUTE.saturating_sub(now.duration_since(*t)));
+    Some((
+        format!(
+            "user {userid} has started {} new conversations within a minute (the limit is {limit}, NEW_CONVERSATIONS_PER_MINUTE); try again in {} s",
+            recent.len(),
+            retry_after.as_secs() + 1
+        ),
+        retry_after,
     ))
 }
 

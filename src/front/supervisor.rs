@@ -27,7 +27,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
 
-use super::conversation::Control;
+use super::conversation::{Control, Kill};
 use super::{notify, procfs};
 use crate::wire::frame::{self, FrameError};
 use crate::wire::ids::Generation;
@@ -105,19 +105,6 @@ pub enum Ending {
     Killed(Kill, String),
 }
 
-/// Why front killed a worker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kill {
-    /// No `Stats` for the heartbeat window.
-    Heartbeat,
-    /// It sent something that is not our protocol.
-    Protocol,
-    /// Front asked ([`Control::Kill`]: an unanswered offer, `ctl restart`).
-    Asked,
-    /// Told to stop, it did not within the grace period.
-    Stuck,
-}
-
 impl std::fmt::Display for Ending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -134,6 +121,9 @@ pub trait WorkerEvents: Send + Sync + 'static {
     fn message(&self, conversation: &str, generation: Generation, msg: ToFront);
     /// The worker process is gone (reaped, or no longer ours).
     fn gone(&self, conversation: &str, generation: Generation, ending: &Ending);
+    /// `msg` was too large for the channel (`size` bytes encoded) and was not sent: the
+    /// worker never heard of it, the channel is intact, and the worker goes on.
+    fn refused(&self, conversation: &str, generation: Generation, msg: ToWorker, size: usize);
 }
 
 /// Why a spawned worker never came up.
@@ -293,6 +283,7 @@ async fn start(
     for var in notify::CHILD_ENV_REMOVE.iter().chain([&LISTEN_FD_ENV]) {
         cmd.env_remove(var);
     }
+    let spawned_at = std::time::Instant::now();
     let mut child = cmd
         .spawn()
         .map_err(|e| StartError::Spawn(spec.bin.clone(), e))?;
@@ -338,7 +329,10 @@ async fn start(
             return Err(StartError::NotReady(format!("{other:?}")));
         }
     }
-    tracing::info!(conversation, pid, "worker ready");
+    // Spawn to ready: what the first member of a conversation waits for before its offer is
+    // answered (README "Operations").
+    let ready_ms = spawned_at.elapsed().as_secs_f64() * 1e3;
+    tracing::info!(conversation, pid, ready_ms, "worker ready");
     Ok((link, child))
 }
 
@@ -388,16 +382,25 @@ async fn supervise(
             control = rx.recv(), if !stopping => match control {
                 Some(Control::Send(m)) => {
                     stopping = m == ToWorker::Shutdown;
-                    if let Err(e) = frame::write_frame(&mut w, &m).await {
-                        tracing::warn!(conversation, pid, "write to worker: {e}");
-                        process.kill().await;
-                        break Ending::Exited(format!("write to worker: {e}"));
+                    match frame::write_frame(&mut w, &m).await {
+                        Ok(()) => {}
+                        // Nothing was written: the message is refused for its session, the
+                        // conversation goes on.
+                        Err(FrameError::TooLarge(size)) => {
+                            tracing::warn!(conversation, pid, "a message of {size} bytes is too large for the worker's channel; refused");
+                            events.refused(conversation, generation, m, size);
+                        }
+                        Err(e) => {
+                            tracing::warn!(conversation, pid, "write to worker: {e}");
+                            process.kill().await;
+                            break Ending::Exited(format!("write to worker: {e}"));
+                        }
                     }
                 }
-                Some(Control::Kill(why)) => {
+                Some(Control::Kill(kind, why)) => {
                     tracing::warn!(conversation, pid, "killing the worker: {why}");
                     process.kill().await;
-                    break Ending::Killed(Kill::Asked, why);
+                    break Ending::Killed(kind, why);
                 }
                 // Front dropped the conversation without a Shutdown: treat it as one.
                 None => {

@@ -13,10 +13,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::rtp;
@@ -40,45 +40,7 @@ use crate::media::opus;
 use crate::wire::identity::Identity;
 use crate::worker::peer::{audio_engine, opus_media_track};
 
-/// The first byte is an Opus TOC byte (config 31: CELT fullband 20 ms, mono, one frame), so a
-/// probe is a well-formed 20 ms Opus packet and the server cuts and publishes bites of probes
-/// as it would of speech (what it decodes to is noise, which no test listens to).
-const PROBE_MAGIC: &[u8; 2] = &[0xF8, b'W'];
-pub const PROBE_SIZE: usize = 60;
-
-/// Encodes a probe payload: magic, tag, send time (µs since the epoch), counter; padded to
-/// [`PROBE_SIZE`] bytes like a 20 ms Opus frame.
-pub fn probe_payload(tag: &str, counter: u32) -> Bytes {
-    let mut b = BytesMut::with_capacity(PROBE_SIZE);
-    b.put_slice(PROBE_MAGIC);
-    let tag = &tag.as_bytes()[..tag.len().min(40)];
-    b.put_u8(tag.len() as u8);
-    b.put_slice(tag);
-    b.put_u64(now_micros());
-    b.put_u32(counter);
-    b.resize(PROBE_SIZE.max(b.len()), 0);
-    b.freeze()
-}
-
-/// Reads a probe payload: (tag, send time µs, counter).
-pub fn parse_probe(p: &[u8]) -> Option<(String, u64, u32)> {
-    if p.len() < 3 || &p[..2] != PROBE_MAGIC {
-        return None;
-    }
-    let n = p[2] as usize;
-    let tag = std::str::from_utf8(p.get(3..3 + n)?).ok()?.to_string();
-    let rest = p.get(3 + n..3 + n + 12)?;
-    let sent = u64::from_be_bytes(rest[..8].try_into().ok()?);
-    let counter = u32::from_be_bytes(rest[8..12].try_into().ok()?);
-    Some((tag, sent, counter))
-}
-
-pub fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+pub use super::probe::{PROBE_SIZE, now_micros, parse_probe, probe_payload};
 
 /// What one incoming stream (one slot) delivered.
 #[derive(Clone, Debug, Default)]
@@ -523,6 +485,11 @@ impl Client {
     /// (−dBov, 0 loudest) until [`Client::stop_sending`]. It continues the microphone's RTP
     /// stream, and a [`Client::speak`] meanwhile waits until it stops.
     pub fn start_sending(&self, tag: &str, dbov: u8) {
+        self.start_sending_every(tag, dbov, Duration::from_millis(20));
+    }
+
+    /// [`Client::start_sending`], one packet every `every` (a flood, for the abuse tests).
+    pub fn start_sending_every(&self, tag: &str, dbov: u8, every: Duration) {
         let me = self.sending.fetch_add(1, Ordering::Relaxed) + 1;
         let (mic, ssrc, sending, clock, tag) = (
             self.mic.clone(),
@@ -533,7 +500,7 @@ impl Client {
         );
         tokio::spawn(async move {
             let mut clock = clock.lock_owned().await;
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut tick = tokio::time::interval(every);
             let mut n = 0u32;
             let mut ts = None;
             while sending.load(Ordering::Relaxed) == me {
@@ -726,19 +693,4 @@ pub fn ssrcs_by_mid(sdp: &str) -> Vec<(String, u32)> {
     }
     flush(&mut mid, &mut pending, &mut out);
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn probe_round_trip() {
-        let p = probe_payload("alice", 42);
-        assert_eq!(p.len(), PROBE_SIZE);
-        let (tag, sent, n) = parse_probe(&p).unwrap();
-        assert_eq!((tag.as_str(), n), ("alice", 42));
-        assert!(now_micros() >= sent);
-        assert!(parse_probe(b"xx").is_none());
-    }
 }

@@ -2,8 +2,25 @@
 //! m-lines in order (mid, direction, Opus payload type) and the RFC 6464 extension id. The
 //! webrtc crate parses the SDP for real; this reads the few facts the slot plan depends on,
 //! and turns an offer that could never work into a clear `bad-sdp` early.
+//!
+//! It is also the first line of defence against hostile offers: front parses every offer
+//! with [`Offer::parse`] before a worker sees it, so the caps here ([`MAX_MLINES`] m-lines,
+//! [`MAX_CANDIDATES`] candidates, extmap ids 1–14) protect both processes. Parsing stops at
+//! the first line over a cap, so a huge offer costs no more than a small one.
 
 pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
+/// Most m-lines an offer may have. A client offers its microphone and up to `MAX_SLOTS` (at
+/// most 16) slots; each m-line costs a transceiver in the worker's peer connection.
+pub const MAX_MLINES: usize = 16;
+
+/// Most `a=candidate` lines an offer may carry (all m-lines together). A browser gathers a
+/// handful per interface; every remote candidate is a pair the ICE agent keeps.
+pub const MAX_CANDIDATES: usize = 32;
+
+/// RFC 8285 one-byte header extension ids: 1–14 (0 is padding, 15 is reserved). The room
+/// writes each listener's audio-level id into forwarded packets with the one-byte header.
+pub const EXTMAP_IDS: std::ops::RangeInclusive<u8> = 1..=14;
 
 /// Direction as the *client* offered it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +56,14 @@ pub enum SdpError {
     NoOpus(usize),
     #[error("the offer has no audio m-line")]
     NoAudio,
+    #[error("the offer has more than {MAX_MLINES} m-lines")]
+    TooManyMLines,
+    #[error("the offer has more than {MAX_CANDIDATES} ICE candidates")]
+    TooManyCandidates,
+    #[error(
+        "extmap id {0:?} is not allowed: header extension ids must be 1-14 (RFC 8285 one-byte ids)"
+    )]
+    BadExtmapId(String),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -46,6 +71,8 @@ pub struct Offer {
     pub audio: Vec<AudioSection>,
     /// Negotiated id of the audio-level extension, if offered.
     pub audio_level_id: Option<u8>,
+    /// `a=candidate` lines in the offer (at most [`MAX_CANDIDATES`]).
+    pub candidates: usize,
 }
 
 impl Offer {
@@ -56,6 +83,7 @@ impl Offer {
         }
         let mut audio = Vec::new();
         let mut audio_level_id = None;
+        let mut candidates = 0usize;
         // Per m-line state; `None` kind means we are in the session part.
         let mut cur: Option<(bool, AudioSection, Option<u8>)> = None;
         let mut index = 0usize;
@@ -72,7 +100,17 @@ impl Offer {
             Ok(())
         };
         for line in sdp.lines().map(str::trim) {
+            if line.starts_with("a=candidate:") {
+                candidates += 1;
+                if candidates > MAX_CANDIDATES {
+                    return Err(SdpError::TooManyCandidates);
+                }
+                continue;
+            }
             if let Some(m) = line.strip_prefix("m=") {
+                if index == MAX_MLINES {
+                    return Err(SdpError::TooManyMLines);
+                }
                 flush(&mut cur, &mut audio)?;
                 let is_audio = m.starts_with("audio ");
                 cur = Some((
@@ -87,6 +125,17 @@ impl Offer {
                 ));
                 index += 1;
                 continue;
+            }
+            // Extension ids in the session part and the audio m-lines (the ones the answer can
+            // accept) must fit the one-byte header.
+            let ext = line.strip_prefix("a=extmap:");
+            let audio_part = cur.as_ref().is_none_or(|(is_audio, ..)| *is_audio);
+            if let Some(ext) = ext.filter(|_| audio_part) {
+                let id = ext.split_whitespace().next().unwrap_or("");
+                let number = id.split('/').next().unwrap_or("");
+                if !number.parse::<u8>().is_ok_and(|n| EXTMAP_IDS.contains(&n)) {
+                    return Err(SdpError::BadExtmapId(id.chars().take(16).collect()));
+                }
             }
             let Some((is_audio, sec, opus)) = cur.as_mut() else {
                 continue;
@@ -128,6 +177,7 @@ impl Offer {
         Ok(Offer {
             audio,
             audio_level_id,
+            candidates,
         })
     }
 
@@ -292,6 +342,95 @@ a=candidate:b 1 udp 1 127.0.0.1 4001 typ host\r\na=end-of-candidates\r\na=ice-uf
         // Already consistent offers are untouched.
         assert_eq!(unify_bundle_ice(&u), u);
         assert_eq!(unify_bundle_ice(CHROME_LIKE), CHROME_LIKE);
+    }
+
+    /// One Opus m-line, then `more` bare ones (the cheapest m-line a hostile client can send).
+    fn with_mlines(more: usize) -> String {
+        let mut sdp =
+            String::from("v=0\r\nm=audio 9 X 111\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\n");
+        for _ in 0..more {
+            sdp.push_str("m=audio 0 X 111\r\na=rtpmap:111 opus/48000/2\r\n");
+        }
+        sdp
+    }
+
+    #[test]
+    fn m_lines_are_capped() {
+        assert_eq!(
+            Offer::parse(&with_mlines(MAX_MLINES - 1)).map(|o| o.audio.len()),
+            Ok(MAX_MLINES)
+        );
+        assert_eq!(
+            Offer::parse(&with_mlines(MAX_MLINES)),
+            Err(SdpError::TooManyMLines)
+        );
+        // Refused at the 17th m-line: 3 000 of them cost no more than 17.
+        let huge = with_mlines(3_000);
+        let t = std::time::Instant::now();
+        assert_eq!(Offer::parse(&huge), Err(SdpError::TooManyMLines));
+        assert!(t.elapsed() < std::time::Duration::from_millis(50));
+        assert!(
+            SdpError::TooManyMLines
+                .to_string()
+                .contains("more than 16 m-lines"),
+            "{}",
+            SdpError::TooManyMLines
+        );
+    }
+
+    #[test]
+    fn candidates_are_capped_across_m_lines() {
+        let with_candidates = |n: usize| {
+            let mut sdp = with_mlines(1);
+            for i in 0..n {
+                sdp.push_str(&format!(
+                    "a=candidate:{i} 1 udp 2130706431 127.0.0.1 {} typ host\r\n",
+                    4000 + i
+                ));
+            }
+            sdp
+        };
+        assert_eq!(
+            Offer::parse(&with_candidates(MAX_CANDIDATES)).map(|o| o.candidates),
+            Ok(MAX_CANDIDATES)
+        );
+        assert_eq!(
+            Offer::parse(&with_candidates(MAX_CANDIDATES + 1)),
+            Err(SdpError::TooManyCandidates)
+        );
+    }
+
+    #[test]
+    fn extmap_ids_must_fit_the_one_byte_header() {
+        let with_ext = |id: &str| {
+            format!(
+                "v=0\r\nm=audio 9 X 111\r\na=extmap:{id} {AUDIO_LEVEL_URI}\r\na=rtpmap:111 opus/48000/2\r\n"
+            )
+        };
+        for ok in ["1", "14", "3/sendrecv"] {
+            assert!(Offer::parse(&with_ext(ok)).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            Offer::parse(&with_ext("14")).unwrap().audio_level_id,
+            Some(14)
+        );
+        for bad in ["0", "15", "16", "255", "256", "-1", "x", ""] {
+            let e = Offer::parse(&with_ext(bad)).unwrap_err();
+            assert!(matches!(e, SdpError::BadExtmapId(_)), "{bad}: {e}");
+            assert!(e.to_string().contains("1-14"), "{e}");
+        }
+        // Session-level extmaps apply to the audio too.
+        let session = format!("v=0\r\na=extmap:15 urn:x\r\n{}", &with_ext("1")[5..]);
+        assert!(matches!(
+            Offer::parse(&session),
+            Err(SdpError::BadExtmapId(_))
+        ));
+        // A video m-line is answered inactive; its ids are not ours to police.
+        let video = format!(
+            "{}m=video 9 X 96\r\na=extmap:15 urn:x\r\na=rtpmap:96 VP8/90000\r\n",
+            with_ext("1")
+        );
+        assert!(Offer::parse(&video).is_ok());
     }
 
     #[test]

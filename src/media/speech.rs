@@ -33,13 +33,29 @@ pub const SPEECH_THRESHOLD_DBOV: u8 = 60;
 /// did not negotiate the audio-level extension.
 pub const VOICED_MIN_PAYLOAD: usize = 16;
 
+/// At most this many payload bytes, an Opus packet carries no sound at all: a TOC byte
+/// alone, or with one more byte, is what an encoder in DTX emits (WebRTC's own jitter buffer
+/// treats packets this small as DTX). A level claimed for such a packet is contradicted by
+/// it, and the packet counts as silence whatever its RFC 6464 byte says: otherwise a client
+/// could win a slot with a stream of empty packets stamped 0 dBov. (Any real Opus frame of
+/// speech is far larger: 15 bytes per 20 ms at the codec's lowest bitrate.)
+pub const DTX_MAX_PAYLOAD: usize = 2;
+
 const SILENCE_DBOV: u8 = 127;
 
 impl Loudness {
+    /// Silence, as the RFC 6464 floor.
+    pub const SILENT: Loudness = Loudness::Level {
+        dbov: SILENCE_DBOV,
+        voice: false,
+    };
+
     /// The loudness of one packet: its RFC 6464 byte if it carries one, else inferred from
-    /// its payload size.
+    /// its payload size. A DTX-sized payload ([`DTX_MAX_PAYLOAD`]) is silence whatever level
+    /// it claims.
     pub fn of_packet(level_byte: Option<u8>, payload_len: usize) -> Loudness {
         match level_byte {
+            Some(_) if payload_len <= DTX_MAX_PAYLOAD => Loudness::SILENT,
             Some(b) => Loudness::Level {
                 dbov: b & 0x7f,
                 voice: b & 0x80 != 0,
@@ -88,5 +104,19 @@ mod tests {
         assert!(Loudness::of_packet(None, 80).is_speech(SPEECH_THRESHOLD_DBOV));
         assert!(!Loudness::of_packet(None, 3).is_speech(SPEECH_THRESHOLD_DBOV));
         assert_eq!(Loudness::of_packet(Some(127), 0).db(), 0.0);
+    }
+
+    #[test]
+    fn a_loud_level_on_a_dtx_payload_is_silence() {
+        for len in 0..=DTX_MAX_PAYLOAD {
+            let l = Loudness::of_packet(Some(0x80), len);
+            assert!(!l.is_speech(SPEECH_THRESHOLD_DBOV), "{len} bytes: {l:?}");
+            assert_eq!(l.db(), 0.0, "{len} bytes");
+        }
+        // One byte more is a (small) frame: its level stands, loud or not.
+        let l = Loudness::of_packet(Some(0x80), DTX_MAX_PAYLOAD + 1);
+        assert!(l.is_speech(SPEECH_THRESHOLD_DBOV));
+        assert_eq!(l.db(), 127.0);
+        assert!(!Loudness::of_packet(Some(90), 300).is_speech(SPEECH_THRESHOLD_DBOV));
     }
 }

@@ -2,9 +2,17 @@
 //! big-endian protocol version, then the postcard-encoded message.
 //!
 //! The version is in every frame (not just a handshake) so a worker from another build is
-//! refused at its first word. Anything that does not decode, is too large, or has the wrong
-//! version is a [`FrameError`]: front treats the worker as broken and kills it, it never
+//! refused at its first word. Anything read that does not decode, is too large, or has the
+//! wrong version is a [`FrameError`]: front treats the worker as broken and kills it, it never
 //! guesses.
+//!
+//! Writing is different: a message too large to encode ([`FrameError::TooLarge`] from
+//! [`encode`] or [`write_frame`]) is never written at all, so the channel is intact and the
+//! message is refused for the one session it belongs to (front answers that client
+//! `too-large`; a worker turns it into a `Rejected` for that session). Only a failing socket
+//! ends the channel. Signalling frames are capped well below [`MAX_FRAME`]
+//! ([`MAX_SIGNAL_FRAME`], checked when the configuration is read), so this stays the rare
+//! case of a message that grows on its way (JSON escaping of a trickled candidate).
 
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -13,6 +21,12 @@ use super::ipc::PROTOCOL_VERSION;
 
 /// SDPs are a few KiB; a frame near this size is already a bug.
 pub const MAX_FRAME: usize = 1 << 20;
+
+/// The largest signalling frame (`MAX_FRAME_BYTES`) the configuration accepts: a quarter of
+/// [`MAX_FRAME`]. What a client sends crosses to the worker inside one IPC frame with its
+/// identity and session, and what comes back (the answer, `slots` events) repeats parts of
+/// it, so the client's limit must stay well under the channel's.
+pub const MAX_SIGNAL_FRAME: usize = MAX_FRAME / 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -55,6 +69,9 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     Ok(postcard::from_bytes(message)?)
 }
 
+/// Writes one message. `Err(TooLarge)` means nothing was written (the message is encoded
+/// before the first byte goes out): the channel can go on, without that message. Any other
+/// error is the socket's.
 pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     w: &mut W,
     msg: &T,
@@ -104,6 +121,9 @@ mod tests {
                     max_slots: 3,
                     ice_disconnected_ms: 1,
                     ice_failed_ms: 2,
+                    member_packets_per_s: 3,
+                    member_bytes_per_s: 4,
+                    first_connect_ms: 5,
                 },
                 bites: None,
                 orphan_grace_ms: 60_000,
@@ -153,6 +173,48 @@ mod tests {
         ));
         assert!(decode::<ToFront>(&[0, PROTOCOL_VERSION as u8, 0xff, 0xff, 0xff]).is_err());
         assert!(decode::<ToFront>(&[]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_message_too_large_is_refused_and_nothing_is_written() {
+        let big = ToFront::Answer {
+            session: SessionId(1),
+            sdp: "x".repeat(MAX_FRAME),
+        };
+        assert!(matches!(encode(&big), Err(FrameError::TooLarge(n)) if n > MAX_FRAME));
+        let mut out = Vec::new();
+        assert!(matches!(
+            write_frame(&mut out, &big).await,
+            Err(FrameError::TooLarge(_))
+        ));
+        assert!(
+            out.is_empty(),
+            "nothing of a refused message reaches the channel"
+        );
+        // The channel goes on: the next message is whole and readable.
+        write_frame(&mut out, &ToFront::Ready { pid: 9 })
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_frame::<_, ToFront>(&mut out.as_slice(), &mut buf)
+                .await
+                .unwrap(),
+            ToFront::Ready { pid: 9 }
+        );
+        // The largest frame just fits.
+        let fits = ToWorker::Ice {
+            session: SessionId(1),
+            candidate: String::new(),
+        };
+        let overhead = encode(&fits).unwrap().len() - 4;
+        // A string's length prefix grows with it (postcard varint: 3 bytes up to 2^21).
+        let fits = ToWorker::Ice {
+            session: SessionId(1),
+            candidate: "c".repeat(MAX_FRAME - overhead - 2),
+        };
+        assert_eq!(encode(&fits).unwrap().len() - 4, MAX_FRAME);
+        const { assert!(MAX_SIGNAL_FRAME * 4 <= MAX_FRAME) };
     }
 
     #[tokio::test]

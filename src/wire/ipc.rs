@@ -20,7 +20,7 @@ use super::ids::{Generation, SessionId};
 use super::signal::ErrorCode;
 use super::stats::WorkerStats;
 
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// What a worker needs to run its peer connections. Front sends it in `Init` rather than
 /// letting the worker re-read the environment, so the one process that validated the
@@ -35,6 +35,28 @@ pub struct MediaConfig {
     pub ice_disconnected_ms: u64,
     /// Disconnected for this much longer → failed, and the session ends.
     pub ice_failed_ms: u64,
+    /// Per-member caps before the speaker selection: RTP packets and payload bytes per
+    /// second (0 = no cap). Over them is dropped and counted.
+    #[serde(default = "default_member_packets_per_s")]
+    pub member_packets_per_s: u32,
+    #[serde(default = "default_member_bytes_per_s")]
+    pub member_bytes_per_s: u32,
+    /// A worker none of whose peer connections has reached `connected` this long after it
+    /// started stops (0 = never).
+    #[serde(default = "default_first_connect_ms")]
+    pub first_connect_ms: u64,
+}
+
+pub fn default_member_packets_per_s() -> u32 {
+    120
+}
+
+pub fn default_member_bytes_per_s() -> u32 {
+    64 * 1024
+}
+
+pub fn default_first_connect_ms() -> u64 {
+    10_000
 }
 
 /// How a worker cuts and publishes bites (absent when bites are off).
@@ -138,6 +160,8 @@ pub enum CloseReason {
     Failed,
     /// The connection reports itself closed for another reason.
     Closed,
+    /// Handling the connection failed inside the worker (a panic, contained to this session).
+    Error,
 }
 
 impl CloseReason {
@@ -147,6 +171,7 @@ impl CloseReason {
             CloseReason::ByClient => "closed-by-client",
             CloseReason::Failed => "peer-connection-failed",
             CloseReason::Closed => "peer-connection-closed",
+            CloseReason::Error => "peer-connection-error",
         }
     }
 }

@@ -18,6 +18,26 @@ pub struct WorkerStats {
     pub bytes_forwarded: u64,
     pub forward_delay: DelayHistogram,
     pub bites: BiteStats,
+    /// Packets dropped on purpose, by reason.
+    #[serde(default)]
+    pub dropped: DropStats,
+}
+
+/// Packets a worker dropped on purpose (`beep_packets_dropped_total{reason=...}`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DropStats {
+    /// RTP packets over their member's packet or byte rate cap (`reason="member-rate"`).
+    pub member_rate: u64,
+    /// Datagrams from an address other than the session's selected ICE pair
+    /// (`reason="unselected-address"`).
+    pub unselected_address: u64,
+}
+
+impl DropStats {
+    pub fn add(&mut self, other: &DropStats) {
+        self.member_rate += other.member_rate;
+        self.unselected_address += other.unselected_address;
+    }
 }
 
 impl WorkerStats {
@@ -28,6 +48,7 @@ impl WorkerStats {
         self.bytes_forwarded += other.bytes_forwarded;
         self.forward_delay.add(&other.forward_delay);
         self.bites.add(&other.bites);
+        self.dropped.add(&other.dropped);
     }
 }
 

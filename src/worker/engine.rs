@@ -20,49 +20,69 @@
 //! Front's messages come in on a channel; what the engine tells front goes out on another.
 //! Finished bites are remuxed to Ogg Opus here (microseconds per bite) and handed to the
 //! publisher with a call that never blocks: the media path never waits on NATS or the disk.
+//!
+//! What one client (or anyone who can reach a port) can do to the others is bounded here:
+//!
+//! - **Fair service.** Each turn of the loop serves at most [`FRONT_SHARE`] of front's
+//!   messages (an offer costs about a millisecond) and [`DATAGRAM_SHARE`] datagrams, so a
+//!   burst of offers cannot hold back the media and a flood of datagrams cannot hold back
+//!   front. Datagrams share one queue, but each connection may have at most
+//!   [`intake::PEER_BACKLOG`] of them in it: a reader whose connection is over that stops reading
+//!   and lets its kernel buffer overflow, so a flood at one port cannot crowd the others
+//!   out of the queue.
+//! - **Selected pair only.** Once ICE has selected a pair, a datagram from any other address
+//!   is dropped (and counted) before the connection sees it: the `rtc` state machine itself
+//!   would pass it on to DTLS and SRTP.
+//! - **Panics stay with their session.** Each connection's handling (a datagram, a timer, a
+//!   candidate, an offer, a forward to it) runs under `catch_unwind`; a panic ends that session
+//!   (front is told, `CloseReason::Error`) and the room goes on.
+//! - **No connection, no worker.** A worker none of whose members has ever connected stops
+//!   `first_connect_ms` after it started (offers that never connect must not keep a process).
+//! - Per-member packet and byte caps are the room's ([`crate::media::room::limit`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, UdpSocket};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
-use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{RTCDtlsTransportState, RTCIceCandidateInit};
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::rtp;
-use rtc::rtp_transceiver::RTCRtpReceiverId;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
 use super::peer::{self, NegotiationError};
-use crate::media::bite::{CutBite, CutterConfig};
-use crate::media::ogg_opus::{self, BiteTags};
+use crate::media::bite::CutterConfig;
 use crate::media::rewrite::SlotRewriter;
-use crate::media::room::{Forward, Room, RoomEvent, SlotOutput};
+use crate::media::room::{Forward, MemberLimits, Room, RoomEvent, SlotOutput};
 use crate::media::sdp::{Offer, unify_bundle_ice};
-use crate::publish::publisher::PublisherHandle;
-use crate::publish::spool::BiteRecord;
 use crate::wire::identity::Identity;
 use crate::wire::ids::{Generation, SessionId};
-use crate::wire::ipc::{Adoption, CloseReason, MediaConfig, ToFront, ToWorker};
+use crate::wire::ipc::{CloseReason, MediaConfig, ToFront, ToWorker};
 use crate::wire::signal::ErrorCode;
-use crate::wire::stats::{DelayHistogram, WorkerStats};
+use crate::wire::stats::{DelayHistogram, DropStats, WorkerStats};
 
 /// How often the speaker selection re-runs.
 const TICK: Duration = Duration::from_millis(50);
 const STATS_EVERY: Duration = Duration::from_secs(2);
-/// Datagrams waiting for the engine; a reader whose datagrams are not taken waits (and the
-/// kernel's socket buffer holds the rest).
-const DATAGRAM_QUEUE: usize = 4096;
-/// A connection whose timer is already due is handled at most this often: a deadline that
-/// stays in the past must not spin the loop (webrtc#862).
-const MIN_TIMEOUT_INTERVAL: Duration = Duration::from_millis(1);
-const MAX_DATAGRAM: usize = 2048;
+/// Most of front's messages served per turn of the loop (then the datagrams get a turn).
+const FRONT_SHARE: usize = 4;
+/// Most datagrams served per turn of the loop (then front and the timers get a turn).
+const DATAGRAM_SHARE: usize = 256;
+/// A worker stopping because nobody connected refuses offers until front has been quiet this
+/// long (at most [`RETIRE_MAX`]), so an offer front sent just before is answered, not lost
+/// with the process.
+const RETIRE_QUIET: Duration = Duration::from_millis(250);
+const RETIRE_MAX: Duration = Duration::from_secs(2);
 
 /// What the engine hears from its link to front.
+// `Front` carries `Init`'s settings: a few hundred bytes, moved a few times a second at most,
+// not worth a box per message.
+#[allow(clippy::large_enum_variant)]
 pub enum Input {
     Front(ToWorker),
     /// The connection to front ended; the conversation goes on without one for a while.
@@ -88,15 +108,6 @@ pub struct EngineSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct PeerKey(u64);
 
-/// One UDP datagram read from a connection's socket.
-struct Datagram {
-    key: PeerKey,
-    /// When the reader took it from the socket: forwarding delay is measured from here.
-    at: Instant,
-    from: SocketAddr,
-    data: BytesMut,
-}
-
 /// One client's peer connection.
 struct Peer {
     session: SessionId,
@@ -110,6 +121,16 @@ struct Peer {
     level_id: Option<u8>,
     deadline: Option<Instant>,
     last_timeout: Instant,
+    /// The client's address on the pair ICE selected; from then on, datagrams from any other
+    /// address are dropped before the connection sees them.
+    selected: Option<SocketAddr>,
+    /// This connection's datagrams in the engine's queue.
+    backlog: Arc<Backlog>,
+    /// Its handling panicked: it gets nothing more, and is ended once the current pass is over.
+    broken: bool,
+    /// Test hook: the next datagram's handling panics.
+    #[cfg(test)]
+    panic_on_read: bool,
 }
 
 /// Counters the room does not keep.
@@ -119,42 +140,10 @@ struct Drops {
     refused: u64,
     /// Datagrams the socket would not take (its buffer was full).
     send_full: u64,
-}
-
-/// Where finished bites go: the conversation's publisher.
-pub struct BiteSink {
-    pub conversation: String,
-    pub handle: PublisherHandle,
-}
-
-impl BiteSink {
-    /// Remuxes a bite and hands it to the publisher (never blocks).
-    fn send(&self, identity: &Identity, bite: &CutBite) {
-        let tags = BiteTags {
-            conversation: &self.conversation,
-            user: &identity.userid,
-            client: &identity.clientid,
-            start_unix_ms: bite.start_unix_ms,
-        };
-        match ogg_opus::write_bite(bite, &tags, ogg_opus::random_serial()) {
-            Ok(data) => self.handle.send(BiteRecord {
-                key: self.conversation.clone(),
-                user: identity.userid.clone(),
-                client: identity.clientid.clone(),
-                start: bite.start_unix_ms,
-                duration_ms: bite.duration_ms(),
-                data: data.into(),
-            }),
-            Err(e) => {
-                self.handle.lost();
-                tracing::error!(
-                    %identity,
-                    start = bite.start_unix_ms,
-                    "BITE LOST: its Ogg file could not be written: {e}"
-                );
-            }
-        }
-    }
+    /// Datagrams from an address other than the connection's selected pair.
+    unselected: u64,
+    /// Sessions ended because their handling panicked.
+    panics: u64,
 }
 
 pub struct Engine {
@@ -175,6 +164,11 @@ pub struct Engine {
     drops: Drops,
     forward_delay: DelayHistogram,
     bites: Option<BiteSink>,
+    /// Some member's connection has reached `connected` (see [`EngineSettings`]'s
+    /// `media.first_connect_ms`).
+    ever_connected: bool,
+    /// Sessions whose handling panicked, and what it said: ended after the current pass.
+    poisoned: Vec<(SessionId, String)>,
 }
 
 impl Engine {
@@ -187,32 +181,20 @@ impl Engine {
         mut front: UnboundedReceiver<Input>,
     ) -> (String, WorkerStats) {
         let (datagrams, mut incoming) = mpsc::channel(DATAGRAM_QUEUE);
-        let cutter = settings.cutter.filter(|_| bites.is_some());
         let orphan_grace = settings.orphan_grace;
-        let mut engine = Engine {
-            conversation: settings.conversation,
-            generation: settings.generation,
-            started: Instant::now(),
-            media: settings.media,
-            room: Room::new(cutter),
-            to_front,
-            peers: HashMap::new(),
-            sessions: HashMap::new(),
-            timers: BTreeSet::new(),
-            next_key: 0,
-            datagrams,
-            forwards: Vec::new(),
-            drops: Drops::default(),
-            forward_delay: DelayHistogram::default(),
-            bites,
-        };
+        let first_connect =
+            Some(Duration::from_millis(settings.media.first_connect_ms)).filter(|d| !d.is_zero());
+        let mut engine = Engine::new(settings, bites, to_front, datagrams);
         let mut next_tick = Instant::now() + TICK;
         let mut last_stats = Instant::now();
         let sleep = tokio::time::sleep_until(next_tick.into());
         tokio::pin!(sleep);
         // Since when front is gone, if it is.
         let mut orphaned: Option<Instant> = None;
-        let reason = loop {
+        // Whether the conversation ended because nobody ever connected: then its sessions are
+        // told their connection failed.
+        let mut never_connected = false;
+        let reason = 'run: loop {
             // Connection timers and the selection tick are handled after every wake-up, not
             // only when the sleep fires: under a flood of datagrams the sleep branch might
             // never win the `select!`, and ICE consent must not starve.
@@ -230,70 +212,94 @@ impl Engine {
             if orphaned.is_some_and(|t| now.duration_since(t) >= orphan_grace) {
                 break format!("no front for {orphan_grace:?}");
             }
+            if let Some(limit) = first_connect
+                && !engine.ever_connected
+                && now.duration_since(engine.started) >= limit
+            {
+                never_connected = true;
+                break format!("no member connected within {limit:?} of the start");
+            }
             let wake = engine
                 .timers
                 .first()
                 .map_or(next_tick, |(t, _)| (*t).min(next_tick));
             sleep.as_mut().reset(wake.into());
             tokio::select! {
-                biased;
-                input = front.recv() => match input {
-                    Some(Input::Front(ToWorker::Shutdown)) => break "shutdown requested".to_string(),
-                    Some(Input::Front(msg)) => engine.on_front(msg),
-                    Some(Input::FrontGone) => orphaned = Some(Instant::now()),
-                    Some(Input::FrontBack) => {
-                        orphaned = None;
-                        engine.introduce();
-                    }
-                    None => break "the link to front ended".to_string(),
-                },
-                Some(first) = incoming.recv() => {
-                    engine.on_datagram(first);
-                    // Take what else is waiting before looking at the other sources again.
-                    for _ in 0..256 {
-                        match incoming.try_recv() {
-                            Ok(d) => engine.on_datagram(d),
-                            Err(_) => break,
-                        }
+                input = front.recv() => {
+                    if let Some(stop) = engine.on_input(input, &mut orphaned) {
+                        break 'run stop;
                     }
                 }
+                Some(first) = incoming.recv() => engine.on_datagram(first),
                 _ = &mut sleep => {}
             }
+            // Whichever woke the loop, both queues get a bounded share before it looks again:
+            // neither a burst of front's messages nor a flood of datagrams starves the other.
+            for _ in 0..FRONT_SHARE {
+                let Ok(input) = front.try_recv() else { break };
+                if let Some(stop) = engine.on_input(Some(input), &mut orphaned) {
+                    break 'run stop;
+                }
+            }
+            for _ in 0..DATAGRAM_SHARE {
+                let Ok(d) = incoming.try_recv() else { break };
+                engine.on_datagram(d);
+            }
         };
+        // Told why only when it is news to front: a conversation nobody connected to.
+        let reason_for_sessions = never_connected.then_some(CloseReason::Failed);
         let sessions: Vec<SessionId> = engine.sessions.keys().copied().collect();
         for session in sessions {
-            engine.end_session(session, None);
+            engine.end_session(session, reason_for_sessions);
         }
-        if engine.drops.refused + engine.drops.send_full > 0 {
+        if never_connected {
+            engine.retire(&mut front).await;
+        }
+        let d = &engine.drops;
+        if d.refused + d.send_full + d.unselected + d.panics > 0 {
             tracing::info!(
-                refused = engine.drops.refused,
-                send_full = engine.drops.send_full,
-                "packets not sent"
+                refused = d.refused,
+                send_full = d.send_full,
+                unselected_address = d.unselected,
+                panics = d.panics,
+                "packets not sent or dropped"
             );
         }
         (reason, engine.stats())
     }
 
-    /// Tells a new front what it takes over: the sessions, then their current slots and the
-    /// counters, as if nothing had happened (for the clients, nothing has).
-    fn introduce(&mut self) {
-        let sessions = self
-            .room
-            .members()
-            .map(|(session, identity)| (session, identity.clone()))
-            .collect();
-        let _ = self.to_front.send(ToFront::Hello {
-            conversation: self.conversation.clone(),
-            generation: self.generation,
-            pid: std::process::id(),
-            adopted: Some(Adoption {
-                sessions,
-                uptime_ms: self.started.elapsed().as_millis() as u64,
-                stats: self.stats(),
-            }),
-        });
-        self.room.announce_slots();
-        self.drain_room_events();
+    /// An engine with no members yet; datagrams its readers take go to `datagrams`.
+    fn new(
+        settings: EngineSettings,
+        bites: Option<BiteSink>,
+        to_front: UnboundedSender<ToFront>,
+        datagrams: mpsc::Sender<Datagram>,
+    ) -> Engine {
+        let cutter = settings.cutter.filter(|_| bites.is_some());
+        let cap = |n: u32| Some(n).filter(|&n| n > 0);
+        let limits = MemberLimits {
+            packets_per_s: cap(settings.media.member_packets_per_s),
+            bytes_per_s: cap(settings.media.member_bytes_per_s),
+        };
+        Engine {
+            conversation: settings.conversation,
+            generation: settings.generation,
+            started: Instant::now(),
+            media: settings.media,
+            room: Room::new(cutter).with_limits(limits),
+            to_front,
+            peers: HashMap::new(),
+            sessions: HashMap::new(),
+            timers: BTreeSet::new(),
+            next_key: 0,
+            datagrams,
+            forwards: Vec::new(),
+            drops: Drops::default(),
+            forward_delay: DelayHistogram::default(),
+            bites,
+            ever_connected: false,
+            poisoned: Vec::new(),
+        }
     }
 
     /// Passes what the room has to tell members on to front.
@@ -318,6 +324,10 @@ impl Engine {
     fn stats(&self) -> WorkerStats {
         let mut stats = self.room.stats();
         stats.forward_delay = self.forward_delay.clone();
+        stats.dropped.add(&DropStats {
+            unselected_address: self.drops.unselected,
+            ..DropStats::default()
+        });
         if let Some(sink) = &self.bites {
             stats.bites = sink.handle.metrics();
         }
@@ -326,48 +336,6 @@ impl Engine {
 
     fn send_stats(&self) {
         let _ = self.to_front.send(ToFront::Stats(self.stats()));
-    }
-
-    fn on_front(&mut self, msg: ToWorker) {
-        match msg {
-            ToWorker::Offer {
-                session,
-                identity,
-                sdp,
-            } => {
-                tracing::info!(%identity, %session, "offer");
-                // A new offer replaces the session's connection.
-                self.end_session(session, None);
-                if let Err(e) = self.negotiate(session, identity, sdp) {
-                    tracing::info!(%session, "offer rejected: {}", e.message);
-                    let _ = self.to_front.send(ToFront::Rejected {
-                        session,
-                        code: e.code,
-                        message: e.message,
-                    });
-                }
-            }
-            ToWorker::Ice { session, candidate } => {
-                let Some(&key) = self.sessions.get(&session) else {
-                    return;
-                };
-                let Some(peer) = self.peers.get_mut(&key) else {
-                    return;
-                };
-                match serde_json::from_str::<RTCIceCandidateInit>(&candidate) {
-                    Ok(init) => {
-                        if let Err(e) = peer.pc.add_remote_candidate(init) {
-                            tracing::debug!(%session, "remote candidate refused: {e}");
-                        }
-                    }
-                    Err(e) => tracing::debug!(%session, "unreadable remote candidate: {e}"),
-                }
-                self.drive(key, None);
-            }
-            ToWorker::Leave { session } => self.end_session(session, None),
-            ToWorker::Shutdown => {}
-            ToWorker::Init { .. } => tracing::warn!("ignoring a second Init"),
-        }
     }
 
     fn negotiate(
@@ -391,7 +359,13 @@ impl Engine {
             .map_err(internal)?;
         let key = PeerKey(self.next_key);
         self.next_key += 1;
-        let reader = tokio::spawn(read_datagrams(reader_socket, key, self.datagrams.clone()));
+        let backlog = Arc::new(Backlog::default());
+        let reader = tokio::spawn(read_datagrams(
+            reader_socket,
+            key,
+            backlog.clone(),
+            self.datagrams.clone(),
+        ));
         let outputs = a
             .slots
             .iter()
@@ -412,6 +386,11 @@ impl Engine {
                 level_id: offer.audio_level_id,
                 deadline: None,
                 last_timeout: now,
+                selected: None,
+                backlog,
+                broken: false,
+                #[cfg(test)]
+                panic_on_read: false,
             },
         );
         self.sessions.insert(session, key);
@@ -439,8 +418,17 @@ impl Engine {
                 self.timers.remove(&(t, key));
             }
             peer.reader.abort();
-            let _ = peer.pc.close();
-            flush(&mut peer, &mut self.drops);
+            // A connection that panicked is dropped as it is; closing it could panic again.
+            if !peer.broken {
+                let drops = &mut self.drops;
+                let closed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    let _ = peer.pc.close();
+                    flush(&mut peer, drops);
+                }));
+                if closed.is_err() {
+                    tracing::error!(%session, "closing the peer connection panicked");
+                }
+            }
         }
         if let Some(reason) = reason {
             let _ = self.to_front.send(ToFront::Closed { session, reason });
@@ -451,6 +439,28 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(&d.key) else {
             return;
         };
+        peer.backlog.take_one();
+        if peer.broken {
+            return;
+        }
+        if peer.selected.is_some_and(|addr| addr != d.from) {
+            self.drops.unselected += 1;
+            return;
+        }
+        let key = d.key;
+        self.guarded(key, |engine| engine.read_datagram(d));
+        self.bury();
+    }
+
+    /// Hands a datagram to its connection and takes what follows from it.
+    fn read_datagram(&mut self, d: Datagram) {
+        let Some(peer) = self.peers.get_mut(&d.key) else {
+            return;
+        };
+        #[cfg(test)]
+        if std::mem::take(&mut peer.panic_on_read) {
+            panic!("injected by a test");
+        }
         let msg = TaggedBytesMut {
             now: Instant::now(),
             transport: TransportContext {
@@ -481,15 +491,19 @@ impl Engine {
                 break;
             }
             self.timers.pop_first();
-            if let Some(peer) = self.peers.get_mut(&key) {
+            self.guarded(key, |engine| {
+                let Some(peer) = engine.peers.get_mut(&key).filter(|p| !p.broken) else {
+                    return;
+                };
                 peer.deadline = None;
                 peer.last_timeout = now;
                 if let Err(e) = peer.pc.handle_timeout(now) {
                     tracing::debug!(session = %peer.session, "timeout handling: {e}");
                 }
-                self.drive(key, None);
-            }
+                engine.drive(key, None);
+            });
         }
+        self.bury();
     }
 
     /// Takes everything the connection has to give after an input: events, received RTP
@@ -503,6 +517,13 @@ impl Engine {
         };
         let mut events = Vec::new();
         while let Some(ev) = peer.pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                RTCIceConnectionState::Connected,
+            ) = ev
+            {
+                peer.selected = selected_remote(&mut peer.pc);
+                tracing::debug!(session = %peer.session, selected = ?peer.selected, "ICE connected");
+            }
             events.push(ev);
         }
         let mut received: Vec<rtp::Packet> = Vec::new();
@@ -536,27 +557,40 @@ impl Engine {
     /// the negotiation already fixed (SSRC, payload type, extension ids: the room writes each
     /// slot's own) and allocates the track id the pipeline then ignores.
     fn send_forwards(&mut self, now: Instant, read_at: Option<Instant>) {
-        for f in self.forwards.drain(..) {
-            let Some(peer) = self
-                .sessions
-                .get(&f.listener)
-                .and_then(|key| self.peers.get_mut(key))
-            else {
+        let mut forwards = std::mem::take(&mut self.forwards);
+        for f in forwards.drain(..) {
+            let Some(&key) = self.sessions.get(&f.listener) else {
+                continue;
+            };
+            let Some(peer) = self.peers.get_mut(&key).filter(|p| !p.broken) else {
                 continue;
             };
             let msg = TaggedRTCMessage {
                 now,
                 message: RTCMessage::RtpPacket(String::new(), f.packet),
             };
-            if peer.pc.handle_write(msg).is_err() {
-                self.drops.refused += 1;
-                continue;
-            }
-            flush(peer, &mut self.drops);
-            if let Some(at) = read_at {
-                self.forward_delay.record(at.elapsed());
+            // The listener's connection, not the speaker's: a panic here is the listener's.
+            let drops = &mut self.drops;
+            let sent = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                if peer.pc.handle_write(msg).is_err() {
+                    drops.refused += 1;
+                    return false;
+                }
+                flush(peer, drops);
+                true
+            }));
+            match sent {
+                Ok(true) => {
+                    if let Some(at) = read_at {
+                        self.forward_delay.record(at.elapsed());
+                    }
+                }
+                Ok(false) => {}
+                Err(panic) => self.poison(key, panic_text(&panic)),
             }
         }
+        // The buffer is kept for the next packet.
+        self.forwards = forwards;
     }
 
     fn on_peer_event(&mut self, session: SessionId, ev: RTCPeerConnectionEvent) {
@@ -564,7 +598,10 @@ impl Engine {
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                 tracing::debug!(%session, "peer connection {state}");
                 match state {
-                    RTCPeerConnectionState::Connected => self.room.set_live(session),
+                    RTCPeerConnectionState::Connected => {
+                        self.ever_connected = true;
+                        self.room.set_live(session);
+                    }
                     RTCPeerConnectionState::Failed => {
                         self.end_session(session, Some(CloseReason::Failed))
                     }
@@ -582,82 +619,16 @@ impl Engine {
     }
 }
 
-/// The wall clock in Unix milliseconds (the start of a bite).
-fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+mod bites;
+mod connection;
+mod from_front;
+mod guard;
+mod intake;
+#[cfg(test)]
+mod tests;
 
-/// Whether the client closed the connection (its DTLS close_notify arrived).
-fn closed_by_client(pc: &mut RTCPeerConnection) -> bool {
-    // Under BUNDLE every receiver shares the one DTLS transport; any will do.
-    let transceivers = pc.get_transceivers().count();
-    let Some(receiver) = (0..transceivers).find(|&t| {
-        pc.rtp_transceiver(t)
-            .is_some_and(|t| t.receiver().is_some())
-    }) else {
-        return false;
-    };
-    pc.rtp_receiver(RTCRtpReceiverId::from(receiver))
-        .and_then(|r| r.transport().map(|t| t.state()))
-        == Some(RTCDtlsTransportState::Closed)
-}
-
-/// Sends every datagram the connection has queued.
-fn flush(peer: &mut Peer, drops: &mut Drops) {
-    while let Some(msg) = peer.pc.poll_write() {
-        match peer.socket.send_to(&msg.message, msg.transport.peer_addr) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => drops.send_full += 1,
-            Err(e) => tracing::trace!(session = %peer.session, "send: {e}"),
-        }
-    }
-}
-
-/// Moves the connection's entry in the timer set to its next deadline.
-fn rearm(timers: &mut BTreeSet<(Instant, PeerKey)>, key: PeerKey, peer: &mut Peer, now: Instant) {
-    let next = peer.pc.poll_timeout().map(|t| {
-        // Already due, and handled less than a millisecond ago: wait out the millisecond.
-        if t <= now && now.duration_since(peer.last_timeout) < MIN_TIMEOUT_INTERVAL {
-            peer.last_timeout + MIN_TIMEOUT_INTERVAL
-        } else {
-            t
-        }
-    });
-    if next == peer.deadline {
-        return;
-    }
-    if let Some(old) = peer.deadline.take() {
-        timers.remove(&(old, key));
-    }
-    if let Some(t) = next {
-        timers.insert((t, key));
-        peer.deadline = Some(t);
-    }
-}
-
-/// Reads one connection's socket and passes each datagram to the engine.
-async fn read_datagrams(socket: tokio::net::UdpSocket, key: PeerKey, to: mpsc::Sender<Datagram>) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    loop {
-        match socket.recv_from(&mut buf).await {
-            Ok((n, from)) => {
-                let d = Datagram {
-                    key,
-                    at: Instant::now(),
-                    from,
-                    data: BytesMut::from(&buf[..n]),
-                };
-                if to.send(d).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                // Not expected on an unconnected UDP socket; never spin on it.
-                tracing::debug!("socket read: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
+pub use bites::BiteSink;
+use bites::unix_ms_now;
+use connection::{closed_by_client, flush, rearm, selected_remote};
+use guard::panic_text;
+use intake::{Backlog, DATAGRAM_QUEUE, Datagram, read_datagrams};

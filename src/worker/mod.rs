@@ -14,8 +14,10 @@
 //! back. A worker whose front does not come back within the grace period it was given stops
 //! by itself, its bites spooled for front to publish.
 //!
-//! The worker exits on `Shutdown`, or when front's end of the socket closes (front died: a
-//! worker never outlives its supervisor).
+//! The worker exits on `Shutdown`, or when its front has been gone longer than that grace
+//! period. Front is gone when its end of the socket closes or a write to it fails; a message
+//! too large for the channel is not a failure of the channel: it costs only its session
+//! ([`refuse_too_large`]).
 
 pub mod engine;
 pub mod peer;
@@ -214,11 +216,18 @@ async fn link(
         loop {
             tokio::select! {
                 msg = outbox.recv() => match msg {
-                    Some(m) => {
-                        if frame::write_frame(&mut w, &m).await.is_err() {
-                            break;
+                    Some(m) => match frame::write_frame(&mut w, &m).await {
+                        Ok(()) => {}
+                        // Never written, so the channel is intact: only that session loses.
+                        Err(FrameError::TooLarge(size)) => {
+                            if refuse_too_large(&mut w, m, size, &inputs).await.is_err() {
+                                break;
+                            }
                         }
-                    }
+                        // The socket failed: front is gone (or broken) and the conversation
+                        // goes on without it, exactly as when front's end closes.
+                        Err(_) => break,
+                    },
                     None => {
                         reader.abort();
                         return;
@@ -267,6 +276,39 @@ async fn link(
     }
 }
 
+/// A message for front that is too large to encode (it was not written; the channel is
+/// intact). A session's message is replaced by a refusal of that session, which front passes
+/// to the client as `too-large`, and the engine closes that peer connection; the rest of the
+/// conversation goes on. Errs only when the socket fails.
+async fn refuse_too_large(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    msg: ToFront,
+    size: usize,
+    inputs: &mpsc::UnboundedSender<Input>,
+) -> Result<(), FrameError> {
+    let (session, what) = match &msg {
+        ToFront::Answer { session, .. } => (*session, "answer"),
+        ToFront::Event { session, .. } => (*session, "event"),
+        ToFront::Rejected { session, .. } => (*session, "refusal"),
+        ToFront::Closed { session, .. } => (*session, "close"),
+        ToFront::Hello { .. } | ToFront::Ready { .. } | ToFront::Stats(_) => {
+            tracing::error!("a message of {size} bytes is too large for front's channel; dropped");
+            return Ok(());
+        }
+    };
+    tracing::warn!(%session, "the {what} ({size} bytes) is too large for front's channel: refusing the session");
+    let _ = inputs.send(Input::Front(ToWorker::Leave { session }));
+    let refusal = ToFront::Rejected {
+        session,
+        code: crate::wire::signal::ErrorCode::TooLarge,
+        message: format!(
+            "the server's {what} for this session is too large to deliver ({size} bytes, the limit is {}); offer again with fewer m-lines or shorter attributes",
+            frame::MAX_FRAME
+        ),
+    };
+    frame::write_frame(w, &refusal).await
+}
+
 /// Reads front's frames into the engine until the connection ends.
 async fn read_front(mut r: tokio::net::unix::OwnedReadHalf, inputs: mpsc::UnboundedSender<Input>) {
     let mut buf = Vec::new();
@@ -274,5 +316,125 @@ async fn read_front(mut r: tokio::net::unix::OwnedReadHalf, inputs: mpsc::Unboun
         if inputs.send(Input::Front(msg)).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ids::SessionId;
+    use crate::wire::signal::ErrorCode;
+
+    const T: Duration = Duration::from_secs(5);
+
+    /// A link on the worker's end of a socket pair. Once front is gone it knocks on a path
+    /// where nobody listens. Returns front's end, the engine's side of the link, and the task.
+    struct Linked {
+        front: tokio::net::UnixStream,
+        to_front: mpsc::UnboundedSender<ToFront>,
+        engine: mpsc::UnboundedReceiver<Input>,
+        task: tokio::task::JoinHandle<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn linked() -> Linked {
+        let (worker, front) = tokio::net::UnixStream::pair().expect("socket pair");
+        let (r, w) = worker.into_split();
+        let (to_front, outbox) = mpsc::unbounded_channel();
+        let (inputs, engine) = mpsc::unbounded_channel();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let task = tokio::spawn(link(dir.path().join("front.sock"), r, w, outbox, inputs));
+        Linked {
+            front,
+            to_front,
+            engine,
+            task,
+            _dir: dir,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fails_means_front_is_gone() {
+        let Linked {
+            front,
+            to_front,
+            mut engine,
+            task,
+            _dir,
+        } = linked();
+        // Front stops reading but keeps its end open: the link's reader sees no end of
+        // stream, only its writes fail (EPIPE).
+        let front = front.into_std().expect("std socket");
+        front
+            .shutdown(std::net::Shutdown::Read)
+            .expect("shutdown read");
+        to_front.send(ToFront::Ready { pid: 1 }).expect("queued");
+        let got = tokio::time::timeout(T, engine.recv()).await;
+        assert!(
+            matches!(got, Ok(Some(Input::FrontGone))),
+            "the engine was not told front is gone"
+        );
+        // It keeps knocking (the engine decides when to give up) and ends with the engine.
+        assert!(!task.is_finished());
+        drop(to_front);
+        tokio::time::timeout(T, task)
+            .await
+            .expect("link ended")
+            .expect("link task");
+        drop(front);
+    }
+
+    #[tokio::test]
+    async fn a_message_too_large_costs_its_session_not_the_channel() {
+        let Linked {
+            front,
+            to_front,
+            mut engine,
+            task,
+            _dir,
+        } = linked();
+        let session = SessionId(7);
+        to_front
+            .send(ToFront::Answer {
+                session,
+                sdp: "x".repeat(frame::MAX_FRAME),
+            })
+            .expect("queued");
+        to_front.send(ToFront::Ready { pid: 2 }).expect("queued");
+        let (mut r, _w) = front.into_split();
+        let mut buf = Vec::new();
+        let first = tokio::time::timeout(T, frame::read_frame::<_, ToFront>(&mut r, &mut buf))
+            .await
+            .expect("a frame")
+            .expect("readable");
+        match first {
+            ToFront::Rejected {
+                session: s,
+                code,
+                message,
+            } => {
+                assert_eq!((s, code), (session, ErrorCode::TooLarge));
+                assert!(message.contains("too large"), "{message}");
+            }
+            other => panic!("expected the session refused, got {other:?}"),
+        }
+        let second = tokio::time::timeout(T, frame::read_frame::<_, ToFront>(&mut r, &mut buf))
+            .await
+            .expect("a frame")
+            .expect("readable");
+        assert_eq!(second, ToFront::Ready { pid: 2 }, "the channel goes on");
+        // The engine closes that session's peer connection, and front is not gone.
+        let got = tokio::time::timeout(T, engine.recv()).await;
+        assert!(
+            matches!(got, Ok(Some(Input::Front(ToWorker::Leave { session: s }))) if s == session),
+            "the engine was not told to close the session"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(engine.try_recv().is_err(), "nothing else for the engine");
+        drop(to_front);
+        tokio::time::timeout(T, task)
+            .await
+            .expect("link ended")
+            .expect("link task");
     }
 }

@@ -12,6 +12,15 @@
 //! announced address is `PUBLIC_IP` if set, else `RTC_BIND_IP`, else the host's first
 //! non-loopback IPv4 address (or 127.0.0.1 on a host with none). A multi-homed host that must
 //! announce a particular interface sets `RTC_BIND_IP`.
+//!
+//! The answer is **ICE-lite** (`a=ice-lite`, RFC 8445 §2.5): with one host candidate there is
+//! nothing for the server to choose, so the client (always a full agent) is controlling and
+//! does the checks; the server only answers them. It never pings the candidates a client
+//! offers or trickles — a full agent would, which let any client aim the server's STUN
+//! requests at an address of its choosing — and sends no consent checks of its own (the
+//! client's checks and media keep the pair alive). `rtc`'s lite agent still sends one check
+//! back to the source of an *authenticated* request (its triggered check, which makes the
+//! pair usable); that address is where the client already is.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -128,7 +137,7 @@ fn server_engine() -> rtc::shared::error::Result<(MediaEngine, Registry)> {
 }
 
 /// Opus only (payload type 111) and the RFC 6464 audio-level extension.
-fn audio_media_engine() -> rtc::shared::error::Result<MediaEngine> {
+pub(crate) fn audio_media_engine() -> rtc::shared::error::Result<MediaEngine> {
     let mut engine = MediaEngine::default();
     engine.register_codec(
         RTCRtpCodecParameters {
@@ -154,12 +163,41 @@ fn bind_socket(media: &MediaConfig) -> Result<UdpSocket, NegotiationError> {
     let (lo, hi) = media.ports;
     let span = (hi - lo) as u32 + 1;
     let start = rand::rng().random_range(0..span);
-    (0..span.min(512))
-        .map(|i| lo + ((start + i) % span) as u16)
-        .find_map(|port| UdpSocket::bind((ip, port)).ok())
-        .ok_or_else(|| {
-            NegotiationError::new(ErrorCode::Unavailable, "no free UDP port in RTC_PORTS")
-        })
+    // The last bind error is the one reported: "no free port" only when ports were in use,
+    // never for EMFILE (out of descriptors) or an RTC_BIND_IP the host does not have.
+    let mut last: Option<std::io::Error> = None;
+    for port in (0..span.min(512)).map(|i| lo + ((start + i) % span) as u16) {
+        match UdpSocket::bind((ip, port)) {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                let fatal = matches!(
+                    e.raw_os_error(),
+                    Some(nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::EADDRNOTAVAIL)
+                );
+                last = Some(e);
+                if fatal {
+                    break;
+                }
+            }
+        }
+    }
+    let message = match last {
+        Some(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            "no free UDP port in RTC_PORTS".to_string()
+        }
+        Some(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(nix::libc::EMFILE | nix::libc::ENFILE)
+            ) =>
+        {
+            format!("cannot open a UDP socket: too many open files ({e}; see RLIMIT_NOFILE)")
+        }
+        Some(e) => format!("cannot bind a UDP socket on {ip} in RTC_PORTS: {e}"),
+        None => "no UDP port in RTC_PORTS".to_string(),
+    };
+    tracing::error!("{message}");
+    Err(NegotiationError::new(ErrorCode::Unavailable, message))
 }
 
 /// The address clients are told to send to (see the module docs).
@@ -204,6 +242,7 @@ pub fn answer(
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_answering_dtls_role(RTCDtlsRole::Server)
+        .with_lite(true)
         // A client that vanishes without closing (crash, lost network) is only noticed by
         // ICE consent; these bound how long its session lingers. Keepalives must come well
         // within the disconnected timeout, or a silent but healthy listener flaps.

@@ -98,6 +98,12 @@ impl Front {
     pub async fn start(permissions: &str, extra: &[(&str, &str)]) -> Front {
         let port = free_tcp_port();
         let runtime_dir = tempfile::tempdir().expect("tempdir");
+        // front refuses a runtime directory others may enter (and never chmods one).
+        std::fs::set_permissions(
+            runtime_dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("chmod 700 the runtime directory");
         let mut env: HashMap<&str, String> = HashMap::from([
             ("LISTEN", format!("127.0.0.1:{port}")),
             ("PERMISSIONS_HOST", permissions.to_string()),
@@ -273,18 +279,8 @@ impl Front {
 
     /// SIGTERM and wait; returns whether it exited within `within`.
     pub fn terminate(&mut self, within: Duration) -> bool {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::SIGTERM,
-        );
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        self.signal(nix::sys::signal::SIGTERM);
+        self.wait_exit(within)
     }
 }
 
@@ -300,6 +296,26 @@ impl Drop for Front {
             );
         }
     }
+}
+
+/// A webrtc-rs client `user` (client id `app`) in `conversation`, its connection up (20 s).
+pub async fn member(
+    front: &Front,
+    conversation: &str,
+    user: &str,
+) -> beep_webrtc::loadtools::client::Client {
+    use beep_webrtc::loadtools::client::{Client, ClientOptions};
+    let c = Client::connect(ClientOptions::new(
+        front.ws(&format!("?conversation={conversation}")),
+        user,
+        "app",
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{user}: {e:#}"));
+    c.wait_connected(Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{user}: {e:#}"));
+    c
 }
 
 pub fn claim(user: &str, client: &str) -> String {

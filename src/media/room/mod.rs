@@ -8,6 +8,9 @@
 //! them to the listeners' peer connections. What members must be told (their slot mapping)
 //! and the finished bites wait in a queue the engine drains with [`Room::poll_event`]. No locks, no channels, no
 //! I/O, no clock: time is passed in.
+//!
+//! Before anything looks at a member's packet, its [`RateGate`] applies the member's caps
+//! ([`MemberLimits`], see [`limit`]): a flood is dropped there, counted, and cannot win a slot.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -21,7 +24,10 @@ use super::selector::{Selector, SelectorConfig, SlotChange};
 use super::speech::Loudness;
 use crate::wire::identity::Identity;
 use crate::wire::ids::SessionId;
-use crate::wire::stats::WorkerStats;
+use crate::wire::stats::{DropStats, WorkerStats};
+pub use limit::{Admit, MemberLimits, RateGate};
+
+pub mod limit;
 
 /// A member of the room is named by its session.
 type MemberId = SessionId;
@@ -75,6 +81,8 @@ struct Member {
     live: bool,
     /// Cuts this member's speech into bites (absent when bites are off).
     cutter: Option<BiteCutter>,
+    /// Its packet and byte rate caps.
+    gate: RateGate,
 }
 
 pub struct Room {
@@ -90,6 +98,10 @@ pub struct Room {
     packets_in: u64,
     packets_forwarded: u64,
     bytes_forwarded: u64,
+    /// Every member's caps.
+    limits: MemberLimits,
+    /// Packets dropped because their member was over a cap.
+    dropped_over_cap: u64,
 }
 
 impl Room {
@@ -105,7 +117,19 @@ impl Room {
             packets_in: 0,
             packets_forwarded: 0,
             bytes_forwarded: 0,
+            limits: MemberLimits::default(),
+            dropped_over_cap: 0,
         }
+    }
+
+    /// The room with every member (present and future) held to `limits`; without this,
+    /// members have no caps.
+    pub fn with_limits(mut self, limits: MemberLimits) -> Room {
+        self.limits = limits;
+        for m in self.members.values_mut() {
+            m.gate = RateGate::new(limits);
+        }
+        self
     }
 
     /// A member whose answer has been sent. Sends its first `slots` event.
@@ -127,6 +151,7 @@ impl Room {
                 audio_level_id,
                 live: false,
                 cutter: self.bites.map(BiteCutter::new),
+                gate: RateGate::new(self.limits),
             },
         );
         if let Some(json) = slots_event(&self.members, session, &mapping) {
@@ -273,6 +298,15 @@ impl Room {
             member,
             ssrc: pkt.header.ssrc,
         };
+        // The caps come first: what is over them goes no further.
+        let admit = self
+            .members
+            .get_mut(&member)
+            .map_or(Admit::Pass, |m| m.gate.admit(now, pkt.payload.len()));
+        if admit == Admit::Drop {
+            self.dropped_over_cap += 1;
+            return;
+        }
         let Room {
             selector,
             members,
@@ -297,7 +331,11 @@ impl Room {
         let level_byte = level_id
             .and_then(|id| pkt.header.get_extension(id))
             .and_then(|b| b.first().copied());
-        let loudness = Loudness::of_packet(level_byte, pkt.payload.len());
+        let loudness = match admit {
+            // A member just over its caps is not speaking, whatever its packets say.
+            Admit::Silenced => Loudness::SILENT,
+            _ => Loudness::of_packet(level_byte, pkt.payload.len()),
+        };
         selector.on_audio(member, now, loudness);
         if let Some(m) = members.get_mut(&member)
             && let Some(cutter) = m.cutter.as_mut()
@@ -366,6 +404,10 @@ impl Room {
             packets_in: self.packets_in,
             packets_forwarded: self.packets_forwarded,
             bytes_forwarded: self.bytes_forwarded,
+            dropped: DropStats {
+                member_rate: self.dropped_over_cap,
+                ..DropStats::default()
+            },
             ..WorkerStats::default()
         }
     }

@@ -1,0 +1,94 @@
+//! What the engine asks of one `rtc` peer connection beyond its `poll_*` loop: whether the
+//! client closed it, the pair ICE selected, sending what it has queued, and its next timer.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::transport::{RTCDtlsTransport, RTCDtlsTransportState};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+
+use super::{Drops, Peer, PeerKey};
+
+/// A connection whose timer is already due is handled at most this often: a deadline that
+/// stays in the past must not spin the loop (webrtc#862).
+const MIN_TIMEOUT_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Whether the client closed the connection (its DTLS close_notify arrived).
+pub(super) fn closed_by_client(pc: &mut RTCPeerConnection) -> bool {
+    with_dtls(pc, |t| t.state()) == Some(RTCDtlsTransportState::Closed)
+}
+
+/// `f` of the connection's DTLS transport. Under BUNDLE every receiver and sender shares
+/// the one transport; any will do (a listen-only client's connection has senders only).
+fn with_dtls<R>(
+    pc: &mut RTCPeerConnection,
+    f: impl FnOnce(&RTCDtlsTransport<'_>) -> R,
+) -> Option<R> {
+    let transceivers = pc.get_transceivers().count();
+    if let Some(t) = (0..transceivers).find(|&t| {
+        pc.rtp_receiver(RTCRtpReceiverId::from(t))
+            .is_some_and(|r| r.transport().is_some())
+    }) {
+        return pc
+            .rtp_receiver(RTCRtpReceiverId::from(t))
+            .and_then(|r| r.transport().map(|t| f(&t)));
+    }
+    let t = (0..transceivers).find(|&t| {
+        pc.rtp_sender(RTCRtpSenderId::from(t))
+            .is_some_and(|s| s.transport().is_some())
+    })?;
+    pc.rtp_sender(RTCRtpSenderId::from(t))
+        .and_then(|s| s.transport().map(|t| f(&t)))
+}
+
+/// The client's address on the pair ICE selected, if it has selected one.
+pub(super) fn selected_remote(pc: &mut RTCPeerConnection) -> Option<SocketAddr> {
+    let remote = with_dtls(pc, |t| {
+        t.ice_transport()
+            .get_selected_candidate_pair()
+            .map(|p| (p.remote().address.clone(), p.remote().port))
+    })??;
+    let ip: IpAddr = remote.0.trim_matches(['[', ']']).parse().ok()?;
+    Some(SocketAddr::new(ip, remote.1))
+}
+
+/// Sends every datagram the connection has queued.
+pub(super) fn flush(peer: &mut Peer, drops: &mut Drops) {
+    while let Some(msg) = peer.pc.poll_write() {
+        match peer.socket.send_to(&msg.message, msg.transport.peer_addr) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => drops.send_full += 1,
+            Err(e) => tracing::trace!(session = %peer.session, "send: {e}"),
+        }
+    }
+}
+
+/// Moves the connection's entry in the timer set to its next deadline.
+pub(super) fn rearm(
+    timers: &mut BTreeSet<(Instant, PeerKey)>,
+    key: PeerKey,
+    peer: &mut Peer,
+    now: Instant,
+) {
+    let next = peer.pc.poll_timeout().map(|t| {
+        // Already due, and handled less than a millisecond ago: wait out the millisecond.
+        if t <= now && now.duration_since(peer.last_timeout) < MIN_TIMEOUT_INTERVAL {
+            peer.last_timeout + MIN_TIMEOUT_INTERVAL
+        } else {
+            t
+        }
+    });
+    if next == peer.deadline {
+        return;
+    }
+    if let Some(old) = peer.deadline.take() {
+        timers.remove(&(old, key));
+    }
+    if let Some(t) = next {
+        timers.insert((t, key));
+        peer.deadline = Some(t);
+    }
+}

@@ -1,0 +1,515 @@
+//! The engine without processes: in-process `rtc` clients offer to a real [`Engine`], their
+//! datagrams are handed to it exactly as its socket readers would hand them (so a test can
+//! also claim any source address), and they read what the engine really sends from their own
+//! loopback sockets. Nothing is mocked below the engine: ICE, DTLS, SRTP and the room run.
+//!
+//! - the selected-pair filter ([`datagrams_from_another_address_are_dropped_once_a_pair_is_selected`]);
+//! - panic containment ([`a_panic_in_one_connection_ends_that_session_and_the_room_goes_on`]);
+//! - the datagram path fed arbitrary bytes from arbitrary addresses under `bolero`
+//!   ([`fuzz_datagrams`]; `cargo test` runs a bounded random sample, `cargo bolero test`
+//!   runs it under libFuzzer, see the README).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket as StdUdpSocket};
+use std::sync::atomic::Ordering;
+
+use bytes::{Bytes, BytesMut};
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+
+use super::intake::{MAX_DATAGRAM, PEER_BACKLOG};
+use super::*;
+use crate::wire::ids::Generation;
+
+/// A client: an `rtc` offerer with a microphone track, on its own loopback socket.
+struct Client {
+    session: SessionId,
+    pc: RTCPeerConnection,
+    socket: StdUdpSocket,
+    addr: SocketAddr,
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    seq: u16,
+    connected: bool,
+    /// RTP packets it received from the engine.
+    received: usize,
+}
+
+impl Client {
+    fn new(session: SessionId) -> (Client, String) {
+        let socket = StdUdpSocket::bind("127.0.0.1:0").expect("client socket");
+        socket.set_nonblocking(true).expect("nonblocking");
+        let addr = socket.local_addr().expect("client address");
+        let now = Instant::now();
+        let settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(peer::audio_media_engine().expect("media engine"))
+            .with_setting_engine(settings)
+            .build(now)
+            .expect("client peer connection");
+        let ssrc = rand::random();
+        let sender = pc
+            .add_track(peer::opus_media_track("mic", "mic", ssrc))
+            .expect("mic track");
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".into(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .expect("candidate");
+        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().expect("json"))
+            .expect("local candidate");
+        let offer = pc.create_offer(None).expect("offer");
+        pc.set_local_description(now, offer.clone())
+            .expect("local description");
+        let client = Client {
+            session,
+            pc,
+            socket,
+            addr,
+            sender,
+            ssrc,
+            seq: rand::random(),
+            connected: false,
+            received: 0,
+        };
+        (client, offer.sdp)
+    }
+
+    /// Writes one 20 ms Opus-sized packet into its connection (sent on the next step).
+    fn speak(&mut self) {
+        self.seq = self.seq.wrapping_add(1);
+        let mut payload = vec![0xAB; 60];
+        payload[0] = 0xF8;
+        let pkt = rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                payload_type: 111,
+                sequence_number: self.seq,
+                timestamp: u32::from(self.seq).wrapping_mul(960),
+                ssrc: self.ssrc,
+                ..Default::default()
+            },
+            payload: Bytes::from(payload),
+        };
+        let sender = self.sender;
+        self.pc
+            .rtp_sender(sender)
+            .expect("sender")
+            .write_rtp(Instant::now(), pkt)
+            .expect("write_rtp");
+    }
+
+    /// What its connection wants to send now.
+    fn outgoing(&mut self) -> Vec<BytesMut> {
+        std::iter::from_fn(|| self.pc.poll_write().map(|m| m.message)).collect()
+    }
+
+    /// Reads what the engine sent it, and notes what came of it.
+    fn receive(&mut self, now: Instant) {
+        let mut buf = [0u8; MAX_DATAGRAM];
+        while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+            let _ = self.pc.handle_read(TaggedBytesMut {
+                now,
+                transport: TransportContext {
+                    local_addr: self.addr,
+                    peer_addr: from,
+                    ecn: None,
+                    transport_protocol: TransportProtocol::UDP,
+                },
+                message: BytesMut::from(&buf[..n]),
+            });
+        }
+        while let Some(ev) = self.pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+                RTCPeerConnectionState::Connected,
+            ) = ev
+            {
+                self.connected = true;
+            }
+        }
+        while let Some(m) = self.pc.poll_read() {
+            if let RTCMessage::RtpPacket(..) = m.message {
+                self.received += 1;
+            }
+        }
+    }
+}
+
+/// An engine and what it tells front, on a runtime that is entered but never run: the
+/// engine's socket readers never read, the tests hand it the datagrams.
+struct Rig {
+    rt: tokio::runtime::Runtime,
+    engine: Engine,
+    front: UnboundedReceiver<ToFront>,
+    told: Vec<ToFront>,
+    _queue: mpsc::Receiver<Datagram>,
+    next_session: u64,
+    next_tick: Instant,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (to_front, front) = mpsc::unbounded_channel();
+        let (datagrams, queue) = mpsc::channel(DATAGRAM_QUEUE);
+        let settings = EngineSettings {
+            conversation: "test".into(),
+            generation: Generation(1),
+            media: MediaConfig {
+                bind_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                ports: (20_000, 29_999),
+                public_ip: None,
+                max_slots: 3,
+                ice_disconnected_ms: 5_000,
+                ice_failed_ms: 15_000,
+                member_packets_per_s: 120,
+                member_bytes_per_s: 64 * 1024,
+                first_connect_ms: 0,
+            },
+            cutter: None,
+            orphan_grace: Duration::from_secs(60),
+        };
+        let engine = {
+            let _in = rt.enter();
+            Engine::new(settings, None, to_front, datagrams)
+        };
+        Rig {
+            rt,
+            engine,
+            front,
+            told: Vec::new(),
+            _queue: queue,
+            next_session: 1,
+            next_tick: Instant::now(),
+        }
+    }
+
+    /// A new client offers; returns it with the answer applied (not yet connected).
+    fn join(&mut self) -> Client {
+        let session = SessionId(self.next_session);
+        self.next_session += 1;
+        let (mut client, offer) = Client::new(session);
+        {
+            let _in = self.rt.enter();
+            self.engine.on_front(ToWorker::Offer {
+                session,
+                identity: Identity {
+                    userid: format!("u{}", session.0),
+                    clientid: "c".into(),
+                },
+                sdp: offer,
+            });
+        }
+        let answer = self
+            .take_told()
+            .into_iter()
+            .find_map(|m| match m {
+                ToFront::Answer { session: s, sdp } if s == session => Some(sdp),
+                _ => None,
+            })
+            .expect("an answer");
+        assert!(answer.contains("a=ice-lite"), "{answer}");
+        client
+            .pc
+            .set_remote_description(
+                Instant::now(),
+                RTCSessionDescription::answer(answer).expect("answer"),
+            )
+            .expect("remote description");
+        client
+    }
+
+    fn key(&self, c: &Client) -> PeerKey {
+        self.engine.sessions[&c.session]
+    }
+
+    /// What the engine told front since the last look (also kept in `told`).
+    fn take_told(&mut self) -> Vec<ToFront> {
+        let mut new = Vec::new();
+        while let Ok(m) = self.front.try_recv() {
+            new.push(m);
+        }
+        self.told.extend(new.iter().cloned());
+        new
+    }
+
+    /// A datagram for connection `key` from `from`, as its socket reader would pass it on.
+    fn inject(&mut self, key: PeerKey, from: SocketAddr, data: BytesMut) {
+        if let Some(p) = self.engine.peers.get(&key) {
+            p.backlog.queued.fetch_add(1, Ordering::AcqRel);
+        }
+        let _in = self.rt.enter();
+        self.engine.on_datagram(Datagram {
+            key,
+            at: Instant::now(),
+            from,
+            data,
+        });
+    }
+
+    /// One turn: clients' timers and sends, the engine's timers and selection tick, clients'
+    /// receives.
+    fn step(&mut self, clients: &mut [&mut Client]) {
+        let now = Instant::now();
+        for c in clients.iter_mut() {
+            let _ = c.pc.handle_timeout(now);
+            let Some(&key) = self.engine.sessions.get(&c.session) else {
+                continue;
+            };
+            for data in c.outgoing() {
+                self.inject(key, c.addr, data);
+            }
+        }
+        {
+            let _in = self.rt.enter();
+            self.engine.on_timers(now);
+            if now >= self.next_tick {
+                self.next_tick = now + TICK;
+                self.engine.room.tick(now);
+                self.engine.drain_room_events();
+            }
+        }
+        for c in clients.iter_mut() {
+            c.receive(now);
+        }
+        self.take_told();
+    }
+
+    /// Steps until every client and its server side are connected (5 s at most).
+    fn connect(&mut self, clients: &mut [&mut Client]) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            self.step(clients);
+            let done = clients.iter().all(|c| {
+                c.connected
+                    && self
+                        .engine
+                        .sessions
+                        .get(&c.session)
+                        .and_then(|k| self.engine.peers.get(k))
+                        .is_some_and(|p| p.selected.is_some())
+            });
+            if done {
+                return;
+            }
+            assert!(Instant::now() < deadline, "clients did not connect in 5 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// `speaker` sends `packets` packets, 5 ms apart, while everyone steps.
+    fn talk(&mut self, speaker: usize, packets: usize, clients: &mut [&mut Client]) {
+        for _ in 0..packets {
+            clients[speaker].speak();
+            self.step(clients);
+            std::thread::sleep(Duration::from_millis(5));
+            self.step(clients);
+        }
+    }
+
+    fn packets_in(&self) -> u64 {
+        self.engine.room.stats().packets_in
+    }
+}
+
+#[test]
+fn datagrams_from_another_address_are_dropped_once_a_pair_is_selected() {
+    let mut rig = Rig::new();
+    let mut a = rig.join();
+    let key = rig.key(&a);
+    // Before ICE has selected a pair there is nothing to filter by.
+    assert_eq!(rig.engine.peers[&key].selected, None);
+    rig.connect(&mut [&mut a]);
+    assert_eq!(rig.engine.peers[&key].selected, Some(a.addr));
+
+    // A packet `a` really sent (SRTP, valid), arriving from another address: the `rtc`
+    // state machine would take it (it passes anything once ICE is up); the engine drops it.
+    a.speak();
+    let sent = a.outgoing();
+    assert_eq!(sent.len(), 1, "one SRTP packet");
+    let before = rig.packets_in();
+    for other in [
+        SocketAddr::new(a.addr.ip(), a.addr.port().wrapping_add(1)),
+        SocketAddr::from(([127, 0, 0, 2], a.addr.port())),
+        SocketAddr::from((Ipv6Addr::LOCALHOST, a.addr.port())),
+    ] {
+        rig.inject(key, other, sent[0].clone());
+    }
+    assert_eq!(
+        rig.packets_in(),
+        before,
+        "a datagram from elsewhere reached the room"
+    );
+    assert_eq!(rig.engine.drops.unselected, 3);
+    assert_eq!(rig.engine.stats().dropped.unselected_address, 3);
+
+    // The very same bytes from the selected address are `a`'s microphone.
+    rig.inject(key, a.addr, sent[0].clone());
+    assert_eq!(rig.packets_in(), before + 1);
+    assert!(rig.engine.sessions.contains_key(&a.session));
+}
+
+#[test]
+fn a_panic_in_one_connection_ends_that_session_and_the_room_goes_on() {
+    let mut rig = Rig::new();
+    let (mut a, mut b, mut c) = (rig.join(), rig.join(), rig.join());
+    rig.connect(&mut [&mut a, &mut b, &mut c]);
+    rig.talk(0, 30, &mut [&mut a, &mut b, &mut c]);
+    assert!(
+        b.received > 10 && c.received > 10,
+        "{} {}",
+        b.received,
+        c.received
+    );
+
+    // `c`'s next datagram makes its handling panic.
+    let key_c = rig.key(&c);
+    rig.engine
+        .peers
+        .get_mut(&key_c)
+        .expect("c's peer")
+        .panic_on_read = true;
+    rig.inject(key_c, c.addr, BytesMut::from(&b"\x80\x6f anything"[..]));
+    rig.take_told();
+
+    // c's session, and only c's, is over; front was told why.
+    assert!(!rig.engine.sessions.contains_key(&c.session));
+    assert!(!rig.engine.peers.contains_key(&key_c));
+    assert_eq!(rig.engine.drops.panics, 1);
+    let closed: Vec<_> = rig
+        .told
+        .iter()
+        .filter_map(|m| match m {
+            ToFront::Closed { session, reason } => Some((*session, *reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, vec![(c.session, CloseReason::Error)]);
+    assert_eq!(rig.engine.room.member_count(), 2);
+
+    // a and b talk on.
+    let heard = b.received;
+    rig.talk(0, 20, &mut [&mut a, &mut b]);
+    assert!(b.received >= heard + 15, "{heard} → {}", b.received);
+    // And a newcomer connects.
+    let mut d = rig.join();
+    rig.connect(&mut [&mut a, &mut b, &mut d]);
+}
+
+/// A flood at one connection's port fills the engine's queue only up to [`PEER_BACKLOG`]:
+/// another connection's datagrams still get in (without the cap the flood took the whole
+/// queue, and every other reader waited behind it).
+#[tokio::test(flavor = "current_thread")]
+async fn a_flooded_connection_cannot_crowd_the_others_out_of_the_queue() {
+    let (to_engine, mut queue) = mpsc::channel(DATAGRAM_QUEUE);
+    let mut addrs = Vec::new();
+    for key in [PeerKey(1), PeerKey(2)] {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("socket");
+        addrs.push(socket.local_addr().expect("addr"));
+        let backlog = Arc::new(Backlog::default());
+        tokio::spawn(read_datagrams(socket, key, backlog, to_engine.clone()));
+    }
+    let (flooded, quiet) = (addrs[0], addrs[1]);
+    let attacker = StdUdpSocket::bind("127.0.0.1:0").expect("attacker");
+    // Twice the queue's worth, paced so the reader could take every one of them.
+    for i in 0..2 * DATAGRAM_QUEUE {
+        let _ = attacker.send_to(&[0x17; 100], flooded);
+        if i % 32 == 31 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let client = StdUdpSocket::bind("127.0.0.1:0").expect("client");
+    for _ in 0..10 {
+        client.send_to(&[0x80; 100], quiet).expect("send");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The engine has not taken anything yet: what is waiting?
+    let (mut from_flooded, mut from_quiet) = (0, 0);
+    while let Ok(d) = queue.try_recv() {
+        match d.key {
+            PeerKey(1) => from_flooded += 1,
+            _ => from_quiet += 1,
+        }
+    }
+    assert_eq!((from_flooded, from_quiet), (PEER_BACKLOG, 10));
+}
+
+/// One fuzz input: datagrams, each for the connected member or for a member still at ICE,
+/// from the connected client's own address or from anywhere.
+type FuzzInput = Vec<(u8, u32, u16, Vec<u8>)>;
+
+/// An address from fuzz input: never routable (loopback, or IPv6 documentation space),
+/// since the engine may answer a datagram.
+fn fuzz_addr(bits: u32, port: u16) -> SocketAddr {
+    if bits & 1 == 0 {
+        let [_, x, y, z] = bits.to_be_bytes();
+        SocketAddr::from(([127, x, y, z], port))
+    } else {
+        let ip = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, (bits >> 16) as u16, bits as u16);
+        SocketAddr::from((ip, port))
+    }
+}
+
+/// The engine's datagram handling with arbitrary bytes from arbitrary addresses: nothing
+/// panics (a contained panic counts as a failure here), and the connected member stays
+/// connected unless the input came from its own address.
+#[test]
+fn fuzz_datagrams() {
+    let mut rig = Rig::new();
+    let mut a = rig.join();
+    rig.connect(&mut [&mut a]);
+    // A second member whose client never answers ICE: its datagrams meet the ICE agent
+    // itself (no selected pair, so no filter).
+    let fresh = rig.join();
+    let fresh_key = rig.key(&fresh);
+    let mut state = AssertUnwindSafe((rig, a, fresh_key));
+    // FUZZ_ITERATIONS as in tests/common/fuzz_budget.rs (bolero's own default: 1 000).
+    let iterations = std::env::var("FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1_000);
+    bolero::check!()
+        .with_type::<FuzzInput>()
+        .with_iterations(iterations)
+        .for_each(move |input: &FuzzInput| {
+            let (rig, a, fresh_key) = &mut *state;
+            let a_key = rig.key(a);
+            for (who, bits, port, bytes) in input {
+                let data = BytesMut::from(&bytes[..]);
+                match who % 4 {
+                    0 => rig.inject(a_key, a.addr, data),
+                    1 => rig.inject(a_key, fuzz_addr(*bits, *port), data),
+                    2 => rig.inject(*fresh_key, fuzz_addr(*bits, *port), data),
+                    _ => rig.inject(*fresh_key, a.addr, data),
+                }
+            }
+            rig.step(&mut [a]);
+            assert_eq!(rig.engine.drops.panics, 0, "a peer's handling panicked");
+            // Bytes from a's own address may legitimately end its session (a forged DTLS
+            // alert, say); then a reconnects so the next input meets a live connection.
+            if !rig.engine.sessions.contains_key(&a.session) {
+                let mut again = rig.join();
+                rig.connect(&mut [&mut again]);
+                *a = again;
+            }
+        });
+}
