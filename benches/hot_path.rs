@@ -17,8 +17,10 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use beep_webrtc::media::bite::CutterConfig;
+use beep_webrtc::media::ogg_opus::{self, BiteTags};
 use beep_webrtc::media::rewrite::{SlotRewriter, SourceKey};
-use beep_webrtc::media::room::{Forward, Room, SlotOutput};
+use beep_webrtc::media::room::{Forward, Room, RoomEvent, SlotOutput};
 use beep_webrtc::media::selector::{Selector, SelectorConfig};
 use beep_webrtc::media::speech::Loudness;
 use beep_webrtc::wire::frame;
@@ -48,7 +50,8 @@ fn packet(ssrc: u32, seq: u16, ts: u32, dbov: u8) -> rtp::Packet {
         .unwrap();
     rtp::Packet {
         header,
-        payload: Bytes::from(vec![0xAB; 60]),
+        // TOC 0xF8: a valid 20 ms CELT frame, so a bite cutter keeps it.
+        payload: Bytes::from([&[0xF8u8][..], &[0xAB; 59][..]].concat()),
     }
 }
 
@@ -59,9 +62,10 @@ struct Fixture {
     destinations: usize,
 }
 
-/// `members` members, the first `speakers` of them talking, `slots` slots each.
-fn room(members: u64, speakers: u64, slots: usize) -> Fixture {
-    let mut room = Room::new(None);
+/// `members` members, the first `speakers` of them talking, `slots` slots each; bites cut
+/// with `bites`.
+fn room(members: u64, speakers: u64, slots: usize, bites: Option<CutterConfig>) -> Fixture {
+    let mut room = Room::new(bites);
     let mut out = Vec::new();
     for m in 0..members {
         let outputs = (0..slots)
@@ -101,29 +105,49 @@ fn room(members: u64, speakers: u64, slots: usize) -> Fixture {
     }
 }
 
+/// `Room::on_rtp` for speakers taking turns, 20 ms apart each; with bites on, what the
+/// engine then does with them too: every finished bite remuxed to Ogg Opus (publishing is
+/// the publisher task's, measured by loadgen).
 fn bench_room(c: &mut Criterion) {
-    let mut g = c.benchmark_group("room_on_rtp");
-    for (name, members, speakers) in [("room10_3spk", 10u64, 3u64), ("large_5spk_95lst", 100, 5)] {
-        let mut f = room(members, speakers, 3);
-        assert!(f.destinations > 0, "{name}: no destinations");
-        g.throughput(Throughput::Elements(f.destinations as u64));
-        let t0 = Instant::now();
-        let mut n: u32 = 1000;
-        g.bench_function(BenchmarkId::new(name, f.destinations), |b| {
-            b.iter(|| {
-                // Round-robin over the speakers, 20 ms apart per speaker.
-                let s = f.speakers[(n as usize) % f.speakers.len()];
-                let k = n / f.speakers.len() as u32;
-                let p = packet(s.0 as u32, k as u16, k.wrapping_mul(960), 30);
-                let now = t0 + Duration::from_millis(20 * k as u64);
-                f.room
-                    .on_rtp(s, Some(LEVEL_ID), black_box(&p), now, 0, &mut f.out);
-                n = n.wrapping_add(1);
-                f.out.clear();
-            })
-        });
+    for (group, bites) in [
+        ("room_on_rtp", None),
+        ("room_on_rtp_bites", Some(CutterConfig::default())),
+    ] {
+        let mut g = c.benchmark_group(group);
+        for (name, members, speakers) in
+            [("room10_3spk", 10u64, 3u64), ("large_5spk_95lst", 100, 5)]
+        {
+            let mut f = room(members, speakers, 3, bites);
+            assert!(f.destinations > 0, "{name}: no destinations");
+            g.throughput(Throughput::Elements(f.destinations as u64));
+            let t0 = Instant::now();
+            let mut n: u32 = 1000;
+            g.bench_function(BenchmarkId::new(name, f.destinations), |b| {
+                b.iter(|| {
+                    let s = f.speakers[(n as usize) % f.speakers.len()];
+                    let k = n / f.speakers.len() as u32;
+                    let p = packet(s.0 as u32, k as u16, k.wrapping_mul(960), 30);
+                    let now = t0 + Duration::from_millis(20 * k as u64);
+                    f.room
+                        .on_rtp(s, Some(LEVEL_ID), black_box(&p), now, 0, &mut f.out);
+                    n = n.wrapping_add(1);
+                    f.out.clear();
+                    while let Some(ev) = f.room.poll_event() {
+                        if let RoomEvent::Bite { bite, identity, .. } = ev {
+                            let tags = BiteTags {
+                                conversation: "bench",
+                                user: &identity.userid,
+                                client: &identity.clientid,
+                                start_unix_ms: bite.start_unix_ms,
+                            };
+                            black_box(ogg_opus::write_bite(&bite, &tags, 1).ok());
+                        }
+                    }
+                })
+            });
+        }
+        g.finish();
     }
-    g.finish();
 }
 
 fn bench_rewrite(c: &mut Criterion) {
