@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::outbox::{Out, SocketTx};
 use super::state::{Front, JoinError, OfferState};
+use crate::media::bucket::TokenBucket;
 use crate::media::sdp::Offer;
 use crate::wire::identity::Identity;
 use crate::wire::signal::{ClientFrame, ErrorCode, SignalError, parse_client_frame};
@@ -32,9 +33,9 @@ pub const ICE_FLOOD_CLOSE: u64 = 200;
 /// candidate budget of the current peer connection. Pure (time comes in), so it is unit tested.
 #[derive(Debug)]
 pub struct IceLimiter {
-    per_second: f64,
-    burst: f64,
-    tokens: f64,
+    per_second: u32,
+    burst: u32,
+    frames: TokenBucket,
     last: Instant,
     max_candidates: usize,
     /// Candidates of the current peer connection (its offer's plus trickled ones).
@@ -57,9 +58,9 @@ pub enum IceVerdict {
 impl IceLimiter {
     pub fn new(per_second: u32, burst: u32, max_candidates: usize, now: Instant) -> Self {
         IceLimiter {
-            per_second: f64::from(per_second),
-            burst: f64::from(burst.max(1)),
-            tokens: f64::from(burst.max(1)),
+            per_second,
+            burst: burst.max(1),
+            frames: TokenBucket::new(per_second, burst.max(1)),
             last: now,
             max_candidates,
             candidates: 0,
@@ -70,11 +71,9 @@ impl IceLimiter {
 
     /// Checked before the frame is even parsed: any `ice::` frame takes a token.
     pub fn frame(&mut self, now: Instant) -> IceVerdict {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.frames.refill(now.saturating_duration_since(self.last));
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.frames.try_take(1.0) {
             return IceVerdict::Pass;
         }
         self.dropped_rate += 1;
@@ -314,17 +313,8 @@ async fn admit_offer(
             None => None,
             Some(c) => {
                 let now = std::time::Instant::now();
-                let recent = c
-                    .recent_offers
-                    .iter()
-                    .filter(|t| now.duration_since(**t) <= Duration::from_secs(60))
-                    .count();
-                let limit = front.cfg.offers_per_minute as usize;
-                if recent >= limit {
-                    return Err(SignalError::new(
-                        ErrorCode::RateLimited,
-                        format!("more than {limit} offers in a minute"),
-                    ));
+                if let Some(e) = c.offer_rate_refusal(front.cfg.offers_per_minute, now) {
+                    return Err(e);
                 }
                 // The first offer after a join rides on the join's own check.
                 if std::mem::take(&mut c.join_covers_offer) {

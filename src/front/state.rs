@@ -110,6 +110,24 @@ impl Client {
         }
     }
 
+    /// Why one more offer now would be over `per_minute` (`OFFERS_PER_MINUTE`), if it would;
+    /// forgets offers older than a minute.
+    pub fn offer_rate_refusal(&mut self, per_minute: u32, now: Instant) -> Option<SignalError> {
+        while self
+            .recent_offers
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            self.recent_offers.pop_front();
+        }
+        (self.recent_offers.len() >= per_minute as usize).then(|| {
+            SignalError::new(
+                ErrorCode::RateLimited,
+                format!("more than {per_minute} offers in a minute"),
+            )
+        })
+    }
+
     /// Counts against the user's session limit.
     pub fn active(&self) -> bool {
         self.socket.is_some() || self.session.is_some()
@@ -343,21 +361,8 @@ impl Front {
         let st = &mut *st;
         let client = st.clients.entry(who.clone()).or_default();
         let now = Instant::now();
-        while client
-            .recent_offers
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
-        {
-            client.recent_offers.pop_front();
-        }
-        if client.recent_offers.len() >= self.cfg.offers_per_minute as usize {
-            return Err(SignalError::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "more than {} offers in a minute",
-                    self.cfg.offers_per_minute
-                ),
-            ));
+        if let Some(e) = client.offer_rate_refusal(self.cfg.offers_per_minute, now) {
+            return Err(e);
         }
         client.recent_offers.push_back(now);
         if client.conversation.is_some() {

@@ -12,8 +12,10 @@
 //! | [`opus`] | facts of an Opus packet from its TOC byte (duration, validity), and gap fillers |
 //! | [`bite`] | the bite cutter: one speaker's packets in, utterances out |
 //! | [`ogg_opus`] | a cut bite remuxed into an Ogg Opus file (RFC 7845) |
+//! | [`bucket`] | the token bucket behind every rate limit (member caps, `ice::` frames) |
 
 pub mod bite;
+pub mod bucket;
 pub mod ogg_opus;
 pub mod opus;
 pub mod rewrite;

@@ -37,13 +37,10 @@ pub struct MediaConfig {
     pub ice_failed_ms: u64,
     /// Per-member caps before the speaker selection: RTP packets and payload bytes per
     /// second (0 = no cap). Over them is dropped and counted.
-    #[serde(default = "default_member_packets_per_s")]
     pub member_packets_per_s: u32,
-    #[serde(default = "default_member_bytes_per_s")]
     pub member_bytes_per_s: u32,
     /// A worker none of whose peer connections has reached `connected` this long after it
     /// started stops (0 = never).
-    #[serde(default = "default_first_connect_ms")]
     pub first_connect_ms: u64,
 }
 

@@ -348,3 +348,43 @@ pub fn answer(
         slots,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn media(bind_ip: &str, ports: (u16, u16)) -> MediaConfig {
+        MediaConfig {
+            bind_ip: Some(bind_ip.parse().expect("an IP")),
+            ports,
+            public_ip: None,
+            max_slots: 3,
+            ice_disconnected_ms: 5_000,
+            ice_failed_ms: 15_000,
+            member_packets_per_s: 0,
+            member_bytes_per_s: 0,
+            first_connect_ms: 0,
+        }
+    }
+
+    /// "No free port" only when the ports are taken; any other bind failure says what it is
+    /// (an `RTC_BIND_IP` the host lacks here; EMFILE goes the same way), so an operator is
+    /// not sent to widen `RTC_PORTS` for nothing.
+    #[test]
+    fn a_failed_bind_says_why() {
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("a socket");
+        let port = taken.local_addr().expect("its address").port();
+        let e = bind_socket(&media("127.0.0.1", (port, port))).expect_err("port taken");
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert_eq!(e.message, "no free UDP port in RTC_PORTS");
+
+        // 192.0.2.1 (TEST-NET-1) is on no interface of any host.
+        let e = bind_socket(&media("192.0.2.1", (50_000, 50_009))).expect_err("not our address");
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert!(
+            e.message.contains("192.0.2.1") && !e.message.contains("no free"),
+            "{}",
+            e.message
+        );
+    }
+}

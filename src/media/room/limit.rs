@@ -8,6 +8,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::media::bucket::TokenBucket;
+
 /// Per-member caps (`MEMBER_PACKETS_PER_S`, `MEMBER_BYTES_PER_S`); `None` is no cap.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemberLimits {
@@ -30,31 +32,11 @@ pub enum Admit {
     Drop,
 }
 
-/// One token bucket: `rate` tokens per second, at most `rate` banked (one second's burst).
-#[derive(Clone, Debug)]
-struct Bucket {
-    rate: f64,
-    tokens: f64,
-}
-
-impl Bucket {
-    fn new(rate: u32) -> Bucket {
-        Bucket {
-            rate: f64::from(rate),
-            tokens: f64::from(rate),
-        }
-    }
-
-    fn refill(&mut self, elapsed: Duration) {
-        self.tokens = (self.tokens + self.rate * elapsed.as_secs_f64()).min(self.rate);
-    }
-}
-
 /// One member's caps and how much of them it has used.
 #[derive(Clone, Debug)]
 pub struct RateGate {
-    packets: Option<Bucket>,
-    bytes: Option<Bucket>,
+    packets: Option<TokenBucket>,
+    bytes: Option<TokenBucket>,
     last: Option<Instant>,
     /// The last time a packet was dropped.
     over_at: Option<Instant>,
@@ -63,8 +45,9 @@ pub struct RateGate {
 impl RateGate {
     pub fn new(limits: MemberLimits) -> RateGate {
         RateGate {
-            packets: limits.packets_per_s.map(Bucket::new),
-            bytes: limits.bytes_per_s.map(Bucket::new),
+            // One second's worth of burst.
+            packets: limits.packets_per_s.map(|r| TokenBucket::new(r, r)),
+            bytes: limits.bytes_per_s.map(|r| TokenBucket::new(r, r)),
             last: None,
             over_at: None,
         }
@@ -83,17 +66,17 @@ impl RateGate {
             b.refill(elapsed);
         }
         let cost = bytes as f64;
-        let fits = self.packets.as_ref().is_none_or(|b| b.tokens >= 1.0)
-            && self.bytes.as_ref().is_none_or(|b| b.tokens >= cost);
+        let fits = self.packets.as_ref().is_none_or(|b| b.has(1.0))
+            && self.bytes.as_ref().is_none_or(|b| b.has(cost));
         if !fits {
             self.over_at = Some(now);
             return Admit::Drop;
         }
         if let Some(b) = &mut self.packets {
-            b.tokens -= 1.0;
+            b.take(1.0);
         }
         if let Some(b) = &mut self.bytes {
-            b.tokens -= cost;
+            b.take(cost);
         }
         match self.over_at {
             Some(t) if now.saturating_duration_since(t) < PENALTY => Admit::Silenced,
