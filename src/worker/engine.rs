@@ -21,6 +21,15 @@
 //! Finished bites are remuxed to Ogg Opus here (microseconds per bite) and handed to the
 //! publisher with a call that never blocks: the media path never waits on NATS or the disk.
 //!
+//! | part | what it is |
+//! |---|---|
+//! | this file | the engine's loop, its connections and the room, the forwarding pass |
+//! | [`intake`] | one reader task per socket, and each connection's share of the datagram queue |
+//! | [`connection`] | what the engine asks of one `rtc` connection beyond `poll_*` |
+//! | [`guard`] | panic containment per connection |
+//! | [`from_front`] | front's messages: offers, candidates, leaves, adoption, retiring |
+//! | [`bites`] | finished bites remuxed and handed to the publisher |
+//!
 //! What one client (or anyone who can reach a port) can do to the others is bounded here:
 //!
 //! - **Fair service.** Each turn of the loop serves at most [`FRONT_SHARE`] of front's
