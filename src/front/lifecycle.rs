@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::conversation::{Control, Conversation, CrashHistory, Kill, WorkerState};
 use super::procfs;
-use super::state::{Client, Front, Live, Out, reconnect_event};
+use super::state::{Client, Front, Live, Out, current, reconnect_event};
 use super::supervisor::{self, Ending, Link, WorkerEvents};
 use crate::wire::admin::WorkerRow;
 use crate::wire::ids::Generation;
@@ -24,11 +24,7 @@ const OFFER_DEADLINE: Duration = Duration::from_secs(10);
 impl WorkerEvents for Front {
     fn ready(&self, conversation: &str, generation: Generation, pid: u32) {
         let mut st = self.lock();
-        if let Some(c) = st
-            .conversations
-            .get_mut(conversation)
-            .filter(|c| c.generation == generation)
-        {
+        if let Some(c) = current(&mut st.conversations, conversation, generation) {
             c.pid = Some(pid);
             if c.state == WorkerState::Starting {
                 c.state = WorkerState::Running;
@@ -44,11 +40,7 @@ impl WorkerEvents for Front {
             *last = s.clone();
             return;
         }
-        let Some(conv) = st
-            .conversations
-            .get_mut(conversation)
-            .filter(|c| c.generation == generation)
-        else {
+        let Some(conv) = current(&mut st.conversations, conversation, generation) else {
             return;
         };
         let session = match &msg {
@@ -205,11 +197,7 @@ impl WorkerEvents for Front {
         };
         let mut st = self.lock();
         let st = &mut *st;
-        let Some(conv) = st
-            .conversations
-            .get_mut(conversation)
-            .filter(|c| c.generation == generation)
-        else {
+        let Some(conv) = current(&mut st.conversations, conversation, generation) else {
             return;
         };
         let Some(who) = conv.sessions.get(&session).cloned() else {

@@ -160,6 +160,19 @@ impl State {
     }
 }
 
+/// `conversation`'s worker, if it is still generation `generation`: a report from a worker
+/// that has since been replaced concerns nobody's session. (Takes the map, not the state, so
+/// the caller may hold it beside `clients`.)
+pub(super) fn current<'a>(
+    conversations: &'a mut HashMap<String, Conversation>,
+    conversation: &str,
+    generation: Generation,
+) -> Option<&'a mut Conversation> {
+    conversations
+        .get_mut(conversation)
+        .filter(|c| c.generation == generation)
+}
+
 pub struct Front {
     pub cfg: Arc<Config>,
     pub metrics: Metrics,
