@@ -11,22 +11,9 @@ use std::time::{Duration, Instant};
 
 use beep_webrtc::loadtools::client::{Client, ClientOptions};
 use common::signal::{OFFER, Signal};
-use common::{Front, Permissions, eventually, member};
+use common::{Front, Permissions, eventually, lost, member};
 
 const T: Duration = Duration::from_secs(20);
-
-/// Packets of `speaker` that `listener` never got, between the first and last it got.
-fn lost(listener: &Client, speaker: &str) -> u64 {
-    listener
-        .streams()
-        .iter()
-        .filter_map(|(_, s)| {
-            let (lo, hi) = s.counters.get(speaker)?;
-            let got = s.from.get(speaker).copied().unwrap_or(0);
-            Some(u64::from(hi - lo + 1).saturating_sub(got))
-        })
-        .sum()
-}
 
 /// The server's candidate address in an answer.
 fn server_candidate(answer: &str) -> SocketAddr {
@@ -38,22 +25,6 @@ fn server_candidate(answer: &str) -> SocketAddr {
     format!("{}:{}", f[4], f[5])
         .parse()
         .unwrap_or_else(|e| panic!("{e}: {line}"))
-}
-
-/// A sample of `/metrics`: the value of one sample line.
-async fn metric(front: &Front, sample: &str) -> f64 {
-    let text = front
-        .http
-        .get(front.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn is_stun_request(d: &[u8]) -> bool {
@@ -261,7 +232,7 @@ async fn a_packet_flood_is_capped_and_wins_no_slot() {
 async fn metric_reaching(front: &Front, sample: &str, at_least: f64) -> f64 {
     let deadline = Instant::now() + T;
     loop {
-        let v = metric(front, sample).await;
+        let v = front.metric(sample).await.unwrap_or(0.0);
         if v >= at_least {
             return v;
         }
@@ -399,7 +370,7 @@ async fn a_worker_nobody_connects_to_exits_soon() {
         !frames.iter().any(|(_, f)| f.contains("worker-exited")),
         "{frames:?}"
     );
-    assert_eq!(metric(&front, "beep_worker_failures_total").await, 0.0);
+    assert_eq!(front.metric("beep_worker_failures_total").await, Some(0.0));
     assert_eq!(front.join("ghost", "app", "ghost").await.0, 200);
     // The live conversation is untouched.
     assert_eq!(front.worker_of("live"), Some(live));

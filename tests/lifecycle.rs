@@ -74,18 +74,7 @@ async fn a_dead_worker_only_affects_its_conversation() {
 
 /// A value from /metrics (the workers report every 2 s).
 async fn metric(front: &Front, name: &str) -> Option<u64> {
-    let text = front
-        .http
-        .get(front.url("/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
+    front.metric(name).await.map(|v| v as u64)
 }
 
 async fn peers(front: &Front) -> Option<u64> {

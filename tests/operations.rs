@@ -8,22 +8,9 @@ use std::time::{Duration, Instant};
 
 use beep_webrtc::loadtools::client::Client;
 use common::signal::{OFFER, Signal};
-use common::{Front, Permissions, eventually, member};
+use common::{Front, Permissions, eventually, lost, member};
 
 const T: Duration = Duration::from_secs(20);
-
-/// Packets of `speaker` that `listener` never got, between the first and last it got.
-fn lost(listener: &Client, speaker: &str) -> u64 {
-    listener
-        .streams()
-        .iter()
-        .filter_map(|(_, s)| {
-            let (lo, hi) = s.counters.get(speaker)?;
-            let got = s.from.get(speaker).copied().unwrap_or(0);
-            Some(u64::from(hi - lo + 1).saturating_sub(got))
-        })
-        .sum()
-}
 
 fn ctl_workers(front: &Front) -> Vec<serde_json::Value> {
     let (code, out, err) = front.ctl(&["workers", "--json"]);

@@ -12,12 +12,21 @@ use beep_webrtc::publish::nats::{
 use beep_webrtc::publish::publisher::{PublishError, Publisher, PublisherHandle, replay_dir};
 use beep_webrtc::publish::spool::{Spool, SpoolError};
 use beep_webrtc::wire::bite as proto;
+use beep_webrtc::wire::stats::BiteStats;
 use common::nats::*;
 use futures_util::StreamExt;
 use prost::Message as _;
 
 const KEY: &str = "conv-1";
 const T0: u64 = 1_700_000_000_000;
+
+/// What the publisher task reports when it ends (after its last handle is dropped).
+async fn ended(task: tokio::task::JoinHandle<BiteStats>) -> BiteStats {
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("task ends")
+        .expect("join")
+}
 
 async fn wait_state(h: &PublisherHandle, want: NatsState) {
     let mut rx = h.nats_state();
@@ -109,10 +118,7 @@ async fn jetstream_stream_gets_each_bite_once_on_both_subjects() {
     assert_stream_holds(&client, "BITES", &starts).await;
 
     drop(h);
-    let last = tokio::time::timeout(WAIT, task)
-        .await
-        .expect("task ends")
-        .expect("join");
+    let last = ended(task).await;
     assert_eq!(last.published, 20);
 }
 
@@ -160,10 +166,7 @@ async fn core_nats_delivers(nats: &NatsServer) {
     let m = h.metrics();
     assert_eq!((m.spooled, m.failed), (0, 0));
     drop(h);
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("task ends")
-        .expect("join");
+    ended(task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,10 +246,7 @@ async fn outage_spools_then_replays_in_order_exactly_once() {
     assert_stream_holds(&client, "BITES", &starts).await;
 
     drop(h);
-    let last = tokio::time::timeout(WAIT, task)
-        .await
-        .expect("task ends")
-        .expect("join");
+    let last = ended(task).await;
     assert_eq!(last.failed, 0);
 }
 
@@ -345,10 +345,7 @@ async fn full_spool_counts_failed_and_recovers() {
     let delivered: Vec<u64> = starts[..3].iter().chain(&starts[6..]).copied().collect();
     assert_stream_holds(&client, "BITES", &delivered).await;
     drop(h);
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("task ends")
-        .expect("join");
+    ended(task).await;
 }
 
 /// A burst larger than the queue overflows to the spool; nothing is lost and order holds.
@@ -377,10 +374,7 @@ async fn queue_overflow_goes_to_the_spool_without_loss_or_reordering() {
     assert_eq!(m.failed, 0);
     assert_stream_holds(&client, "BITES", &starts).await;
     drop(h);
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("task ends")
-        .expect("join");
+    ended(task).await;
 }
 
 /// A worker that starts while NATS is down serves (spools) at once and publishes once NATS appears.
@@ -399,10 +393,7 @@ async fn starts_while_nats_is_down() {
     wait_for("replayed", || h.metrics().replayed == 1).await;
     // No stream here: delivered through core NATS.
     drop(h);
-    let last = tokio::time::timeout(WAIT, task)
-        .await
-        .expect("task ends")
-        .expect("join");
+    let last = ended(task).await;
     assert_eq!((last.replayed, last.spool_files), (1, 0));
 }
 
@@ -457,10 +448,7 @@ async fn oversized_bite_is_set_aside_without_blocking_the_rest() {
     let client = connect(&nats.url()).await;
     assert_stream_holds(&client, "BITES", &[T0, T0 + 2, T0 + 4]).await;
     drop(h);
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("task ends")
-        .expect("join");
+    ended(task).await;
 }
 
 /// Settings NATS can never use (a malformed URL) do not lose bites: they are all spooled.
@@ -474,10 +462,7 @@ async fn unusable_nats_url_spools_everything() {
     }
     wait_for("3 spooled", || h.metrics().spooled == 3).await;
     drop(h);
-    let last = tokio::time::timeout(WAIT, task)
-        .await
-        .expect("task ends")
-        .expect("join");
+    let last = ended(task).await;
     assert_eq!((last.spooled, last.failed, last.spool_files), (3, 0, 3));
     assert_eq!(spool_files(tmp.path()), 3);
 }
@@ -499,10 +484,7 @@ async fn shutdown_drains_the_queue() {
         h.send(bite(KEY, st, 1000));
     }
     drop(h);
-    let last = tokio::time::timeout(WAIT, task)
-        .await
-        .expect("task ends")
-        .expect("join");
+    let last = ended(task).await;
     assert_eq!(last.published + last.replayed, 30, "{last:?}");
     assert_eq!(last.spool_files, 0);
     assert_stream_holds(&client, "BITES", &starts).await;
@@ -515,6 +497,7 @@ mod bench {
     use std::time::{Duration, Instant};
 
     use super::common::nats::*;
+    use super::ended;
     use beep_webrtc::publish::nats::NatsState;
     use beep_webrtc::publish::publisher::{Publisher, replay_dir};
     use beep_webrtc::publish::spool::Spool;
@@ -567,10 +550,7 @@ mod bench {
             m.spooled
         );
         drop(h);
-        tokio::time::timeout(WAIT, task)
-            .await
-            .expect("task ends")
-            .expect("join");
+        ended(task).await;
     }
 
     /// Spool writes (fsync per bite) and replay of the spool into JetStream through `replay_dir`.

@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use beep_webrtc::loadtools::client::{Client, ClientOptions};
 use common::signal::{OFFER, Signal};
-use common::{Front, claim, eventually, free_tcp_port};
+use common::{Front, claim, eventually, free_tcp_port, lost, member};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -338,34 +337,6 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// A webrtc-rs member of `conversation`, connected.
-async fn member(front: &Front, conversation: &str, user: &str) -> Client {
-    let c = Client::connect(ClientOptions::new(
-        front.ws(&format!("?conversation={conversation}")),
-        user,
-        "app",
-    ))
-    .await
-    .unwrap_or_else(|e| panic!("{user}: {e:#}"));
-    c.wait_connected(T)
-        .await
-        .unwrap_or_else(|e| panic!("{user}: {e:#}"));
-    c
-}
-
-/// Packets of `speaker` that `listener` never got, between the first and last it got.
-fn lost(listener: &Client, speaker: &str) -> u64 {
-    listener
-        .streams()
-        .iter()
-        .filter_map(|(_, s)| {
-            let (lo, hi) = s.counters.get(speaker)?;
-            let got = s.from.get(speaker).copied().unwrap_or(0);
-            Some(u64::from(hi - lo + 1).saturating_sub(got))
-        })
-        .sum()
 }
 
 /// The `error::` frame (code, message) a socket gets before it closes, within `within`.

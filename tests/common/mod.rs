@@ -207,6 +207,22 @@ impl Front {
         (r.status().as_u16(), r.text().await.unwrap_or_default())
     }
 
+    /// One sample of `/metrics`, named as printed (labels included), if front reports it.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// Front is alive and answers `/healthz` with 200.
     pub async fn assert_serving(&self) {
         assert!(self.alive(), "front died");
@@ -337,4 +353,17 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Packets of `speaker` that `listener` never got, between the first and last it got.
+pub fn lost(listener: &beep_webrtc::loadtools::client::Client, speaker: &str) -> u64 {
+    listener
+        .streams()
+        .iter()
+        .filter_map(|(_, s)| {
+            let (lo, hi) = s.counters.get(speaker)?;
+            let got = s.from.get(speaker).copied().unwrap_or(0);
+            Some(u64::from(hi - lo + 1).saturating_sub(got))
+        })
+        .sum()
 }
