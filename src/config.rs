@@ -309,6 +309,18 @@ impl Config {
                     0,
                     86_400_000,
                 )?,
+                socket_recv_buffer: num(
+                    "RTC_RECV_BUFFER_BYTES",
+                    crate::wire::ipc::default_socket_buffer().into(),
+                    0,
+                    1 << 30,
+                )? as u32,
+                socket_send_buffer: num(
+                    "RTC_SEND_BUFFER_BYTES",
+                    crate::wire::ipc::default_socket_buffer().into(),
+                    0,
+                    1 << 30,
+                )? as u32,
             },
             runtime_dir,
             state_dir,

@@ -2,7 +2,7 @@
 //! (`MAX_WORKERS`), how fast one user may start new ones (`NEW_CONVERSATIONS_PER_MINUTE`),
 //! and the front ↔ worker channel's frame limit: a message too large for it costs the one
 //! session it belongs to, never the conversation, and `MAX_FRAME_BYTES` must stay well under
-//! it (checked at startup). And a full `RTC_PORTS` range refuses the next client in words.
+//! it (checked at startup). And a full `RTC_PORTS` range refuses the next conversation in words.
 
 mod common;
 
@@ -274,24 +274,33 @@ fn two_free_udp_ports() -> u16 {
     panic!("no two consecutive free UDP ports");
 }
 
-/// `RTC_PORTS` with two ports and three clients: each connection takes a port, so the third
-/// offer gets `error::unavailable` saying why, and the two connected go on talking.
+/// `RTC_PORTS` with two ports: a worker takes one port for all its connections, so two
+/// conversations fit with any number of members (a third member of the first joins), and a
+/// third conversation's offer gets `error::unavailable` saying why; the others talk on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_rtc_port_range_refuses_the_next_client_in_words() {
+async fn a_full_rtc_port_range_refuses_the_next_conversation_in_words() {
     let lo = two_free_udp_ports();
     let ports = format!("{lo}-{}", lo + 1);
     let perms = Permissions::start().await;
     let front = Front::start(&perms.url(), &[("RTC_PORTS", &ports)]).await;
     let a = member(&front, "pair", "a").await;
     let b = member(&front, "pair", "b").await;
+    let c = member(&front, "pair", "c").await;
+    let d = member(&front, "other", "d").await;
     a.start_sending("a", 20);
-    assert!(eventually(T, || b.heard_from("a") > 20).await, "b hears a");
+    assert!(
+        eventually(T, || b.heard_from("a") > 20
+            && c.heard_from("a") > 20
+            && d.heard_from("a") == 0)
+        .await,
+        "b and c hear a"
+    );
 
-    let mut s = Signal::open(&front, "?conversation=pair", "c", "app").await;
+    let mut s = Signal::open(&front, "?conversation=third", "e", "app").await;
     s.send(&format!("offer::{OFFER}")).await;
     let frame = s.wait_for("error::", T).await.expect("an error frame");
     let (code, message) = error_of(&frame);
-    println!("third client, RTC_PORTS={ports}: {code}: {message}");
+    println!("third conversation, RTC_PORTS={ports}: {code}: {message}");
     assert_eq!(code, "unavailable", "{message}");
     assert!(
         message.contains("RTC_PORTS"),
@@ -301,6 +310,7 @@ async fn a_full_rtc_port_range_refuses_the_next_client_in_words() {
     assert!(keeps_hearing(&b, "a", 10).await, "the pair stalled");
     assert!(!told_reconnect(&a) && !told_reconnect(&b));
     front.assert_serving().await;
-    a.close().await;
-    b.close().await;
+    for m in [&a, &b, &c, &d] {
+        m.close().await;
+    }
 }

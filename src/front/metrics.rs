@@ -319,10 +319,7 @@ impl Collector for WorkersCollector {
             None,
             MetricType::Counter,
         )?;
-        for (reason, n) in [
-            ("member-rate", all.dropped.member_rate),
-            ("unselected-address", all.dropped.unselected_address),
-        ] {
+        for (reason, n) in all.dropped.by_reason() {
             ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
         }
 
@@ -404,6 +401,8 @@ mod tests {
             dropped: crate::wire::stats::DropStats {
                 member_rate: packets / 10,
                 unselected_address: 1,
+                socket_receive_buffer: 3,
+                ..Default::default()
             },
         }
     }
@@ -531,6 +530,8 @@ mod tests {
         };
         assert_eq!(dropped("member-rate"), 15.0);
         assert_eq!(dropped("unselected-address"), 2.0);
+        assert_eq!(dropped("socket-receive-buffer"), 6.0);
+        assert_eq!(dropped("stun-unauthenticated"), 0.0);
 
         // Histograms: cumulative buckets ending in +Inf = _count.
         let d = "beep_forward_delay_seconds";

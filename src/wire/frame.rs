@@ -124,6 +124,8 @@ mod tests {
                     member_packets_per_s: 3,
                     member_bytes_per_s: 4,
                     first_connect_ms: 5,
+                    socket_recv_buffer: 6,
+                    socket_send_buffer: 7,
                 },
                 bites: None,
                 orphan_grace_ms: 60_000,

@@ -20,7 +20,7 @@ use super::ids::{Generation, SessionId};
 use super::signal::ErrorCode;
 use super::stats::WorkerStats;
 
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// What a worker needs to run its peer connections. Front sends it in `Init` rather than
 /// letting the worker re-read the environment, so the one process that validated the
@@ -42,6 +42,14 @@ pub struct MediaConfig {
     /// A worker none of whose peer connections has reached `connected` this long after it
     /// started stops (0 = never).
     pub first_connect_ms: u64,
+    /// The worker's UDP port's kernel buffers, in bytes (0 = the kernel's default). Above
+    /// `net.core.rmem_max`/`wmem_max` they take effect only with `CAP_NET_ADMIN`.
+    pub socket_recv_buffer: u32,
+    pub socket_send_buffer: u32,
+}
+
+pub fn default_socket_buffer() -> u32 {
+    4 << 20
 }
 
 pub fn default_member_packets_per_s() -> u32 {

@@ -23,7 +23,9 @@ pub struct WorkerStats {
     pub dropped: DropStats,
 }
 
-/// Packets a worker dropped on purpose (`beep_packets_dropped_total{reason=...}`).
+/// Packets a worker dropped, by reason (`beep_packets_dropped_total{reason=...}`): on purpose
+/// (caps, filters) or because a buffer was full. Every datagram that came in or was meant to go
+/// out and did not is counted under one of these, so a loss can be traced to where it happened.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DropStats {
     /// RTP packets over their member's packet or byte rate cap (`reason="member-rate"`).
@@ -31,12 +33,62 @@ pub struct DropStats {
     /// Datagrams from an address other than the session's selected ICE pair
     /// (`reason="unselected-address"`).
     pub unselected_address: u64,
+    /// Datagrams (not STUN) from an address no connection of the worker's port knows
+    /// (`reason="unknown-address"`).
+    pub unknown_address: u64,
+    /// STUN whose USERNAME names none of the worker's connections, or that has none
+    /// (`reason="stun-unknown-username"`).
+    pub stun_unknown_username: u64,
+    /// STUN requests without a valid MESSAGE-INTEGRITY for the connection they name
+    /// (`reason="stun-unauthenticated"`).
+    pub stun_unauthenticated: u64,
+    /// Authenticated Binding requests that claim the controlled role, which the ICE-lite
+    /// server always has: a role conflict would turn it into a controlling agent that
+    /// sends checks to every candidate the client listed (`reason="stun-role-conflict"`).
+    pub stun_role_conflict: u64,
+    /// Datagrams the kernel dropped because the port's receive buffer was full, as counted
+    /// by `SO_RXQ_OVFL` (`reason="socket-receive-buffer"`).
+    pub socket_receive_buffer: u64,
+    /// Datagrams the port's send buffer would not take (`reason="socket-send-buffer"`).
+    pub socket_send_buffer: u64,
+    /// Datagrams whose send failed otherwise, e.g. an unreachable address
+    /// (`reason="send-error"`).
+    pub send_error: u64,
+    /// Forwards a listener's connection refused: not connected any more, or its SRTP
+    /// context not ready (`reason="connection-refused"`).
+    pub connection_refused: u64,
 }
 
 impl DropStats {
     pub fn add(&mut self, other: &DropStats) {
-        self.member_rate += other.member_rate;
-        self.unselected_address += other.unselected_address;
+        for ((_, a), (_, b)) in self.by_reason_mut().into_iter().zip(other.by_reason()) {
+            *a += b;
+        }
+    }
+
+    /// Every counter with its `reason` label: the one list `/metrics` and tests read.
+    pub fn by_reason(&self) -> [(&'static str, u64); 10] {
+        let mut copy = self.clone();
+        copy.by_reason_mut().map(|(reason, n)| (reason, *n))
+    }
+
+    fn by_reason_mut(&mut self) -> [(&'static str, &mut u64); 10] {
+        [
+            ("member-rate", &mut self.member_rate),
+            ("unselected-address", &mut self.unselected_address),
+            ("unknown-address", &mut self.unknown_address),
+            ("stun-unknown-username", &mut self.stun_unknown_username),
+            ("stun-unauthenticated", &mut self.stun_unauthenticated),
+            ("stun-role-conflict", &mut self.stun_role_conflict),
+            ("socket-receive-buffer", &mut self.socket_receive_buffer),
+            ("socket-send-buffer", &mut self.socket_send_buffer),
+            ("send-error", &mut self.send_error),
+            ("connection-refused", &mut self.connection_refused),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_reason().iter().map(|(_, n)| n).sum()
     }
 }
 
@@ -122,13 +174,21 @@ pub struct DelayHistogram {
 
 impl DelayHistogram {
     pub fn record(&mut self, d: Duration) {
+        self.record_n(d, 1);
+    }
+
+    /// `n` delays of `d` each: the copies of one packet that left in one batch.
+    pub fn record_n(&mut self, d: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
         let us = d.as_micros().min(u64::MAX as u128) as u64;
         if self.counts.is_empty() {
             self.counts = vec![0; DELAY_BUCKETS_US.len() + 1];
         }
         let i = DELAY_BUCKETS_US.partition_point(|&b| b < us);
-        self.counts[i] += 1;
-        self.sum_us = self.sum_us.saturating_add(us);
+        self.counts[i] += n;
+        self.sum_us = self.sum_us.saturating_add(us.saturating_mul(n));
     }
 
     pub fn add(&mut self, other: &DelayHistogram) {

@@ -4,14 +4,18 @@
 //! Why one task and no webrtc driver: the `webrtc` crate runs a driver task per connection and
 //! reaches it through channels and an async mutex, so every forwarded packet paid a channel hop,
 //! a task wake-up, a lock and the driver's `select!` (about half of the CPU per packet in our
-//! profiles). Here a packet from a speaker is decrypted, routed, and encrypted and sent to
-//! each listener in one pass, with plain function calls:
+//! profiles). Here a packet from a speaker is decrypted, routed, and encrypted for each
+//! listener in one pass, with plain function calls, and its copies leave together:
 //!
 //! ```text
-//!  socket reader tasks ──datagrams──▶ handle_read ─▶ poll_read ─▶ Room::on_rtp ─▶ Forwards
-//!                                                                                  │
-//!  listeners' sockets ◀── send_to ◀── poll_write ◀── handle_write (the listener's) ◀┘
+//!  the port ─recvmmsg─▶ demux ─▶ handle_read ─▶ poll_read ─▶ Room::on_rtp ─▶ Forwards
+//!                                                                             │
+//!  the port ◀─sendmmsg── outbox ◀── poll_write ◀── handle_write (each listener's) ◀┘
 //! ```
+//!
+//! Every connection shares the worker's one UDP port ([`port`]): the [`demux`] tells them
+//! apart (STUN username, then source address) and keeps unauthenticated STUN away from the
+//! ICE agents.
 //!
 //! Timers (ICE consent, DTLS retransmits, RTCP reports) are kept in one ordered set of
 //! deadlines, one entry per connection. Nothing here awaits except the loop's `select!`, so a
@@ -24,7 +28,8 @@
 //! | part | what it is |
 //! |---|---|
 //! | this file | the engine's loop, its connections and the room, the forwarding pass |
-//! | [`intake`] | one reader task per socket, and each connection's share of the datagram queue |
+//! | [`port`] | the worker's one UDP port: batched reads and sends, buffer sizes, kernel drops |
+//! | [`demux`] | which connection a datagram is for; unauthenticated STUN stops there |
 //! | [`connection`] | what the engine asks of one `rtc` connection beyond `poll_*` |
 //! | [`guard`] | panic containment per connection |
 //! | [`from_front`] | front's messages: offers, candidates, leaves, adoption, retiring |
@@ -35,10 +40,8 @@
 //! - **Fair service.** Each turn of the loop serves at most [`FRONT_SHARE`] of front's
 //!   messages (an offer costs about a millisecond) and [`DATAGRAM_SHARE`] datagrams, so a
 //!   burst of offers cannot hold back the media and a flood of datagrams cannot hold back
-//!   front. Datagrams share one queue, but each connection may have at most
-//!   [`intake::PEER_BACKLOG`] of them in it: a reader whose connection is over that stops reading
-//!   and lets its kernel buffer overflow, so a flood at one port cannot crowd the others
-//!   out of the queue.
+//!   front. A flood from an address no connection knows costs a table lookup per datagram
+//!   and reaches no connection.
 //! - **Selected pair only.** Once ICE has selected a pair, a datagram from any other address
 //!   is dropped (and counted) before the connection sees it: the `rtc` state machine itself
 //!   would pass it on to DTLS and SRTP.
@@ -50,9 +53,8 @@
 //! - Per-member packet and byte caps are the room's ([`crate::media::room::limit`]).
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtc::peer_connection::RTCPeerConnection;
@@ -62,9 +64,9 @@ use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState}
 use rtc::rtp;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-use super::peer::{self, NegotiationError};
+use super::peer::{self, IceCredentials, NegotiationError};
 use crate::media::bite::CutterConfig;
 use crate::media::rewrite::SlotRewriter;
 use crate::media::room::{Forward, MemberLimits, Room, RoomEvent, SlotOutput};
@@ -81,7 +83,7 @@ const STATS_EVERY: Duration = Duration::from_secs(2);
 /// Most of front's messages served per turn of the loop (then the datagrams get a turn).
 const FRONT_SHARE: usize = 4;
 /// Most datagrams served per turn of the loop (then front and the timers get a turn).
-const DATAGRAM_SHARE: usize = 256;
+const DATAGRAM_SHARE: usize = 8 * RECV_BATCH;
 /// A worker stopping because nobody connected refuses offers until front has been quiet this
 /// long (at most [`RETIRE_MAX`]), so an offer front sent just before is answered, not lost
 /// with the process.
@@ -111,9 +113,9 @@ pub struct EngineSettings {
     pub orphan_grace: Duration,
 }
 
-/// The engine's handle for one peer connection (and its socket). A session that re-offers
-/// gets a new connection under a new key, so a datagram still queued for the old one is
-/// recognised and dropped.
+/// The engine's handle for one peer connection. A session that re-offers gets a new
+/// connection under a new key (and new ICE credentials), so nothing meant for the old one
+/// reaches the new one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct PeerKey(u64);
 
@@ -121,11 +123,6 @@ struct PeerKey(u64);
 struct Peer {
     session: SessionId,
     pc: RTCPeerConnection,
-    /// Non-blocking; sends go straight from the engine. A reader task owns a clone.
-    socket: UdpSocket,
-    /// Our candidate's address: what the ICE agent calls this socket.
-    local: SocketAddr,
-    reader: tokio::task::JoinHandle<()>,
     /// The client's negotiated audio-level extension id.
     level_id: Option<u8>,
     deadline: Option<Instant>,
@@ -133,26 +130,11 @@ struct Peer {
     /// The client's address on the pair ICE selected; from then on, datagrams from any other
     /// address are dropped before the connection sees them.
     selected: Option<SocketAddr>,
-    /// This connection's datagrams in the engine's queue.
-    backlog: Arc<Backlog>,
     /// Its handling panicked: it gets nothing more, and is ended once the current pass is over.
     broken: bool,
     /// Test hook: the next datagram's handling panics.
     #[cfg(test)]
     panic_on_read: bool,
-}
-
-/// Counters the room does not keep.
-#[derive(Default)]
-struct Drops {
-    /// Forwards the connection refused (not connected any more, or bad parameters).
-    refused: u64,
-    /// Datagrams the socket would not take (its buffer was full).
-    send_full: u64,
-    /// Datagrams from an address other than the connection's selected pair.
-    unselected: u64,
-    /// Sessions ended because their handling panicked.
-    panics: u64,
 }
 
 pub struct Engine {
@@ -167,10 +149,23 @@ pub struct Engine {
     /// `(deadline, peer key)`, one entry per connection that has a timer.
     timers: BTreeSet<(Instant, PeerKey)>,
     next_key: u64,
-    datagrams: mpsc::Sender<Datagram>,
+    /// The conversation's UDP port, bound at the first offer (a bind failure refuses that
+    /// offer and the next one tries again).
+    port: Option<Port>,
+    demux: Demux,
+    /// What the connections want sent, sent together after each input ([`Engine::send_out`]).
+    outbox: Vec<Transmit>,
+    /// Reused for every read from the port.
+    inbox: Vec<Received>,
     /// Reused for every packet: what the room decided to send.
     forwards: Vec<Forward>,
-    drops: Drops,
+    /// Copies of the current packet written into listeners' connections, waiting in the
+    /// outbox: their forwarding delay is taken once they have been sent.
+    copies_pending: u64,
+    /// Datagrams dropped by this engine (the room counts its own), by reason.
+    drops: DropStats,
+    /// Sessions ended because their handling panicked.
+    panics: u64,
     forward_delay: DelayHistogram,
     bites: Option<BiteSink>,
     /// Some member's connection has reached `connected` (see [`EngineSettings`]'s
@@ -189,11 +184,10 @@ impl Engine {
         to_front: UnboundedSender<ToFront>,
         mut front: UnboundedReceiver<Input>,
     ) -> (String, WorkerStats) {
-        let (datagrams, mut incoming) = mpsc::channel(DATAGRAM_QUEUE);
         let orphan_grace = settings.orphan_grace;
         let first_connect =
             Some(Duration::from_millis(settings.media.first_connect_ms)).filter(|d| !d.is_zero());
-        let mut engine = Engine::new(settings, bites, to_front, datagrams);
+        let mut engine = Engine::new(settings, bites, to_front);
         let mut next_tick = Instant::now() + TICK;
         let mut last_stats = Instant::now();
         let sleep = tokio::time::sleep_until(next_tick.into());
@@ -233,27 +227,27 @@ impl Engine {
                 .first()
                 .map_or(next_tick, |(t, _)| (*t).min(next_tick));
             sleep.as_mut().reset(wake.into());
-            tokio::select! {
-                input = front.recv() => {
-                    if let Some(stop) = engine.on_input(input, &mut orphaned) {
-                        break 'run stop;
-                    }
-                }
-                Some(first) = incoming.recv() => engine.on_datagram(first),
-                _ = &mut sleep => {}
+            let input = tokio::select! {
+                input = front.recv() => Some(input),
+                _ = port_readable(&engine.port) => None,
+                _ = &mut sleep => None,
+            };
+            if let Some(input) = input
+                && let Some(stop) = engine.on_input(input, &mut orphaned)
+            {
+                break 'run stop;
             }
-            // Whichever woke the loop, both queues get a bounded share before it looks again:
-            // neither a burst of front's messages nor a flood of datagrams starves the other.
+            // Whichever woke the loop, front's queue and the port get a bounded share before it
+            // looks again: neither a burst of front's messages nor a flood of datagrams starves
+            // the other.
             for _ in 0..FRONT_SHARE {
                 let Ok(input) = front.try_recv() else { break };
                 if let Some(stop) = engine.on_input(Some(input), &mut orphaned) {
                     break 'run stop;
                 }
             }
-            for _ in 0..DATAGRAM_SHARE {
-                let Ok(d) = incoming.try_recv() else { break };
-                engine.on_datagram(d);
-            }
+            engine.read_port(DATAGRAM_SHARE);
+            engine.send_out();
         };
         // Told why only when it is news to front: a conversation nobody connected to.
         let reason_for_sessions = never_connected.then_some(CloseReason::Failed);
@@ -264,25 +258,29 @@ impl Engine {
         if never_connected {
             engine.retire(&mut front).await;
         }
-        let d = &engine.drops;
-        if d.refused + d.send_full + d.unselected + d.panics > 0 {
+        engine.send_out();
+        let dropped = engine.stats().dropped;
+        if dropped.total() + engine.panics > 0 {
+            let by_reason: Vec<String> = dropped
+                .by_reason()
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(reason, n)| format!("{reason}={n}"))
+                .collect();
             tracing::info!(
-                refused = d.refused,
-                send_full = d.send_full,
-                unselected_address = d.unselected,
-                panics = d.panics,
-                "packets not sent or dropped"
+                panics = engine.panics,
+                "datagrams dropped: {}",
+                by_reason.join(" ")
             );
         }
         (reason, engine.stats())
     }
 
-    /// An engine with no members yet; datagrams its readers take go to `datagrams`.
+    /// An engine with no members yet (and no port until the first offer).
     fn new(
         settings: EngineSettings,
         bites: Option<BiteSink>,
         to_front: UnboundedSender<ToFront>,
-        datagrams: mpsc::Sender<Datagram>,
     ) -> Engine {
         let cutter = settings.cutter.filter(|_| bites.is_some());
         let cap = |n: u32| Some(n).filter(|&n| n > 0);
@@ -301,9 +299,14 @@ impl Engine {
             sessions: HashMap::new(),
             timers: BTreeSet::new(),
             next_key: 0,
-            datagrams,
+            port: None,
+            demux: Demux::new(),
+            outbox: Vec::new(),
+            inbox: Vec::with_capacity(RECV_BATCH),
             forwards: Vec::new(),
-            drops: Drops::default(),
+            copies_pending: 0,
+            drops: DropStats::default(),
+            panics: 0,
             forward_delay: DelayHistogram::default(),
             bites,
             ever_connected: false,
@@ -333,10 +336,7 @@ impl Engine {
     fn stats(&self) -> WorkerStats {
         let mut stats = self.room.stats();
         stats.forward_delay = self.forward_delay.clone();
-        stats.dropped.add(&DropStats {
-            unselected_address: self.drops.unselected,
-            ..DropStats::default()
-        });
+        stats.dropped.add(&self.drops);
         if let Some(sink) = &self.bites {
             stats.bites = sink.handle.metrics();
         }
@@ -357,24 +357,21 @@ impl Engine {
         let offer = Offer::parse(&sdp)
             .map_err(|e| NegotiationError::new(ErrorCode::BadSdp, e.to_string()))?;
         let now = Instant::now();
-        let a = peer::answer(&self.media, &offer, sdp, &format!("beep-{session}"), now)?;
-        let internal =
-            |e: std::io::Error| NegotiationError::new(ErrorCode::Internal, format!("socket: {e}"));
-        a.socket.set_nonblocking(true).map_err(internal)?;
-        let reader_socket = a
-            .socket
-            .try_clone()
-            .and_then(tokio::net::UdpSocket::from_std)
-            .map_err(internal)?;
+        let local = match &self.port {
+            Some(port) => port.local,
+            None => {
+                let port = Port::bind(&self.media)?;
+                let local = port.local;
+                self.port = Some(port);
+                local
+            }
+        };
+        let ice = IceCredentials::random();
+        let stream_id = format!("beep-{session}");
+        let a = peer::answer(&self.media, &offer, sdp, &stream_id, local, &ice, now)?;
         let key = PeerKey(self.next_key);
         self.next_key += 1;
-        let backlog = Arc::new(Backlog::default());
-        let reader = tokio::spawn(read_datagrams(
-            reader_socket,
-            key,
-            backlog.clone(),
-            self.datagrams.clone(),
-        ));
+        self.demux.add(key, ice.ufrag, ice.pwd);
         let outputs = a
             .slots
             .iter()
@@ -389,14 +386,10 @@ impl Engine {
             Peer {
                 session,
                 pc: a.pc,
-                socket: a.socket,
-                local: a.local,
-                reader,
                 level_id: offer.audio_level_id,
                 deadline: None,
                 last_timeout: now,
                 selected: None,
-                backlog,
                 broken: false,
                 #[cfg(test)]
                 panic_on_read: false,
@@ -410,7 +403,7 @@ impl Engine {
         self.room
             .add_member(session, identity, outputs, offer.audio_level_id);
         self.drain_room_events();
-        self.drive(key, None);
+        self.drive(key);
         Ok(())
     }
 
@@ -422,17 +415,17 @@ impl Engine {
         };
         self.room.remove_member(session, Instant::now());
         self.drain_room_events();
+        self.demux.remove(key);
         if let Some(mut peer) = self.peers.remove(&key) {
             if let Some(t) = peer.deadline.take() {
                 self.timers.remove(&(t, key));
             }
-            peer.reader.abort();
             // A connection that panicked is dropped as it is; closing it could panic again.
             if !peer.broken {
-                let drops = &mut self.drops;
+                let outbox = &mut self.outbox;
                 let closed = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     let _ = peer.pc.close();
-                    flush(&mut peer, drops);
+                    flush(&mut peer, outbox);
                 }));
                 if closed.is_err() {
                     tracing::error!(%session, "closing the peer connection panicked");
@@ -444,26 +437,72 @@ impl Engine {
         }
     }
 
-    fn on_datagram(&mut self, d: Datagram) {
-        let Some(peer) = self.peers.get_mut(&d.key) else {
+    /// Reads and handles what is waiting at the port, up to `budget` datagrams.
+    fn read_port(&mut self, budget: usize) {
+        let mut handled = 0;
+        while handled < budget {
+            let Some(port) = self.port.as_mut() else {
+                return;
+            };
+            let mut inbox = std::mem::take(&mut self.inbox);
+            let n = port.recv(&mut inbox, &mut self.drops);
+            for d in inbox.drain(..) {
+                self.on_datagram(d);
+            }
+            self.inbox = inbox;
+            handled += n;
+            if n < RECV_BATCH {
+                return;
+            }
+        }
+    }
+
+    /// One datagram from the port: to its connection, and what follows from it out.
+    fn on_datagram(&mut self, d: Received) {
+        if let Verdict::Deliver(key) = self.demux.route(d.from, &d.data, &mut self.drops) {
+            self.deliver(key, d);
+        }
+        self.send_out();
+    }
+
+    fn deliver(&mut self, key: PeerKey, d: Received) {
+        let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
-        peer.backlog.take_one();
         if peer.broken {
             return;
         }
-        if peer.selected.is_some_and(|addr| addr != d.from) {
-            self.drops.unselected += 1;
+        if peer.selected.is_some_and(|addr| addr != d.from) && !is_stun(&d.data) {
+            self.drops.unselected_address += 1;
             return;
         }
-        let key = d.key;
-        self.guarded(key, |engine| engine.read_datagram(d));
+        let at = d.at;
+        self.guarded(key, |engine| engine.read_datagram(key, d));
         self.bury();
+        // The copies this packet became have been queued: they leave now, together.
+        self.send_out();
+        let copies = std::mem::take(&mut self.copies_pending);
+        self.forward_delay.record_n(at.elapsed(), copies);
+    }
+
+    /// Sends what the connections queued, in as few system calls as the batch allows.
+    fn send_out(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        match self.port.as_mut() {
+            Some(port) => port.send(&mut self.outbox, &mut self.drops),
+            None => self.outbox.clear(),
+        }
     }
 
     /// Hands a datagram to its connection and takes what follows from it.
-    fn read_datagram(&mut self, d: Datagram) {
-        let Some(peer) = self.peers.get_mut(&d.key) else {
+    fn read_datagram(&mut self, key: PeerKey, d: Received) {
+        let local = match &self.port {
+            Some(port) => port.local,
+            None => return,
+        };
+        let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
         #[cfg(test)]
@@ -473,7 +512,7 @@ impl Engine {
         let msg = TaggedBytesMut {
             now: Instant::now(),
             transport: TransportContext {
-                local_addr: peer.local,
+                local_addr: local,
                 peer_addr: d.from,
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
@@ -491,7 +530,7 @@ impl Engine {
             self.end_session(session, Some(CloseReason::ByClient));
             return;
         }
-        self.drive(d.key, Some(d.at));
+        self.drive(key);
     }
 
     fn on_timers(&mut self, now: Instant) {
@@ -509,17 +548,17 @@ impl Engine {
                 if let Err(e) = peer.pc.handle_timeout(now) {
                     tracing::debug!(session = %peer.session, "timeout handling: {e}");
                 }
-                engine.drive(key, None);
+                engine.drive(key);
             });
         }
         self.bury();
+        self.send_out();
     }
 
     /// Takes everything the connection has to give after an input: events, received RTP
     /// (routed through the room to the listeners) and, in one sweep of its pipeline, the
     /// datagrams to send; then re-arms its timer.
-    /// `read_at` is when the datagram that prompted this was read, if one did.
-    fn drive(&mut self, key: PeerKey, read_at: Option<Instant>) {
+    fn drive(&mut self, key: PeerKey) {
         let now = Instant::now();
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
@@ -541,7 +580,7 @@ impl Engine {
                 received.push(pkt);
             }
         }
-        flush(peer, &mut self.drops);
+        flush(peer, &mut self.outbox);
         rearm(&mut self.timers, key, peer, now);
         let (session, level_id) = (peer.session, peer.level_id);
 
@@ -550,7 +589,7 @@ impl Engine {
             for pkt in &received {
                 self.room
                     .on_rtp(session, level_id, pkt, now, unix_ms, &mut self.forwards);
-                self.send_forwards(now, read_at);
+                self.send_forwards(now);
             }
             self.drain_room_events();
         }
@@ -565,7 +604,7 @@ impl Engine {
     /// rather than through `RTCRtpSender::write_rtp`, which re-checks on every packet what
     /// the negotiation already fixed (SSRC, payload type, extension ids: the room writes each
     /// slot's own) and allocates the track id the pipeline then ignores.
-    fn send_forwards(&mut self, now: Instant, read_at: Option<Instant>) {
+    fn send_forwards(&mut self, now: Instant) {
         let mut forwards = std::mem::take(&mut self.forwards);
         for f in forwards.drain(..) {
             let Some(&key) = self.sessions.get(&f.listener) else {
@@ -579,21 +618,17 @@ impl Engine {
                 message: RTCMessage::RtpPacket(String::new(), f.packet),
             };
             // The listener's connection, not the speaker's: a panic here is the listener's.
-            let drops = &mut self.drops;
+            let (drops, outbox) = (&mut self.drops, &mut self.outbox);
             let sent = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 if peer.pc.handle_write(msg).is_err() {
-                    drops.refused += 1;
+                    drops.connection_refused += 1;
                     return false;
                 }
-                flush(peer, drops);
+                flush(peer, outbox);
                 true
             }));
             match sent {
-                Ok(true) => {
-                    if let Some(at) = read_at {
-                        self.forward_delay.record(at.elapsed());
-                    }
-                }
+                Ok(true) => self.copies_pending += 1,
                 Ok(false) => {}
                 Err(panic) => self.poison(key, panic_text(&panic)),
             }
@@ -628,16 +663,26 @@ impl Engine {
     }
 }
 
+/// Waits until the port has a datagram; forever while there is no port yet.
+async fn port_readable(port: &Option<Port>) {
+    match port {
+        Some(port) => port.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
 mod bites;
 mod connection;
+mod demux;
 mod from_front;
 mod guard;
-mod intake;
+mod port;
 #[cfg(test)]
 mod tests;
 
 pub use bites::BiteSink;
 use bites::unix_ms_now;
 use connection::{closed_by_client, flush, rearm, selected_remote};
+use demux::{Demux, Verdict, is_stun};
 use guard::panic_text;
-use intake::{Backlog, DATAGRAM_QUEUE, Datagram, read_datagrams};
+use port::{Port, RECV_BATCH, Received, Transmit};

@@ -1,17 +1,17 @@
 //! Answering one client's offer with an `rtc =0.21.1` peer connection (the sans-I/O core of
 //! webrtc-rs): the connection is a plain state machine that [`super::engine`] drives, and this
-//! module only builds it, binds its UDP socket and writes the answer.
+//! module only builds it and writes the answer.
 //!
 //! The order of calls matters and is the crate's, verified in `../shared/RECIPES.md`:
 //! the media engine registers Opus and the RFC 6464 extension; the answer is DTLS server
 //! (`a=setup:passive`); mDNS is off; the offer is applied *before* outgoing tracks are added,
 //! so each track binds with the negotiated extension ids and reuses the offer's transceiver.
 //!
-//! Every peer connection has its own UDP port from `RTC_PORTS` (one socket, one host
-//! candidate). The candidate is in the answer itself, so nothing trickles from our side: the
-//! announced address is `PUBLIC_IP` if set, else `RTC_BIND_IP`, else the host's first
-//! non-loopback IPv4 address (or 127.0.0.1 on a host with none). A multi-homed host that must
-//! announce a particular interface sets `RTC_BIND_IP`.
+//! Every peer connection of the conversation shares the worker's one UDP port
+//! (`engine::port`), so each answer carries the same single host candidate, and each
+//! connection gets ICE credentials of its own ([`IceCredentials`]), by which the port tells
+//! its connections apart. The candidate is in the answer itself, so nothing trickles from
+//! our side.
 //!
 //! The answer is **ICE-lite** (`a=ice-lite`, RFC 8445 §2.5): with one host candidate there is
 //! nothing for the server to choose, so the client (always a full agent) is controlling and
@@ -22,7 +22,7 @@
 //! back to the source of an *authenticated* request (its triggered check, which makes the
 //! pair usable); that address is where the client already is.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -76,14 +76,36 @@ pub struct SlotSender {
     pub ssrc: u32,
 }
 
-/// An answered offer: the connection, its socket, and the SDP to send back.
+/// An answered offer: the connection and the SDP to send back.
 pub struct Answered {
     pub pc: RTCPeerConnection,
-    pub socket: UdpSocket,
-    /// The address in our candidate; the ICE agent knows the socket by it.
-    pub local: SocketAddr,
     pub answer: String,
     pub slots: Vec<SlotSender>,
+}
+
+/// A connection's own ICE credentials: the worker's port tells its connections apart by the
+/// username fragment in each STUN request, and checks the request with the password.
+#[derive(Clone, Debug)]
+pub struct IceCredentials {
+    pub ufrag: String,
+    pub pwd: String,
+}
+
+impl IceCredentials {
+    /// Fresh random credentials: 16 and 32 characters of `[A-Za-z0-9]` (RFC 8839 asks for at
+    /// least 24 bits of randomness in the ufrag and 128 in the password; these carry 95 and 190).
+    pub fn random() -> IceCredentials {
+        let mut rng = rand::rng();
+        let mut text = |n: usize| -> String {
+            (0..n)
+                .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
+                .collect()
+        };
+        IceCredentials {
+            ufrag: text(16),
+            pwd: text(32),
+        }
+    }
 }
 
 fn opus_codec() -> RTCRtpCodec {
@@ -156,93 +178,26 @@ pub(crate) fn audio_media_engine() -> rtc::shared::error::Result<MediaEngine> {
     Ok(engine)
 }
 
-/// Binds a UDP socket on a free port of `RTC_PORTS` (random start, so concurrent workers
-/// rarely collide; a taken port is simply skipped).
-fn bind_socket(media: &MediaConfig) -> Result<UdpSocket, NegotiationError> {
-    let ip = media.bind_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let (lo, hi) = media.ports;
-    let span = (hi - lo) as u32 + 1;
-    let start = rand::rng().random_range(0..span);
-    // The last bind error is the one reported: "no free port" only when ports were in use,
-    // never for EMFILE (out of descriptors) or an RTC_BIND_IP the host does not have.
-    let mut last: Option<std::io::Error> = None;
-    for port in (0..span.min(512)).map(|i| lo + ((start + i) % span) as u16) {
-        match UdpSocket::bind((ip, port)) {
-            Ok(s) => return Ok(s),
-            Err(e) => {
-                let fatal = matches!(
-                    e.raw_os_error(),
-                    Some(nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::EADDRNOTAVAIL)
-                );
-                last = Some(e);
-                if fatal {
-                    break;
-                }
-            }
-        }
-    }
-    let message = match last {
-        Some(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            "no free UDP port in RTC_PORTS".to_string()
-        }
-        Some(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(nix::libc::EMFILE | nix::libc::ENFILE)
-            ) =>
-        {
-            format!("cannot open a UDP socket: too many open files ({e}; see RLIMIT_NOFILE)")
-        }
-        Some(e) => format!("cannot bind a UDP socket on {ip} in RTC_PORTS: {e}"),
-        None => "no UDP port in RTC_PORTS".to_string(),
-    };
-    tracing::error!("{message}");
-    Err(NegotiationError::new(ErrorCode::Unavailable, message))
-}
-
-/// The address clients are told to send to (see the module docs).
-fn announced_ip(media: &MediaConfig) -> IpAddr {
-    if let Some(ip) = media
-        .public_ip
-        .or(media.bind_ip.filter(|ip| !ip.is_unspecified()))
-    {
-        return ip;
-    }
-    rtc::shared::ifaces::ifaces()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|i| i.addr.map(|a| a.ip()))
-        .find(|ip| ip.is_ipv4() && !ip.is_loopback() && !ip.is_unspecified() && !is_link_local(ip))
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
-}
-
-fn is_link_local(ip: &IpAddr) -> bool {
-    matches!(ip, IpAddr::V4(v4) if v4.is_link_local())
-}
-
 /// Builds a peer connection for `offer`, adds one outgoing track per slot and answers.
+/// `local` is the worker's port as clients reach it, `ice` this connection's credentials.
 pub fn answer(
     media: &MediaConfig,
     offer: &Offer,
     offer_sdp: String,
     stream_id: &str,
+    local: SocketAddr,
+    ice: &IceCredentials,
     now: Instant,
 ) -> Result<Answered, NegotiationError> {
     let bad_sdp = |e: String| NegotiationError::new(ErrorCode::BadSdp, e);
     let internal = |e: String| NegotiationError::new(ErrorCode::Internal, e);
-
-    let socket = bind_socket(media)?;
-    let port = socket
-        .local_addr()
-        .map_err(|e| internal(format!("socket: {e}")))?
-        .port();
-    let local = SocketAddr::new(announced_ip(media), port);
 
     let (engine, registry) = server_engine().map_err(|e| internal(e.to_string()))?;
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_answering_dtls_role(RTCDtlsRole::Server)
         .with_lite(true)
+        .with_ice_credentials(ice.ufrag.clone(), ice.pwd.clone())
         // A client that vanishes without closing (crash, lost network) is only noticed by
         // ICE consent; these bound how long its session lingers. Keepalives must come well
         // within the disconnected timeout, or a silent but healthy listener flaps.
@@ -340,51 +295,5 @@ pub fn answer(
         .local_description()
         .map(|d| d.sdp)
         .ok_or_else(|| internal("no local description".into()))?;
-    Ok(Answered {
-        pc,
-        socket,
-        local,
-        answer,
-        slots,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn media(bind_ip: &str, ports: (u16, u16)) -> MediaConfig {
-        MediaConfig {
-            bind_ip: Some(bind_ip.parse().expect("an IP")),
-            ports,
-            public_ip: None,
-            max_slots: 3,
-            ice_disconnected_ms: 5_000,
-            ice_failed_ms: 15_000,
-            member_packets_per_s: 0,
-            member_bytes_per_s: 0,
-            first_connect_ms: 0,
-        }
-    }
-
-    /// "No free port" only when the ports are taken; any other bind failure says what it is
-    /// (an `RTC_BIND_IP` the host lacks here; EMFILE goes the same way), so an operator is
-    /// not sent to widen `RTC_PORTS` for nothing.
-    #[test]
-    fn a_failed_bind_says_why() {
-        let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("a socket");
-        let port = taken.local_addr().expect("its address").port();
-        let e = bind_socket(&media("127.0.0.1", (port, port))).expect_err("port taken");
-        assert_eq!(e.code, ErrorCode::Unavailable);
-        assert_eq!(e.message, "no free UDP port in RTC_PORTS");
-
-        // 192.0.2.1 (TEST-NET-1) is on no interface of any host.
-        let e = bind_socket(&media("192.0.2.1", (50_000, 50_009))).expect_err("not our address");
-        assert_eq!(e.code, ErrorCode::Unavailable);
-        assert!(
-            e.message.contains("192.0.2.1") && !e.message.contains("no free"),
-            "{}",
-            e.message
-        );
-    }
+    Ok(Answered { pc, answer, slots })
 }

@@ -1,5 +1,5 @@
 //! What the engine asks of one `rtc` peer connection beyond its `poll_*` loop: whether the
-//! client closed it, the pair ICE selected, sending what it has queued, and its next timer.
+//! client closed it, the pair ICE selected, taking what it has queued to send, and its next timer.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +10,7 @@ use rtc::peer_connection::transport::{RTCDtlsTransport, RTCDtlsTransportState};
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
 
-use super::{Drops, Peer, PeerKey};
+use super::{Peer, PeerKey, Transmit};
 
 /// A connection whose timer is already due is handled at most this often: a deadline that
 /// stays in the past must not spin the loop (webrtc#862).
@@ -55,14 +55,13 @@ pub(super) fn selected_remote(pc: &mut RTCPeerConnection) -> Option<SocketAddr> 
     Some(SocketAddr::new(ip, remote.1))
 }
 
-/// Sends every datagram the connection has queued.
-pub(super) fn flush(peer: &mut Peer, drops: &mut Drops) {
+/// Moves every datagram the connection has queued into the engine's outbox.
+pub(super) fn flush(peer: &mut Peer, outbox: &mut Vec<Transmit>) {
     while let Some(msg) = peer.pc.poll_write() {
-        match peer.socket.send_to(&msg.message, msg.transport.peer_addr) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => drops.send_full += 1,
-            Err(e) => tracing::trace!(session = %peer.session, "send: {e}"),
-        }
+        outbox.push(Transmit {
+            to: msg.transport.peer_addr,
+            data: msg.message,
+        });
     }
 }
 

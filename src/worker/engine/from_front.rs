@@ -98,7 +98,7 @@ impl Engine {
                     self.negotiate(session, identity, sdp)
                 }))
                 .unwrap_or_else(|panic| {
-                    self.drops.panics += 1;
+                    self.panics += 1;
                     tracing::error!(%session, "answering the offer panicked: {}", panic_text(&panic));
                     // Whatever it had set up for the session goes.
                     self.end_session(session, None);
@@ -134,7 +134,7 @@ impl Engine {
                     if let Err(e) = peer.pc.add_remote_candidate(init) {
                         tracing::debug!(%session, "remote candidate refused: {e}");
                     }
-                    engine.drive(key, None);
+                    engine.drive(key);
                 });
                 self.bury();
             }

@@ -30,7 +30,7 @@ impl Engine {
     /// the client gets `reconnect`.
     pub(super) fn bury(&mut self) {
         while let Some((session, why)) = self.poisoned.pop() {
-            self.drops.panics += 1;
+            self.panics += 1;
             tracing::error!(%session, "peer connection handling panicked ({why}); the session ends");
             let ended = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 self.end_session(session, Some(CloseReason::Error))

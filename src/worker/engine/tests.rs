@@ -1,16 +1,17 @@
 //! The engine without processes: in-process `rtc` clients offer to a real [`Engine`], their
-//! datagrams are handed to it exactly as its socket readers would hand them (so a test can
-//! also claim any source address), and they read what the engine really sends from their own
-//! loopback sockets. Nothing is mocked below the engine: ICE, DTLS, SRTP and the room run.
+//! datagrams are handed to it exactly as its port would hand them (so a test can also claim
+//! any source address), and they read what the engine really sends from their own loopback
+//! sockets. Nothing is mocked below the engine: the demultiplexer, ICE, DTLS, SRTP and the
+//! room run.
 //!
-//! - the selected-pair filter ([`datagrams_from_another_address_are_dropped_once_a_pair_is_selected`]);
+//! - the address filters ([`datagrams_from_an_address_no_check_came_from_are_dropped`]);
 //! - panic containment ([`a_panic_in_one_connection_ends_that_session_and_the_room_goes_on`]);
+//! - a flood from nowhere ([`a_flood_from_unknown_addresses_costs_the_members_nothing`]);
 //! - the datagram path fed arbitrary bytes from arbitrary addresses under `bolero`
 //!   ([`fuzz_datagrams`]; `cargo test` runs a bounded random sample, `cargo bolero test`
 //!   runs it under libFuzzer, see the README).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket as StdUdpSocket};
-use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use rtc::ice::mdns::MulticastDnsMode;
@@ -21,7 +22,10 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 
-use super::intake::{MAX_DATAGRAM, PEER_BACKLOG};
+use rtc::stun::message::{CLASS_REQUEST, Message};
+use tokio::sync::mpsc;
+
+use super::port::MAX_DATAGRAM;
 use super::*;
 use crate::wire::ids::Generation;
 
@@ -37,6 +41,10 @@ struct Client {
     connected: bool,
     /// RTP packets it received from the engine.
     received: usize,
+    /// The first STUN request it sent (a test replays it from elsewhere).
+    first_check: Option<BytesMut>,
+    /// The server side's ICE credentials, from the answer.
+    server_ice: (String, String),
 }
 
 impl Client {
@@ -85,6 +93,8 @@ impl Client {
             seq: rand::random(),
             connected: false,
             received: 0,
+            first_check: None,
+            server_ice: Default::default(),
         };
         (client, offer.sdp)
     }
@@ -115,7 +125,12 @@ impl Client {
 
     /// What its connection wants to send now.
     fn outgoing(&mut self) -> Vec<BytesMut> {
-        std::iter::from_fn(|| self.pc.poll_write().map(|m| m.message)).collect()
+        let out: Vec<BytesMut> =
+            std::iter::from_fn(|| self.pc.poll_write().map(|m| m.message)).collect();
+        if self.first_check.is_none() {
+            self.first_check = out.iter().find(|d| is_request(d)).cloned();
+        }
+        out
     }
 
     /// Reads what the engine sent it, and notes what came of it.
@@ -149,14 +164,27 @@ impl Client {
     }
 }
 
+fn is_request(d: &[u8]) -> bool {
+    let mut m = Message::new();
+    is_stun(d) && m.unmarshal_binary(d).is_ok() && m.typ.class == CLASS_REQUEST
+}
+
+/// `a=NAME:value` of an SDP.
+fn sdp_attr(sdp: &str, name: &str) -> String {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix(&format!("a={name}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 /// An engine and what it tells front, on a runtime that is entered but never run: the
-/// engine's socket readers never read, the tests hand it the datagrams.
+/// engine never reads its port, the tests hand it the datagrams.
 struct Rig {
     rt: tokio::runtime::Runtime,
     engine: Engine,
     front: UnboundedReceiver<ToFront>,
     told: Vec<ToFront>,
-    _queue: mpsc::Receiver<Datagram>,
     next_session: u64,
     next_tick: Instant,
 }
@@ -168,7 +196,6 @@ impl Rig {
             .build()
             .expect("runtime");
         let (to_front, front) = mpsc::unbounded_channel();
-        let (datagrams, queue) = mpsc::channel(DATAGRAM_QUEUE);
         let settings = EngineSettings {
             conversation: "test".into(),
             generation: Generation(1),
@@ -182,20 +209,21 @@ impl Rig {
                 member_packets_per_s: 120,
                 member_bytes_per_s: 64 * 1024,
                 first_connect_ms: 0,
+                socket_recv_buffer: 0,
+                socket_send_buffer: 0,
             },
             cutter: None,
             orphan_grace: Duration::from_secs(60),
         };
         let engine = {
             let _in = rt.enter();
-            Engine::new(settings, None, to_front, datagrams)
+            Engine::new(settings, None, to_front)
         };
         Rig {
             rt,
             engine,
             front,
             told: Vec::new(),
-            _queue: queue,
             next_session: 1,
             next_tick: Instant::now(),
         }
@@ -226,6 +254,7 @@ impl Rig {
             })
             .expect("an answer");
         assert!(answer.contains("a=ice-lite"), "{answer}");
+        client.server_ice = (sdp_attr(&answer, "ice-ufrag"), sdp_attr(&answer, "ice-pwd"));
         client
             .pc
             .set_remote_description(
@@ -250,14 +279,10 @@ impl Rig {
         new
     }
 
-    /// A datagram for connection `key` from `from`, as its socket reader would pass it on.
-    fn inject(&mut self, key: PeerKey, from: SocketAddr, data: BytesMut) {
-        if let Some(p) = self.engine.peers.get(&key) {
-            p.backlog.queued.fetch_add(1, Ordering::AcqRel);
-        }
+    /// A datagram from `from`, as the port would pass it on.
+    fn inject(&mut self, from: SocketAddr, data: BytesMut) {
         let _in = self.rt.enter();
-        self.engine.on_datagram(Datagram {
-            key,
+        self.engine.on_datagram(Received {
             at: Instant::now(),
             from,
             data,
@@ -270,11 +295,11 @@ impl Rig {
         let now = Instant::now();
         for c in clients.iter_mut() {
             let _ = c.pc.handle_timeout(now);
-            let Some(&key) = self.engine.sessions.get(&c.session) else {
+            if !self.engine.sessions.contains_key(&c.session) {
                 continue;
-            };
+            }
             for data in c.outgoing() {
-                self.inject(key, c.addr, data);
+                self.inject(c.addr, data);
             }
         }
         {
@@ -330,7 +355,7 @@ impl Rig {
 }
 
 #[test]
-fn datagrams_from_another_address_are_dropped_once_a_pair_is_selected() {
+fn datagrams_from_an_address_no_check_came_from_are_dropped() {
     let mut rig = Rig::new();
     let mut a = rig.join();
     let key = rig.key(&a);
@@ -339,31 +364,74 @@ fn datagrams_from_another_address_are_dropped_once_a_pair_is_selected() {
     rig.connect(&mut [&mut a]);
     assert_eq!(rig.engine.peers[&key].selected, Some(a.addr));
 
-    // A packet `a` really sent (SRTP, valid), arriving from another address: the `rtc`
-    // state machine would take it (it passes anything once ICE is up); the engine drops it.
+    // A packet `a` really sent (SRTP, valid), arriving from addresses no check came from: the
+    // port does not know them, so no connection sees it (the `rtc` state machine would take
+    // it: it passes anything once ICE is up).
     a.speak();
     let sent = a.outgoing();
     assert_eq!(sent.len(), 1, "one SRTP packet");
     let before = rig.packets_in();
-    for other in [
+    let elsewhere = [
         SocketAddr::new(a.addr.ip(), a.addr.port().wrapping_add(1)),
         SocketAddr::from(([127, 0, 0, 2], a.addr.port())),
         SocketAddr::from((Ipv6Addr::LOCALHOST, a.addr.port())),
-    ] {
-        rig.inject(key, other, sent[0].clone());
+    ];
+    for other in elsewhere {
+        rig.inject(other, sent[0].clone());
     }
     assert_eq!(
         rig.packets_in(),
         before,
         "a datagram from elsewhere reached the room"
     );
-    assert_eq!(rig.engine.drops.unselected, 3);
-    assert_eq!(rig.engine.stats().dropped.unselected_address, 3);
+    assert_eq!(rig.engine.stats().dropped.unknown_address, 3);
+
+    // One of `a`'s own checks, replayed from another address (as someone on the path could),
+    // is authentic: that address now leads to `a`'s connection, but it is not the selected
+    // pair, so media from it is still dropped.
+    let check = a.first_check.clone().expect("a sent a check");
+    rig.inject(elsewhere[0], check);
+    rig.inject(elsewhere[0], sent[0].clone());
+    assert_eq!(rig.packets_in(), before);
+    assert_eq!(rig.engine.stats().dropped.unselected_address, 1);
 
     // The very same bytes from the selected address are `a`'s microphone.
-    rig.inject(key, a.addr, sent[0].clone());
+    rig.inject(a.addr, sent[0].clone());
     assert_eq!(rig.packets_in(), before + 1);
     assert!(rig.engine.sessions.contains_key(&a.session));
+}
+
+/// Every connection shares the port: one local address in every answer, and each member
+/// hears the others through it.
+#[test]
+fn every_connection_shares_the_one_port() {
+    let mut rig = Rig::new();
+    let (mut a, mut b, mut c) = (rig.join(), rig.join(), rig.join());
+    rig.connect(&mut [&mut a, &mut b, &mut c]);
+    let answers: Vec<&String> = rig
+        .told
+        .iter()
+        .filter_map(|m| match m {
+            ToFront::Answer { sdp, .. } => Some(sdp),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers.len(), 3);
+    let port = rig.engine.port.as_ref().expect("a port").local.port();
+    for sdp in &answers {
+        assert!(sdp.contains(&format!(" {port} typ host")), "{sdp}");
+    }
+    let ufrags: std::collections::HashSet<&String> =
+        [&a, &b, &c].iter().map(|c| &c.server_ice.0).collect();
+    assert_eq!(ufrags.len(), 3, "each connection has its own credentials");
+    rig.talk(0, 30, &mut [&mut a, &mut b, &mut c]);
+    assert!(
+        b.received > 10 && c.received > 10,
+        "{} {}",
+        b.received,
+        c.received
+    );
+    assert_eq!(a.received, 0, "a speaker does not hear itself");
 }
 
 #[test]
@@ -386,13 +454,13 @@ fn a_panic_in_one_connection_ends_that_session_and_the_room_goes_on() {
         .get_mut(&key_c)
         .expect("c's peer")
         .panic_on_read = true;
-    rig.inject(key_c, c.addr, BytesMut::from(&b"\x80\x6f anything"[..]));
+    rig.inject(c.addr, BytesMut::from(&b"\x80\x6f anything"[..]));
     rig.take_told();
 
     // c's session, and only c's, is over; front was told why.
     assert!(!rig.engine.sessions.contains_key(&c.session));
     assert!(!rig.engine.peers.contains_key(&key_c));
-    assert_eq!(rig.engine.drops.panics, 1);
+    assert_eq!(rig.engine.panics, 1);
     let closed: Vec<_> = rig
         .told
         .iter()
@@ -413,48 +481,36 @@ fn a_panic_in_one_connection_ends_that_session_and_the_room_goes_on() {
     rig.connect(&mut [&mut a, &mut b, &mut d]);
 }
 
-/// A flood at one connection's port fills the engine's queue only up to [`PEER_BACKLOG`]:
-/// another connection's datagrams still get in (without the cap the flood took the whole
-/// queue, and every other reader waited behind it).
-#[tokio::test(flavor = "current_thread")]
-async fn a_flooded_connection_cannot_crowd_the_others_out_of_the_queue() {
-    let (to_engine, mut queue) = mpsc::channel(DATAGRAM_QUEUE);
-    let mut addrs = Vec::new();
-    for key in [PeerKey(1), PeerKey(2)] {
-        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("socket");
-        addrs.push(socket.local_addr().expect("addr"));
-        let backlog = Arc::new(Backlog::default());
-        tokio::spawn(read_datagrams(socket, key, backlog, to_engine.clone()));
-    }
-    let (flooded, quiet) = (addrs[0], addrs[1]);
-    let attacker = StdUdpSocket::bind("127.0.0.1:0").expect("attacker");
-    // Twice the queue's worth, paced so the reader could take every one of them.
-    for i in 0..2 * DATAGRAM_QUEUE {
-        let _ = attacker.send_to(&[0x17; 100], flooded);
-        if i % 32 == 31 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+/// A flood from addresses no check came from is dropped at the port, one table lookup each,
+/// and counted; the members talk on as if nothing happened.
+#[test]
+fn a_flood_from_unknown_addresses_costs_the_members_nothing() {
+    let mut rig = Rig::new();
+    let (mut a, mut b) = (rig.join(), rig.join());
+    rig.connect(&mut [&mut a, &mut b]);
+    // `a` speaks until it is on `b`'s slot.
+    rig.talk(0, 30, &mut [&mut a, &mut b]);
+    let heard = b.received;
+    assert!(heard > 10, "{heard}");
+    for round in 0..20u32 {
+        for i in 0..500u32 {
+            let from = SocketAddr::from(([127, 0, (i >> 8) as u8, i as u8], 40_000));
+            let junk = if i % 2 == 0 {
+                &[0x80u8; 100][..]
+            } else {
+                &[0x16u8; 100][..]
+            };
+            rig.inject(from, BytesMut::from(junk));
         }
+        let _ = round;
+        rig.talk(0, 1, &mut [&mut a, &mut b]);
     }
-    let client = StdUdpSocket::bind("127.0.0.1:0").expect("client");
-    for _ in 0..10 {
-        client.send_to(&[0x80; 100], quiet).expect("send");
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // The engine has not taken anything yet: what is waiting?
-    let (mut from_flooded, mut from_quiet) = (0, 0);
-    while let Ok(d) = queue.try_recv() {
-        match d.key {
-            PeerKey(1) => from_flooded += 1,
-            _ => from_quiet += 1,
-        }
-    }
-    assert_eq!((from_flooded, from_quiet), (PEER_BACKLOG, 10));
+    assert!(b.received >= heard + 18, "{heard} → {}", b.received);
+    assert_eq!(rig.engine.stats().dropped.unknown_address, 10_000);
 }
 
-/// One fuzz input: datagrams, each for the connected member or for a member still at ICE,
-/// from the connected client's own address or from anywhere.
+/// One fuzz input: datagrams from the connected client's own address or from anywhere, or
+/// the bytes inside an authentic STUN request to a member still at ICE.
 type FuzzInput = Vec<(u8, u32, u16, Vec<u8>)>;
 
 /// An address from fuzz input: never routable (loopback, or IPv6 documentation space),
@@ -480,8 +536,11 @@ fn fuzz_datagrams() {
     // A second member whose client never answers ICE: its datagrams meet the ICE agent
     // itself (no selected pair, so no filter).
     let fresh = rig.join();
-    let fresh_key = rig.key(&fresh);
-    let mut state = AssertUnwindSafe((rig, a, fresh_key));
+    // The third kind of input really gets past the port to the fresh member's ICE agent.
+    let (ufrag, pwd) = &fresh.server_ice;
+    rig.inject(fuzz_addr(2, 9), authentic_check(ufrag, pwd, b"x"));
+    assert_eq!(rig.engine.stats().dropped.total(), 0);
+    let mut state = AssertUnwindSafe((rig, a, fresh.server_ice));
     // FUZZ_ITERATIONS as in tests/common/fuzz_budget.rs (bolero's own default: 1 000).
     let iterations = std::env::var("FUZZ_ITERATIONS")
         .ok()
@@ -491,19 +550,17 @@ fn fuzz_datagrams() {
         .with_type::<FuzzInput>()
         .with_iterations(iterations)
         .for_each(move |input: &FuzzInput| {
-            let (rig, a, fresh_key) = &mut *state;
-            let a_key = rig.key(a);
+            let (rig, a, (ufrag, pwd)) = &mut *state;
             for (who, bits, port, bytes) in input {
-                let data = BytesMut::from(&bytes[..]);
-                match who % 4 {
-                    0 => rig.inject(a_key, a.addr, data),
-                    1 => rig.inject(a_key, fuzz_addr(*bits, *port), data),
-                    2 => rig.inject(*fresh_key, fuzz_addr(*bits, *port), data),
-                    _ => rig.inject(*fresh_key, a.addr, data),
+                let from = fuzz_addr(*bits, *port);
+                match who % 3 {
+                    0 => rig.inject(a.addr, BytesMut::from(&bytes[..])),
+                    1 => rig.inject(from, BytesMut::from(&bytes[..])),
+                    _ => rig.inject(from, authentic_check(ufrag, pwd, bytes)),
                 }
             }
             rig.step(&mut [a]);
-            assert_eq!(rig.engine.drops.panics, 0, "a peer's handling panicked");
+            assert_eq!(rig.engine.panics, 0, "a peer's handling panicked");
             // Bytes from a's own address may legitimately end its session (a forged DTLS
             // alert, say); then a reconnects so the next input meets a live connection.
             if !rig.engine.sessions.contains_key(&a.session) {
@@ -512,4 +569,39 @@ fn fuzz_datagrams() {
                 *a = again;
             }
         });
+}
+
+/// A Binding request that passes the port's checks for the connection with these
+/// credentials, carrying `extra` as an attribute the ICE agent must skip.
+fn authentic_check(ufrag: &str, pwd: &str, extra: &[u8]) -> BytesMut {
+    use rtc::stun::attributes::{ATTR_ICE_CONTROLLING, ATTR_USERNAME, AttrType};
+    use rtc::stun::integrity::MessageIntegrity;
+    use rtc::stun::message::{BINDING_REQUEST, Setter, TransactionId};
+    use rtc::stun::textattrs::TextAttribute;
+    struct Raw(AttrType, Vec<u8>);
+    impl Setter for Raw {
+        fn add_to(&self, m: &mut Message) -> rtc::shared::error::Result<()> {
+            m.add(self.0, &self.1);
+            Ok(())
+        }
+    }
+    let crypto = rtc::crypto::default_provider().expect("crypto");
+    let mut m = Message::new();
+    let built = m.build(&[
+        Box::new(BINDING_REQUEST),
+        Box::new(TransactionId::new()),
+        Box::new(TextAttribute::new(ATTR_USERNAME, format!("{ufrag}:fuzz"))),
+        Box::new(Raw(ATTR_ICE_CONTROLLING, 1u64.to_be_bytes().to_vec())),
+        // A comprehension-optional attribute (0x8000 and up) of arbitrary content.
+        Box::new(Raw(
+            AttrType(0x8077),
+            extra[..extra.len().min(512)].to_vec(),
+        )),
+        Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+            pwd.to_owned(),
+            crypto.crypto(),
+        )),
+    ]);
+    assert!(built.is_ok(), "a STUN request");
+    BytesMut::from(&m.raw[..])
 }
