@@ -215,6 +215,16 @@ impl Config {
         let public_ip = ip("PUBLIC_IP")?;
         let ports_s = var("RTC_PORTS").unwrap_or_else(|| "50000-59999".into());
         let ports = parse_port_range(&ports_s).map_err(|r| err("RTC_PORTS", &ports_s, r))?;
+        // ICE-TCP: by default the same numbers as RTC_PORTS (a worker takes its UDP port's
+        // number for TCP when it is free); `off` offers no TCP candidate.
+        let tcp_ports = match var("RTC_TCP_PORTS") {
+            Some(v) if matches!(v.trim(), "off" | "0" | "false" | "no") => None,
+            Some(v) => {
+                let r = parse_port_range(&v).map_err(|r| err("RTC_TCP_PORTS", &v, r))?;
+                Some((*r.start(), *r.end()))
+            }
+            None => Some((*ports.start(), *ports.end())),
+        };
         let num =
             |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
                 match var(name) {
@@ -287,6 +297,7 @@ impl Config {
             media: MediaConfig {
                 bind_ip,
                 ports: (*ports.start(), *ports.end()),
+                tcp_ports,
                 public_ip,
                 max_slots,
                 ice_disconnected_ms: num("ICE_DISCONNECTED_MS", 5_000, 500, 600_000)?,

@@ -117,6 +117,7 @@ mod tests {
                 media: MediaConfig {
                     bind_ip: None,
                     ports: (1, 2),
+                    tcp_ports: None,
                     public_ip: None,
                     max_slots: 3,
                     ice_disconnected_ms: 1,

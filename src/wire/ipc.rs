@@ -29,6 +29,8 @@ pub const PROTOCOL_VERSION: u16 = 6;
 pub struct MediaConfig {
     pub bind_ip: Option<IpAddr>,
     pub ports: (u16, u16),
+    /// TCP ports for the ICE-TCP fallback (`None`: no TCP candidate).
+    pub tcp_ports: Option<(u16, u16)>,
     pub public_ip: Option<IpAddr>,
     pub max_slots: usize,
     /// ICE consent: no traffic for this long → disconnected.

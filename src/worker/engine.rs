@@ -53,7 +53,7 @@
 //! - Per-member packet and byte caps are the room's ([`crate::media::room::limit`]).
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
@@ -152,6 +152,8 @@ pub struct Engine {
     /// The conversation's UDP port, bound at the first offer (a bind failure refuses that
     /// offer and the next one tries again).
     port: Option<Port>,
+    /// The ICE-TCP port, bound with the UDP one when `RTC_TCP_PORTS` allows.
+    tcp: Option<TcpPort>,
     demux: Demux,
     /// What the connections want sent, sent together after each input ([`Engine::send_out`]).
     outbox: Vec<Transmit>,
@@ -207,6 +209,9 @@ impl Engine {
                 next_tick = now + TICK;
                 engine.room.tick(now);
                 engine.drain_room_events();
+                if let Some(tcp) = engine.tcp.as_mut() {
+                    tcp.expire(now);
+                }
                 if now.duration_since(last_stats) >= STATS_EVERY {
                     last_stats = now;
                     engine.send_stats();
@@ -227,15 +232,20 @@ impl Engine {
                 .first()
                 .map_or(next_tick, |(t, _)| (*t).min(next_tick));
             sleep.as_mut().reset(wake.into());
-            let input = tokio::select! {
-                input = front.recv() => Some(input),
-                _ = port_readable(&engine.port) => None,
-                _ = &mut sleep => None,
+            let woke = tokio::select! {
+                input = front.recv() => Wake::Front(input),
+                _ = port_readable(&engine.port) => Wake::Port,
+                Some(event) = tcp_event(&mut engine.tcp) => Wake::Tcp(event),
+                _ = &mut sleep => Wake::Timer,
             };
-            if let Some(input) = input
-                && let Some(stop) = engine.on_input(input, &mut orphaned)
-            {
-                break 'run stop;
+            match woke {
+                Wake::Front(input) => {
+                    if let Some(stop) = engine.on_input(input, &mut orphaned) {
+                        break 'run stop;
+                    }
+                }
+                Wake::Tcp(event) => engine.on_tcp(event),
+                Wake::Port | Wake::Timer => {}
             }
             // Whichever woke the loop, front's queue and the port get a bounded share before it
             // looks again: neither a burst of front's messages nor a flood of datagrams starves
@@ -300,6 +310,7 @@ impl Engine {
             timers: BTreeSet::new(),
             next_key: 0,
             port: None,
+            tcp: None,
             demux: Demux::new(),
             outbox: Vec::new(),
             inbox: Vec::with_capacity(RECV_BATCH),
@@ -362,13 +373,32 @@ impl Engine {
             None => {
                 let port = Port::bind(&self.media)?;
                 let local = port.local;
+                self.tcp = self.media.tcp_ports.and_then(|range| {
+                    let ip = self
+                        .media
+                        .bind_ip
+                        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+                    TcpPort::bind(ip, local.ip(), local.port(), range)
+                        .map_err(|e| tracing::warn!("no ICE-TCP port in RTC_TCP_PORTS: {e}"))
+                        .ok()
+                });
                 self.port = Some(port);
                 local
             }
         };
+        let tcp_local = self.tcp.as_ref().map(|t| t.local);
         let ice = IceCredentials::random();
         let stream_id = format!("beep-{session}");
-        let a = peer::answer(&self.media, &offer, sdp, &stream_id, local, &ice, now)?;
+        let a = peer::answer(
+            &self.media,
+            &offer,
+            sdp,
+            &stream_id,
+            local,
+            tcp_local,
+            &ice,
+            now,
+        )?;
         let key = PeerKey(self.next_key);
         self.next_key += 1;
         self.demux.add(key, ice.ufrag, ice.pwd);
@@ -459,10 +489,30 @@ impl Engine {
 
     /// One datagram from the port: to its connection, and what follows from it out.
     fn on_datagram(&mut self, d: Received) {
-        if let Verdict::Deliver(key) = self.demux.route(d.from, &d.data, &mut self.drops) {
+        let verdict = self
+            .demux
+            .route((d.transport, d.from), &d.data, &mut self.drops);
+        if let Some(tcp) = self.tcp.as_mut().filter(|_| d.transport == Transport::Tcp) {
+            match verdict {
+                Verdict::Deliver(_) => tcp.authenticated(d.from),
+                Verdict::Drop => tcp.refused(d.from),
+            }
+        }
+        if let Verdict::Deliver(key) = verdict {
             self.deliver(key, d);
         }
         self.send_out();
+    }
+
+    fn on_tcp(&mut self, event: TcpEvent) {
+        match event {
+            TcpEvent::Frame(d) => self.on_datagram(d),
+            TcpEvent::Closed(from) => {
+                if let Some(tcp) = self.tcp.as_mut() {
+                    tcp.close(from);
+                }
+            }
+        }
     }
 
     fn deliver(&mut self, key: PeerKey, d: Received) {
@@ -485,11 +535,18 @@ impl Engine {
         self.forward_delay.record_n(at.elapsed(), copies);
     }
 
-    /// Sends what the connections queued, in as few system calls as the batch allows.
+    /// Sends what the connections queued, in as few system calls as the batch allows (and
+    /// what goes over ICE-TCP to its connections).
     fn send_out(&mut self) {
         if self.outbox.is_empty() {
             return;
         }
+        if let Some(tcp) = self.tcp.as_mut() {
+            for t in self.outbox.iter().filter(|t| t.transport == Transport::Tcp) {
+                tcp.send(t.to, &t.data, &mut self.drops);
+            }
+        }
+        self.outbox.retain(|t| t.transport == Transport::Udp);
         match self.port.as_mut() {
             Some(port) => port.send(&mut self.outbox, &mut self.drops),
             None => self.outbox.clear(),
@@ -498,9 +555,10 @@ impl Engine {
 
     /// Hands a datagram to its connection and takes what follows from it.
     fn read_datagram(&mut self, key: PeerKey, d: Received) {
-        let local = match &self.port {
-            Some(port) => port.local,
-            None => return,
+        let (local, transport_protocol) = match (d.transport, &self.port, &self.tcp) {
+            (Transport::Udp, Some(port), _) => (port.local, TransportProtocol::UDP),
+            (Transport::Tcp, _, Some(tcp)) => (tcp.local, TransportProtocol::TCP),
+            _ => return,
         };
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
@@ -515,7 +573,7 @@ impl Engine {
                 local_addr: local,
                 peer_addr: d.from,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol,
             },
             message: d.data,
         };
@@ -663,6 +721,25 @@ impl Engine {
     }
 }
 
+/// What woke the engine's loop.
+// `Front` carries an offer at most: moved once, not worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Wake {
+    Front(Option<Input>),
+    Port,
+    Tcp(TcpEvent),
+    Timer,
+}
+
+/// The next event of the ICE-TCP port: `None` for one handled inside it (an accepted
+/// connection), and forever while there is no TCP port.
+async fn tcp_event(tcp: &mut Option<TcpPort>) -> Option<TcpEvent> {
+    match tcp {
+        Some(tcp) => tcp.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits until the port has a datagram; forever while there is no port yet.
 async fn port_readable(port: &Option<Port>) {
     match port {
@@ -677,6 +754,7 @@ mod demux;
 mod from_front;
 mod guard;
 mod port;
+mod tcp;
 #[cfg(test)]
 mod tests;
 
@@ -685,4 +763,5 @@ use bites::unix_ms_now;
 use connection::{closed_by_client, flush, rearm, selected_remote};
 use demux::{Demux, Verdict, is_stun};
 use guard::panic_text;
-use port::{Port, RECV_BATCH, Received, Transmit};
+use port::{Port, RECV_BATCH, Received, Transmit, Transport};
+use tcp::{TcpEvent, TcpPort};

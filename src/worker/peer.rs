@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::ice::network_type::NetworkType;
+use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
@@ -179,13 +181,16 @@ pub(crate) fn audio_media_engine() -> rtc::shared::error::Result<MediaEngine> {
 }
 
 /// Builds a peer connection for `offer`, adds one outgoing track per slot and answers.
-/// `local` is the worker's port as clients reach it, `ice` this connection's credentials.
+/// `local` is the worker's UDP port as clients reach it, `tcp_local` its ICE-TCP port if it
+/// has one, `ice` this connection's credentials.
+#[allow(clippy::too_many_arguments)]
 pub fn answer(
     media: &MediaConfig,
     offer: &Offer,
     offer_sdp: String,
     stream_id: &str,
     local: SocketAddr,
+    tcp_local: Option<SocketAddr>,
     ice: &IceCredentials,
     now: Instant,
 ) -> Result<Answered, NegotiationError> {
@@ -198,6 +203,16 @@ pub fn answer(
         .with_answering_dtls_role(RTCDtlsRole::Server)
         .with_lite(true)
         .with_ice_credentials(ice.ufrag.clone(), ice.pwd.clone())
+        .with_network_types(if tcp_local.is_some() {
+            vec![
+                NetworkType::Udp4,
+                NetworkType::Udp6,
+                NetworkType::Tcp4,
+                NetworkType::Tcp6,
+            ]
+        } else {
+            vec![NetworkType::Udp4, NetworkType::Udp6]
+        })
         // A client that vanishes without closing (crash, lost network) is only noticed by
         // ICE consent; these bound how long its session lingers. Keepalives must come well
         // within the disconnected timeout, or a silent but healthy listener flaps.
@@ -270,21 +285,27 @@ pub fn answer(
         }
     }
 
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: local.ip().to_string(),
-            port: local.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
+    // The UDP candidate first; the passive TCP one (ICE-TCP) only for clients whose UDP does
+    // not get through (its priority is lower, RFC 6544 §4.2).
+    let candidates = std::iter::once((local, "udp", TcpType::Unspecified))
+        .chain(tcp_local.map(|t| (t, "tcp", TcpType::Passive)));
+    for (addr, network, tcp_type) in candidates {
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: network.to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            tcp_type,
+        }
+        .new_candidate_host()
+        .and_then(|c| RTCIceCandidate::from(&c).to_json())
+        .map_err(|e| internal(format!("{network} host candidate: {e}")))?;
+        pc.add_local_candidate(candidate)
+            .map_err(|e| internal(format!("{network} host candidate: {e}")))?;
     }
-    .new_candidate_host()
-    .and_then(|c| RTCIceCandidate::from(&c).to_json())
-    .map_err(|e| internal(format!("host candidate: {e}")))?;
-    pc.add_local_candidate(candidate)
-        .map_err(|e| internal(format!("host candidate: {e}")))?;
 
     let answer = pc
         .create_answer(None)

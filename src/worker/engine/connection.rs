@@ -10,7 +10,9 @@ use rtc::peer_connection::transport::{RTCDtlsTransport, RTCDtlsTransportState};
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
 
-use super::{Peer, PeerKey, Transmit};
+use rtc::shared::TransportProtocol;
+
+use super::{Peer, PeerKey, Transmit, Transport};
 
 /// A connection whose timer is already due is handled at most this often: a deadline that
 /// stays in the past must not spin the loop (webrtc#862).
@@ -58,8 +60,14 @@ pub(super) fn selected_remote(pc: &mut RTCPeerConnection) -> Option<SocketAddr> 
 /// Moves every datagram the connection has queued into the engine's outbox.
 pub(super) fn flush(peer: &mut Peer, outbox: &mut Vec<Transmit>) {
     while let Some(msg) = peer.pc.poll_write() {
+        let transport = if msg.transport.transport_protocol == TransportProtocol::TCP {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        };
         outbox.push(Transmit {
             to: msg.transport.peer_addr,
+            transport,
             data: msg.message,
         });
     }

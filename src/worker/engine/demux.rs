@@ -25,6 +25,7 @@ use rtc::stun::integrity::MessageIntegrity;
 use rtc::stun::message::{CLASS_REQUEST, Message};
 
 use super::PeerKey;
+use super::port::Transport;
 use crate::wire::stats::DropStats;
 
 /// Most client addresses one connection is known by at once (a client checks a few pairs:
@@ -32,6 +33,10 @@ use crate::wire::stats::DropStats;
 const ADDRESSES_PER_CONNECTION: usize = 8;
 /// STUN's magic cookie (RFC 5389 §6).
 const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+
+/// Where a datagram came from: a UDP address and a TCP connection's address are different
+/// remotes even when they are equal.
+pub(super) type Remote = (Transport, SocketAddr);
 
 /// What to do with one datagram.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,13 +51,13 @@ struct Route {
     ufrag: String,
     pwd: String,
     /// The addresses this connection was reached from, oldest first.
-    addresses: Vec<SocketAddr>,
+    addresses: Vec<Remote>,
 }
 
 pub(super) struct Demux {
     routes: HashMap<PeerKey, Route>,
     by_ufrag: HashMap<String, PeerKey>,
-    by_address: HashMap<SocketAddr, PeerKey>,
+    by_address: HashMap<Remote, PeerKey>,
     crypto: Arc<dyn RTCCryptoProvider>,
 }
 
@@ -94,12 +99,7 @@ impl Demux {
     }
 
     /// The connection a datagram from `from` is for, if any; a drop is counted in `drops`.
-    pub(super) fn route(
-        &mut self,
-        from: SocketAddr,
-        data: &[u8],
-        drops: &mut DropStats,
-    ) -> Verdict {
+    pub(super) fn route(&mut self, from: Remote, data: &[u8], drops: &mut DropStats) -> Verdict {
         if !is_stun(data) {
             return match self.by_address.get(&from) {
                 Some(&key) => Verdict::Deliver(key),
@@ -152,7 +152,7 @@ impl Demux {
     /// `from` reached connection `key` with an authenticated request: it is that
     /// connection's from now on (a client that re-offered from the same address moves to its
     /// new connection).
-    fn learn(&mut self, key: PeerKey, from: SocketAddr) {
+    fn learn(&mut self, key: PeerKey, from: Remote) {
         if let Some(old) = self.by_address.insert(from, key)
             && old != key
             && let Some(r) = self.routes.get_mut(&old)
@@ -232,8 +232,8 @@ mod tests {
         m.raw
     }
 
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
+    fn addr(port: u16) -> Remote {
+        (Transport::Udp, SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     const SRTP: &[u8] = &[0x80, 0x6f, 0, 1, 0, 0, 0, 0, 1, 2, 3, 4, 9, 9, 9];
@@ -272,6 +272,12 @@ mod tests {
         );
         assert_eq!(d.route(addr(3000), &response(), &mut drops), Verdict::Drop);
 
+        // The same address over TCP is another remote.
+        let tcp = (Transport::Tcp, addr(1000).1);
+        assert_eq!(d.route(tcp, SRTP, &mut drops), Verdict::Drop);
+        assert_eq!(d.route(tcp, &one, &mut drops), Verdict::Deliver(PeerKey(1)));
+        assert_eq!(d.route(tcp, SRTP, &mut drops), Verdict::Deliver(PeerKey(1)));
+
         // A client that re-offers from the same address moves to its new connection.
         d.remove(PeerKey(1));
         assert_eq!(d.route(addr(1000), SRTP, &mut drops), Verdict::Drop);
@@ -285,7 +291,7 @@ mod tests {
             d.route(addr(1000), SRTP, &mut drops),
             Verdict::Deliver(PeerKey(3))
         );
-        assert_eq!(drops.total(), 3);
+        assert_eq!(drops.total(), 4);
     }
 
     #[test]

@@ -43,17 +43,27 @@ const SEND_BATCH: usize = 512;
 /// clients keep under the path MTU).
 pub(super) const MAX_DATAGRAM: usize = 2048;
 
-/// A datagram read from the port.
+/// Which of the worker's two ports a datagram came in on or goes out of: the UDP port, or
+/// (ICE-TCP, [`super::tcp`]) a TCP connection to the TCP port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// A datagram read from the port (or a frame from a TCP connection).
 pub(super) struct Received {
     /// When it was read: forwarding delay is measured from here.
     pub at: Instant,
     pub from: SocketAddr,
+    pub transport: Transport,
     pub data: BytesMut,
 }
 
 /// A datagram a connection wants sent.
 pub(super) struct Transmit {
     pub to: SocketAddr,
+    pub transport: Transport,
     pub data: BytesMut,
 }
 
@@ -133,7 +143,12 @@ impl Port {
                 for iov in msg.iovs() {
                     data.extend_from_slice(iov);
                 }
-                into.push(Received { at, from, data });
+                into.push(Received {
+                    at,
+                    from,
+                    transport: Transport::Udp,
+                    data,
+                });
                 n += 1;
             }
             Ok(n)
@@ -154,7 +169,8 @@ impl Port {
         }
     }
 
-    /// Sends `out` (and empties it), [`SEND_BATCH`] datagrams per system call.
+    /// Sends `out` (and empties it), [`SEND_BATCH`] datagrams per system call. Every entry
+    /// must be [`Transport::Udp`].
     pub(super) fn send(&mut self, out: &mut Vec<Transmit>, drops: &mut DropStats) {
         let fd = self.socket.as_raw_fd();
         let mut next = 0;
@@ -297,7 +313,7 @@ fn bind_socket(media: &MediaConfig) -> Result<std::net::UdpSocket, NegotiationEr
 /// The address clients are told to send to: `PUBLIC_IP` if set, else `RTC_BIND_IP`, else the
 /// host's first non-loopback IPv4 address (or 127.0.0.1 on a host with none). A multi-homed
 /// host that must announce a particular interface sets `RTC_BIND_IP`.
-fn announced_ip(media: &MediaConfig) -> IpAddr {
+pub(super) fn announced_ip(media: &MediaConfig) -> IpAddr {
     if let Some(ip) = media
         .public_ip
         .or(media.bind_ip.filter(|ip| !ip.is_unspecified()))
@@ -324,6 +340,7 @@ mod tests {
         MediaConfig {
             bind_ip: Some(bind_ip.parse().expect("an IP")),
             ports,
+            tcp_ports: None,
             public_ip: None,
             max_slots: 3,
             ice_disconnected_ms: 5_000,

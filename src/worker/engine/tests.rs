@@ -202,6 +202,7 @@ impl Rig {
             media: MediaConfig {
                 bind_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
                 ports: (20_000, 29_999),
+                tcp_ports: None,
                 public_ip: None,
                 max_slots: 3,
                 ice_disconnected_ms: 5_000,
@@ -285,6 +286,7 @@ impl Rig {
         self.engine.on_datagram(Received {
             at: Instant::now(),
             from,
+            transport: Transport::Udp,
             data,
         });
     }
