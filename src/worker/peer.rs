@@ -110,14 +110,90 @@ impl IceCredentials {
     }
 }
 
+/// Our Opus, and the parameters we ask senders for (RFC 7587 §6.1). `usedtx=1`: a member who
+/// is silent or muted sends about 5 packets a second instead of 50 (Chromium: a comfort-noise
+/// update and one DTX frame every 400 ms); nothing is lost by it, because silence is never
+/// forwarded nor cut into bites
+/// (`crate::media::speech` takes DTX frames for silence) and bites fill the gaps DTX leaves
+/// (`crate::media::ogg_opus`).
 fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
         clock_rate: 48000,
         channels: 2,
-        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        sdp_fmtp_line: "minptime=10;useinbandfec=1;usedtx=1".to_owned(),
         rtcp_feedback: vec![],
     }
+}
+
+/// Puts [`opus_codec`]'s parameters on every Opus `a=fmtp` line of an answer, ours winning
+/// over the offer's. `rtc` answers with the *offer's* Opus fmtp (its negotiated codec is the
+/// remote one, whatever the media engine registered), so without this the answer would never
+/// ask a browser for DTX. An Opus payload type without an fmtp line gets one.
+fn with_our_opus_params(sdp: &str) -> String {
+    let ours = opus_codec().sdp_fmtp_line;
+    let lines: Vec<&str> = sdp.split_inclusive("\r\n").collect();
+    let mut out = String::with_capacity(sdp.len() + 64);
+    // Payload type numbers belong to their m-section: each section is rewritten on its own.
+    let mut start = 0;
+    while start < lines.len() {
+        let end = lines[start + 1..]
+            .iter()
+            .position(|l| l.starts_with("m="))
+            .map_or(lines.len(), |i| start + 1 + i);
+        let section = &lines[start..end];
+        let opus: Vec<&str> = section
+            .iter()
+            .filter_map(|l| l.strip_prefix("a=rtpmap:")?.split_once(' '))
+            .filter(|(_, codec)| codec.to_ascii_lowercase().starts_with("opus/48000"))
+            .map(|(pt, _)| pt)
+            .collect();
+        for line in section {
+            if let Some((pt, theirs)) = opus_fmtp(line, &opus) {
+                out.push_str(&format!("a=fmtp:{pt} {}\r\n", merge_fmtp(theirs, &ours)));
+                continue;
+            }
+            out.push_str(line);
+            let bare = line
+                .strip_prefix("a=rtpmap:")
+                .and_then(|r| r.split_once(' '))
+                .map(|(pt, _)| pt)
+                .filter(|pt| opus.contains(pt))
+                .filter(|pt| {
+                    !section
+                        .iter()
+                        .any(|l| opus_fmtp(l, &opus).is_some_and(|f| f.0 == *pt))
+                });
+            if let Some(pt) = bare {
+                out.push_str(&format!("a=fmtp:{pt} {ours}\r\n"));
+            }
+        }
+        start = end;
+    }
+    out
+}
+
+/// The payload type and parameters of an `a=fmtp` line for one of the `opus` payload types.
+fn opus_fmtp<'a>(line: &'a str, opus: &[&str]) -> Option<(&'a str, &'a str)> {
+    let (pt, params) = line.strip_prefix("a=fmtp:")?.split_once(' ')?;
+    opus.contains(&pt).then_some((pt, params.trim_end()))
+}
+
+/// `theirs` with each `key=value` of `ours` set (replaced where present, else appended).
+fn merge_fmtp(theirs: &str, ours: &str) -> String {
+    let ours: Vec<(&str, &str)> = ours.split(';').filter_map(|p| p.split_once('=')).collect();
+    let mut params: Vec<String> = theirs
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let key = p.split_once('=').map_or(*p, |(k, _)| k).trim();
+            !ours.iter().any(|(k, _)| k.eq_ignore_ascii_case(key))
+        })
+        .map(str::to_owned)
+        .collect();
+    params.extend(ours.iter().map(|(k, v)| format!("{k}={v}")));
+    params.join(";")
 }
 
 /// An outgoing Opus track with one fixed SSRC.
@@ -312,9 +388,109 @@ pub fn answer(
         .map_err(|e| internal(format!("create_answer: {e}")))?;
     pc.set_local_description(now, answer)
         .map_err(|e| internal(format!("set_local_description: {e}")))?;
+    // Our Opus parameters go on the text the client gets, after rtc has taken its answer:
+    // rtc refuses a changed one (JSEP forbids munging, "new sdp does not match previous
+    // answer"). Its copy then differs only in what the client is asked to send, which rtc does
+    // not act on, and this connection never renegotiates (a new offer gets a new connection).
     let answer = pc
         .local_description()
-        .map(|d| d.sdp)
+        .map(|d| with_our_opus_params(&d.sdp))
         .ok_or_else(|| internal("no local description".into()))?;
     Ok(Answered { pc, answer, slots })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn media(bind_ip: &str, ports: (u16, u16)) -> MediaConfig {
+        MediaConfig {
+            bind_ip: Some(bind_ip.parse().expect("an IP")),
+            ports,
+            tcp_ports: None,
+            public_ip: None,
+            max_slots: 3,
+            ice_disconnected_ms: 5_000,
+            ice_failed_ms: 15_000,
+            member_packets_per_s: 0,
+            member_bytes_per_s: 0,
+            first_connect_ms: 0,
+            socket_recv_buffer: 0,
+            socket_send_buffer: 0,
+        }
+    }
+
+    /// A Chromium-shaped offer: three audio m-lines, Opus 111 with Chromium's own parameters
+    /// (and, on the last, none at all, as some clients send), the audio-level extension.
+    fn offer_sdp() -> String {
+        let mut sdp = String::from(
+            "v=0\r\no=- 4215775240449105457 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+             a=group:BUNDLE 0 1 2\r\na=msid-semantic: WMS\r\n",
+        );
+        for mid in 0..3 {
+            let fmtp = match mid {
+                2 => String::new(),
+                _ => "a=fmtp:111 minptime=10;useinbandfec=1\r\n".to_owned(),
+            };
+            sdp.push_str(&format!(
+                "m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n\
+                 a=ice-ufrag:QWERTYUIOPASDFGH\r\na=ice-pwd:qwertyuiopasdfghjklzxcvbnm123456\r\n\
+                 a=fingerprint:sha-256 AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89\r\n\
+                 a=setup:actpass\r\na=mid:{mid}\r\na=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+                 a={}\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n{fmtp}a=rtpmap:0 PCMU/8000\r\n",
+                if mid == 0 { "sendrecv" } else { "recvonly" },
+            ));
+        }
+        sdp
+    }
+
+    /// The answer asks for DTX on every Opus m-line, beside the client's own parameters, and
+    /// rtc still accepts the connection (it answers with the offer's Opus fmtp by itself).
+    #[test]
+    fn the_answer_asks_for_opus_dtx() {
+        let sdp = offer_sdp();
+        let offer = Offer::parse(&sdp).expect("offer parses");
+        let a = answer(
+            &media("127.0.0.1", (42_000, 42_999)),
+            &offer,
+            sdp,
+            "beep-1",
+            "127.0.0.1:42000".parse().expect("an address"),
+            None,
+            &IceCredentials::random(),
+            Instant::now(),
+        )
+        .expect("answered");
+        let fmtp: Vec<&str> = a
+            .answer
+            .lines()
+            .filter(|l| l.starts_with("a=fmtp:"))
+            .collect();
+        assert_eq!(
+            fmtp,
+            vec![
+                "a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1",
+                "a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1",
+                "a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1",
+            ],
+            "{}",
+            a.answer
+        );
+        assert!(a.answer.ends_with("\r\n") && !a.answer.contains("\r\n\r\n"));
+        assert_eq!(a.slots.len(), 3);
+    }
+
+    #[test]
+    fn our_opus_parameters_win_and_others_stay() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96 0\r\na=rtpmap:96 OPUS/48000/2\r\n\
+                   a=fmtp:96 stereo=1; usedtx=0;useinbandfec=0\r\na=rtpmap:0 PCMU/8000\r\n\
+                   a=fmtp:0 usedtx=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
+        assert_eq!(
+            with_our_opus_params(sdp),
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96 0\r\na=rtpmap:96 OPUS/48000/2\r\n\
+             a=fmtp:96 stereo=1;minptime=10;useinbandfec=1;usedtx=1\r\na=rtpmap:0 PCMU/8000\r\n\
+             a=fmtp:0 usedtx=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n\
+             a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1\r\n"
+        );
+    }
 }

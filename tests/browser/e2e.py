@@ -25,6 +25,11 @@ What it does:
   * kills room1's worker: the pages are told to reconnect, say so, re-offer and hear each
     other again while room2 is undisturbed; a second tab with carol's client id replaces her
     session and her page shows the server's error in words.
+  * DTX: everybody leaves, erin (a fifth browser whose microphone plays digital silence) joins
+    room "quiet" alone; her uplink packets/s, by her getStats and by front's received-packet
+    counter, must be a DTX trickle (<= 10/s, 50 without DTX); then dave joins with his tone:
+    erin hears him, erin takes none of dave's slots, and every bite on NATS (a subscriber of
+    our own on the bite subject) is dave's.
 
 Artifacts (logs, screenshot) go to target/browser-e2e/. --update-screenshot also copies the
 screenshot to docs/demo.png. Exit code 0 when every test passed; the last line of output
@@ -361,6 +366,66 @@ class Nats:
         shutil.rmtree(self.store, ignore_errors=True)
 
 
+class NatsTap:
+    """A plain NATS subscriber (the text protocol over a socket, standard library only): records
+    every message on `subject` with its headers, to see which bites the workers publish."""
+
+    def __init__(self, port, subject):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.lock = threading.Lock()
+        self.messages = []  # (monotonic arrival, {header: value}, payload bytes)
+        self.file = self.sock.makefile("rb")
+        info = self.file.readline()
+        if not info.startswith(b"INFO "):
+            raise RuntimeError(f"NATS did not greet with INFO: {info[:80]!r}")
+        self.sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"name":"e2e-tap"}\r\n'
+                          + f"SUB {subject} 1\r\nPING\r\n".encode())
+        # The PONG to our PING means the server has taken the SUB: nothing published after
+        # this constructor returns can be missed. (Still within the 5 s socket timeout.)
+        while True:
+            line = self.file.readline()
+            if not line or line.startswith(b"-ERR"):
+                raise RuntimeError(f"NATS refused the subscription: {line!r}")
+            if line.startswith(b"PONG"):
+                break
+        self.sock.settimeout(None)  # from here the reader waits for bites; close() ends it
+        threading.Thread(target=self._reader, daemon=True).start()
+
+    def _reader(self):
+        try:
+            while True:
+                line = self.file.readline()
+                if not line:
+                    return
+                if line.startswith(b"PING"):
+                    self.sock.sendall(b"PONG\r\n")
+                elif line.startswith(b"HMSG ") or line.startswith(b"MSG "):
+                    parts = line.split()
+                    total = int(parts[-1])
+                    hlen = int(parts[-2]) if parts[0] == b"HMSG" else 0
+                    data = self.file.read(total + 2)[:total]
+                    headers = {}
+                    for h in data[:hlen].decode("utf-8", "replace").split("\r\n")[1:]:
+                        if ":" in h:
+                            k, v = h.split(":", 1)
+                            headers[k.strip()] = v.strip()
+                    with self.lock:
+                        self.messages.append((time.monotonic(), headers, data[hlen:]))
+        except (OSError, ValueError):
+            pass
+
+    def users(self):
+        with self.lock:
+            return [h.get("Beep-User") for _, h, _ in self.messages]
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
 class Front:
     def __init__(self, front_bin, worker_bin, nats_url):
         self.port = free_port()
@@ -391,6 +456,14 @@ class Front:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"front did not answer /healthz within 20 s; see {self.log}")
             time.sleep(0.1)
+
+    def metric(self, name):
+        """One unlabelled sample of front's /metrics (Prometheus text), as a float."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        raise AssertionError(f"/metrics has no {name}")
 
     def worker_pid(self, conversation):
         """The worker process front started for `conversation` (its child with --conversation <id>)."""
@@ -560,6 +633,11 @@ def main():
     for name, hz in tones.items():
         subprocess.run(["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", str(tones_dir / f"{hz}.wav"),
                         "synth", str(TONE_SECONDS), "sine", str(hz), "vol", "0.5"], check=True, timeout=30)
+    # Digital silence for the DTX test's silent member. -D: sox dithers by default when it writes
+    # 16 bits, and that ±1 LSB noise alone keeps Chromium's Opus encoder out of DTX (50 packets/s).
+    silence_wav = tones_dir / "silence.wav"
+    subprocess.run(["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", "-D", str(silence_wav), "trim", "0",
+                    str(TONE_SECONDS)], check=True, timeout=30)
 
     suite = Suite()
     front = seed_srv = nats = None
@@ -806,6 +884,99 @@ def main():
 
         suite.run("errors: a page shows the server's error:: message in words (its session replaced by another tab)",
                   server_error)
+
+        def dtx_silent_member():
+            # The answer asks for Opus DTX (usedtx=1): erin, whose fake microphone plays digital
+            # silence, must send a few packets per second instead of 50, and still never count as
+            # a speaker (no slot, no bite), while dave's tone reaches her normally. Everybody
+            # else leaves first, so front's received-packet counter is erin's uplink alone.
+            erin = browsers["erin"] = Browser("erin", silence_wav)
+            for b in (alice, bob, carol, dave):
+                b.open("about:blank")
+            erin.attach()
+            # Quiet once a worker report (every 2 s) has come without a new packet. (Waiting for
+            # no peers would take 20 s: a tab that left before connecting lingers until ICE fails.)
+            deadline = time.monotonic() + 20
+            v, since = front.metric("beep_packets_received_total"), time.monotonic()
+            while time.monotonic() - since < 2.5:
+                assert time.monotonic() < deadline, "packets still arrive 20 s after every page left"
+                time.sleep(0.1)
+                now = front.metric("beep_packets_received_total")
+                if now != v:
+                    v, since = now, time.monotonic()
+            tap = NatsTap(nats.port, "bite")  # subscribed before erin joins: none of her bites can slip by
+            try:
+                erin.open(demo_url("erin", "quiet"))
+                erin.wait_for("window.beepTest && (s => s.media === 'connected' && s.slots)(beepTest.status())",
+                              15, "connected media and a slots event", STATUS)
+                fmtp = erin.eval("(S.pc.remoteDescription.sdp.match(/a=fmtp:111 .*/) || ['(none)'])[0]")
+                say(f"  the answer's Opus parameters: {fmtp}")
+
+                def sent():
+                    t = time.monotonic()
+                    return t, erin.eval("beepTest.measure(0).then(m => m.sent)")
+
+                def next_report(timeout=6.0):
+                    # Workers report their counters every 2 s: a rate between two reports' arrivals
+                    # is exact up to the polling step, where a fixed window would be off by up to 2 s.
+                    v0 = front.metric("beep_packets_received_total")
+                    deadline = time.monotonic() + timeout
+                    while time.monotonic() < deadline:
+                        time.sleep(0.05)
+                        v = front.metric("beep_packets_received_total")
+                        if v != v0:
+                            return time.monotonic(), v
+                    return time.monotonic(), v0
+
+                time.sleep(2)  # past the encoder's start: DTX begins after 200 ms of silence
+                tb0, nb0 = sent()
+                ts0, vs0 = next_report()
+                time.sleep(8)
+                ts1, vs1 = next_report()
+                tb1, nb1 = sent()
+                browser_rate = (nb1 - nb0) / (tb1 - tb0)
+                server_rate = (vs1 - vs0) / (ts1 - ts0)
+                say(f"  erin (silent) uplink: {browser_rate:.1f} packets/s by her getStats ({nb1 - nb0} in "
+                    f"{tb1 - tb0:.1f} s), {server_rate:.1f} packets/s received by the worker "
+                    f"({vs1 - vs0:.0f} in {ts1 - ts0:.1f} s)")
+                assert nb1 > nb0 and vs1 > vs0, "erin sent nothing at all: the rate would mean little"
+                assert browser_rate <= 10 and server_rate <= 10, \
+                    f"a silent member sends {browser_rate:.1f} packets/s (received: {server_rate:.1f}/s), " \
+                    f"not the few of DTX; the answer says {fmtp!r}"
+
+                # dave's tone, through the same room: heard by erin as usual, while erin takes
+                # none of dave's slots and the bites on NATS are all dave's.
+                dave.open(demo_url("dave", "quiet"))
+                erin.wait_for(slot_user("dave"), 15, "connected media with dave in a slot", STATUS)
+                dave.wait_for("window.beepTest && beepTest.status().media === 'connected'", 10, "connected media", STATUS)
+                me, md = measure_all([erin, dave])
+                say("  " + describe(me))
+                say("  " + describe(md))
+                assert me["mic"]["freq"] is None, f"erin's microphone is not silent (fake capture broken?): {describe(me)}"
+                assert near(md["mic"]["freq"], 330), f"dave's microphone is not at 330 Hz: {describe(md)}"
+                assert any(near(x["freq"], 330) and x.get("userid") == "dave" for x in heard(me)), \
+                    f"erin does not hear dave's 330 Hz on a slot labelled dave: {describe(me)}"
+                assert not heard(md) and all(x.get("packets", 0) == 0 for x in md["slots"]), \
+                    f"dave receives audio from a silent member: {describe(md)}"
+                erin.wait_for("window.beepTest && beepTest.status().bites.some(b => b.userid === 'dave')", 15,
+                              "a bite of dave's in the Bites list", "window.beepTest && beepTest.status().bites")
+                deadline = time.monotonic() + 10
+                while tap.users().count("dave") < 2:  # BITE_MAX_MS = 2 s: a few seconds of both members
+                    assert time.monotonic() < deadline, f"fewer than 2 bites of dave's on NATS: {tap.users()}"
+                    time.sleep(0.2)
+                users = tap.users()
+                history = dave.eval("beepTest.status().slotHistory")
+                listed = [b["userid"] for b in erin.eval("beepTest.status().bites")]
+                say(f"  bites on NATS by user: {users}; dave's slot history (ms, userids): {history}")
+                assert "erin" not in users, f"the silent member opened a bite: {users}"
+                assert "erin" not in listed, f"erin's page lists a bite of hers: {listed}"
+                taken = [h for h in history if "erin" in h[1]]
+                assert not taken, f"the silent member took a slot of dave's: {taken}"
+            finally:
+                tap.close()
+
+        suite.run("DTX: a silent member sends a few packets/s, takes no slot and opens no bite; "
+                  "the other member's tone is heard", dtx_silent_member)
         if not joined:
             say("(the later tests depend on the first one)")
     except Exception as e:  # noqa: BLE001 - setup failures count as a failed test
