@@ -1012,3 +1012,78 @@ async fn unsafe_runtime_and_state_directories_are_refused() {
         "front wrote through the symbolic link"
     );
 }
+
+/// Issue 16 point 5. Identities that are `.` or `..`, or hold a `/` or a control character,
+/// are refused with 400 and a reason before any permission request (`..` made the URL
+/// library ask about a different path than the identity); ordinary ones still get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_identities_are_refused_before_the_permissions_service_is_asked() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let front = Front::start(&url, &[]).await;
+    for (user, client, why) in [
+        ("..", "web", "userid is not a valid identity: it is . or .."),
+        (".", "web", "userid is not a valid identity: it is . or .."),
+        (
+            "ann",
+            "..",
+            "clientid is not a valid identity: it is . or ..",
+        ),
+        (
+            "../../admin",
+            "web",
+            "userid is not a valid identity: it holds a /",
+        ),
+        (
+            "ann\u{7}",
+            "web",
+            "userid is not a valid identity: it holds a control character",
+        ),
+        (
+            "ann",
+            "web\r\nx",
+            "clientid is not a valid identity: it holds a control character",
+        ),
+    ] {
+        let r = front
+            .http
+            .post(front.url("/join/room"))
+            .header("x-user-claim", claim(user, client))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{user:?}/{client:?}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains(why), "{user:?}/{client:?}: {body}");
+    }
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        0,
+        "the permissions service was asked"
+    );
+    let r = front
+        .http
+        .post(front.url("/join/room"))
+        .header("x-user-claim", claim("ann.smith", "web"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    front.assert_serving().await;
+    server.abort();
+}

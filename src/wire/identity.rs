@@ -33,6 +33,11 @@ pub enum ClaimError {
     NoField(&'static str),
     #[error("X-User-Claim {0} is longer than 256 bytes")]
     TooLong(&'static str),
+    /// `.`, `..`, a `/` or a control character: an identity becomes a path segment of the
+    /// permission request (where `..` would name another path) and a field of logs and bite
+    /// headers.
+    #[error("X-User-Claim {0} is not a valid identity: {1}")]
+    Malformed(&'static str, &'static str),
     #[error("X-User-Claim appears more than once")]
     Duplicate,
     /// Not a 400: the sender may not speak for anyone ([`ClaimError::status`]).
@@ -144,6 +149,11 @@ pub fn parse_claim(value: Option<&[u8]>) -> Result<Identity, ClaimError> {
     let c: Claim = serde_json::from_slice(raw).map_err(|e| ClaimError::NotJson(e.to_string()))?;
     let field = |v: Option<String>, name: &'static str| match v {
         Some(s) if s.len() > 256 => Err(ClaimError::TooLong(name)),
+        Some(s) if s == "." || s == ".." => Err(ClaimError::Malformed(name, "it is . or ..")),
+        Some(s) if s.contains('/') => Err(ClaimError::Malformed(name, "it holds a /")),
+        Some(s) if s.chars().any(char::is_control) => {
+            Err(ClaimError::Malformed(name, "it holds a control character"))
+        }
         Some(s) if !s.trim().is_empty() => Ok(s),
         _ => Err(ClaimError::NoField(name)),
     };
@@ -186,6 +196,37 @@ mod tests {
         assert!(reason(Some(b"{nope")).contains("JSON"));
         assert!(reason(Some(br#"{"userid":"u1"}"#)).contains("clientid"));
         assert!(reason(Some(br#"{"userid":"","clientid":"c"}"#)).contains("userid"));
+        for (claim, why) in [
+            (
+                r#"{"userid":"..","clientid":"c"}"#,
+                "userid is not a valid identity: it is . or ..",
+            ),
+            (
+                r#"{"userid":"u","clientid":"."}"#,
+                "clientid is not a valid identity: it is . or ..",
+            ),
+            (
+                r#"{"userid":"a/b","clientid":"c"}"#,
+                "userid is not a valid identity: it holds a /",
+            ),
+            (
+                r#"{"userid":"u","clientid":"c\u0000"}"#,
+                "clientid is not a valid identity: it holds a control character",
+            ),
+            (
+                r#"{"userid":"u\nx","clientid":"c"}"#,
+                "userid is not a valid identity: it holds a control character",
+            ),
+        ] {
+            let e = parse_claim(Some(claim.as_bytes())).unwrap_err();
+            assert_eq!(e.status(), 400);
+            assert!(e.to_string().ends_with(why), "{claim}: {e}");
+        }
+        // Dots inside a name, spaces, e-mail addresses and non-ASCII letters are fine.
+        for ok in ["a.b", "...", "ann smith", "ann@example.org", "Zoë"] {
+            let claim = serde_json::json!({"userid": ok, "clientid": "c"}).to_string();
+            assert_eq!(parse_claim(Some(claim.as_bytes())).unwrap().userid, ok);
+        }
     }
 
     #[test]
