@@ -391,3 +391,55 @@ async fn a_worker_nobody_connects_to_exits_soon() {
     assert!(eventually(T, || b.heard_from("a") > heard + 10).await);
     front.assert_serving().await;
 }
+
+/// Issue 16 point 6 (held out): a 3 000 m-line offer of about 60 KB, within the default frame
+/// limit, sent as a browser would (trickled candidates right behind it, with and without a
+/// join yet), gets its `error::bad-sdp` at once, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_60_kb_offer_of_3000_m_lines_is_refused_at_once_with_its_reason() {
+    let perms = Permissions::start().await;
+    let front = Front::start(&perms.url(), &[]).await;
+    let huge = format!(
+        "{OFFER}{}",
+        (1..3_000)
+            .map(|i| format!("m=audio {} RTP/AVP 0\n", 1 + i % 9))
+            .collect::<String>()
+    );
+    assert!((50_000..65_536).contains(&huge.len()), "{}", huge.len());
+    for query in ["?conversation=big", ""] {
+        let mut s = Signal::open(&front, query, "mallory", "app").await;
+        let t0 = Instant::now();
+        s.send(&format!("offer::{huge}")).await;
+        for i in 0..5 {
+            s.send(&format!(
+                r#"ice::{{"candidate":"candidate:{i} 1 udp 2130706431 127.0.0.1 {} typ host","sdpMid":"0","sdpMLineIndex":0}}"#,
+                40_000 + i
+            ))
+            .await;
+        }
+        let err = s.wait_for("error::", Duration::from_secs(5)).await;
+        println!(
+            "3000 m-lines ({} bytes), query {query:?}: {:?} after {:?}",
+            huge.len(),
+            err,
+            t0.elapsed()
+        );
+        let err = err.unwrap_or_else(|| panic!("{query:?}: no error frame within 5 s"));
+        assert!(err.contains("bad-sdp") && err.contains("m-line"), "{err}");
+    }
+    // Far past a small frame limit (more than the 4x that still reaches front whole): the
+    // WebSocket layer itself refuses the message, and the client still hears why.
+    let small = Front::start(&perms.url(), &[("MAX_FRAME_BYTES", "8192")]).await;
+    let mut s = Signal::open(&small, "?conversation=big", "mallory", "app").await;
+    let t0 = Instant::now();
+    s.send(&format!("offer::{huge}")).await;
+    let err = s.wait_for("error::", Duration::from_secs(5)).await;
+    println!(
+        "the same past MAX_FRAME_BYTES=8192: {err:?} after {:?}",
+        t0.elapsed()
+    );
+    let err = err.expect("no error frame within 5 s");
+    assert!(err.contains("too-large"), "{err}");
+    small.assert_serving().await;
+    front.assert_serving().await;
+}

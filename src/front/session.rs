@@ -177,6 +177,13 @@ pub async fn signalling(
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Close(_))) | None => break,
                     Some(Err(e)) => {
+                        // A message past 4x MAX_FRAME_BYTES is refused by the WebSocket layer
+                        // itself (tungstenite's capacity error) before we see it; the client
+                        // still hears why rather than finding the socket closed.
+                        let text = e.to_string();
+                        if text.contains("Message too long") || text.contains("Space limit exceeded") {
+                            fail(&mut socket, &SignalError::new(ErrorCode::TooLarge, format!("frame exceeds the limit of {limit} bytes")), send_timeout).await;
+                        }
                         tracing::debug!(%who, "socket error: {e}");
                         break;
                     }
