@@ -645,6 +645,26 @@ async fn every_offer_asks_the_permission_check_again() {
     assert!(s.wait_for("answer::", T).await.is_some(), "offer then join");
 }
 
+/// Issue 16 point 2. A join's permission answer covers the next offer only within
+/// `JOIN_TIMEOUT_MS`: access removed after an older join is noticed at the offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joins_credit_expires() {
+    let perms = Perms::start(false).await;
+    let front = Front::start(&perms.url(), &[("JOIN_TIMEOUT_MS", "500")]).await;
+    // Within the timeout the join covers the offer.
+    let mut s = Signal::open(&front, "?conversation=room", "bob", "web").await;
+    s.send(&format!("offer::{OFFER}")).await;
+    assert!(s.wait_for("answer::", T).await.is_some(), "an answer");
+    // Joined, then access removed, then an offer past the timeout: refused.
+    let mut s = Signal::open(&front, "?conversation=room", "ann", "web").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    perms.revoke("ann", "room");
+    s.send(&format!("offer::{OFFER}")).await;
+    let (code, message) = error_frame(&mut s, T).await.expect("an error frame");
+    assert_eq!(code, "forbidden", "{message}");
+    front.assert_serving().await;
+}
+
 // =======================================================================================
 // No client can take the room or front down
 

@@ -305,8 +305,8 @@ pub async fn signalling(
 /// What an offer must pass before it reaches front's state: the candidate cap, the offer
 /// rate (checked here too, so a flood of offers does not become a flood of permission
 /// requests), and the permission check of the conversation the client is in. An offer with
-/// no join yet waits for the join, whose own check covers it: join and offer stay
-/// order-independent. A refusal by the permissions service also ends the client's session
+/// no join yet waits for the join, whose own check covers it (as it covers the first offer
+/// within `JOIN_TIMEOUT_MS` after it): join and offer stay order-independent. A refusal by the permissions service also ends the client's session
 /// in that conversation and forgets the join.
 async fn admit_offer(
     front: &Arc<Front>,
@@ -323,8 +323,14 @@ async fn admit_offer(
                 if let Some(e) = c.offer_rate_refusal(front.cfg.offers_per_minute, now) {
                     return Err(e);
                 }
-                // The first offer after a join rides on the join's own check.
-                if std::mem::take(&mut c.join_covers_offer) {
+                // The first offer after a join rides on the join's own check, if it comes
+                // within JOIN_TIMEOUT_MS of it: an older answer of the permissions service is
+                // not trusted (access may have been removed since), so a later offer is
+                // checked afresh.
+                let fresh = c
+                    .joined_at
+                    .is_some_and(|t| now.duration_since(t) <= front.cfg.join_timeout);
+                if std::mem::take(&mut c.join_covers_offer) && fresh {
                     None
                 } else {
                     c.conversation.clone()
