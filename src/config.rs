@@ -47,6 +47,7 @@ pub struct Config {
     pub max_sessions_per_user: usize,
     pub max_frame_bytes: usize,
     pub offers_per_minute: u32,
+    pub joins_per_minute: u32,
     /// Most worker processes (conversations) at once; a new conversation beyond it is refused.
     pub max_workers: usize,
     /// Most new conversations (worker starts) one user may cause per minute.
@@ -362,6 +363,7 @@ impl Config {
             max_frame_bytes: max_frame_bytes(num("MAX_FRAME_BYTES", 65_536, 1_024, 16 << 20)?)
                 .map_err(|(v, r)| err("MAX_FRAME_BYTES", &v, r))?,
             offers_per_minute: num("OFFERS_PER_MINUTE", 30, 1, 100_000)? as u32,
+            joins_per_minute: num("JOINS_PER_MINUTE", 30, 1, 100_000)? as u32,
             max_workers: num("MAX_WORKERS", 512, 1, 100_000)? as usize,
             new_conversations_per_minute: num("NEW_CONVERSATIONS_PER_MINUTE", 10, 1, 100_000)?
                 as u32,

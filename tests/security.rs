@@ -1038,23 +1038,8 @@ async fn unsafe_runtime_and_state_directories_are_refused() {
 /// library ask about a different path than the identity); ordinary ones still get in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_identities_are_refused_before_the_permissions_service_is_asked() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let asked = Arc::new(AtomicUsize::new(0));
-    let counter = asked.clone();
-    let app = axum::Router::new().fallback(move || {
-        let counter = counter.clone();
-        async move {
-            counter.fetch_add(1, Ordering::SeqCst);
-            StatusCode::OK
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let front = Front::start(&url, &[]).await;
+    let perms = CountingPerms::start().await;
+    let front = Front::start(&perms.url, &[]).await;
     for (user, client, why) in [
         ("..", "web", "userid is not a valid identity: it is . or .."),
         (".", "web", "userid is not a valid identity: it is . or .."),
@@ -1090,11 +1075,7 @@ async fn odd_identities_are_refused_before_the_permissions_service_is_asked() {
         let body = r.text().await.unwrap();
         assert!(body.contains(why), "{user:?}/{client:?}: {body}");
     }
-    assert_eq!(
-        asked.load(Ordering::SeqCst),
-        0,
-        "the permissions service was asked"
-    );
+    assert_eq!(perms.asked(), 0, "the permissions service was asked");
     let r = front
         .http
         .post(front.url("/join/room"))
@@ -1103,7 +1084,101 @@ async fn odd_identities_are_refused_before_the_permissions_service_is_asked() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    assert_eq!(perms.asked(), 1);
     front.assert_serving().await;
-    server.abort();
+}
+
+/// A permissions stand-in that allows everything and counts what it is asked (joins' GETs and
+/// readiness HEADs alike).
+struct CountingPerms {
+    url: String,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingPerms {
+    async fn start() -> CountingPerms {
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = asked.clone();
+        let app = axum::Router::new().fallback(move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                StatusCode::OK
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        CountingPerms { url, asked, task }
+    }
+
+    fn asked(&self) -> usize {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingPerms {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Issue 16 point 4. The permissions service is protected from our own callers: 100 joins
+/// from one client in a burst cost it `JOINS_PER_MINUTE` requests (the rest get 429 with
+/// `Retry-After`, saying why), and 50 `/readyz` polls in a row cost it one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_floods_and_readiness_polls_do_not_reach_the_permissions_service() {
+    let perms = CountingPerms::start().await;
+    let front = Front::start(&perms.url, &[("JOINS_PER_MINUTE", "10")]).await;
+    let asked_at_start = perms.asked();
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut reason = String::new();
+    for _ in 0..100 {
+        let r = front
+            .http
+            .post(front.url("/join/room"))
+            .header("x-user-claim", claim("ann", "web"))
+            .send()
+            .await
+            .unwrap();
+        *statuses.entry(r.status().as_u16()).or_insert(0) += 1;
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            reason = r.text().await.unwrap();
+        }
+    }
+    let asked = perms.asked() - asked_at_start;
+    println!("100 joins: {statuses:?}, permission requests {asked}; 429 says {reason:?}");
+    assert_eq!(statuses.get(&200), Some(&10), "{statuses:?}");
+    assert_eq!(statuses.get(&429), Some(&90), "{statuses:?}");
+    assert!(
+        reason.contains("more than 10 joins in a minute"),
+        "{reason}"
+    );
+    assert_eq!(asked, 10);
+    // Another client of the same user is not held back by ann/web's flood.
+    let r = front
+        .http
+        .post(front.url("/join/room"))
+        .header("x-user-claim", claim("ann", "phone"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let before = perms.asked();
+    for _ in 0..50 {
+        let r = front.http.get(front.url("/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let polls = perms.asked() - before;
+    println!("50 /readyz polls: {polls} permission requests");
+    assert!(
+        polls <= 2,
+        "{polls} readiness requests reached the permissions service"
+    );
+    front.assert_serving().await;
 }

@@ -36,7 +36,13 @@ pub fn verdict_of(status: u16) -> Verdict {
 pub struct PermissionClient {
     backend: Permissions,
     http: reqwest::Client,
+    /// The last readiness answer and when it was had: `/readyz` is polled by every load
+    /// balancer and probe, and must not become a request to the permissions service each time.
+    reachable: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
+
+/// How long a readiness answer of the permissions service is reused.
+const REACHABLE_FOR: Duration = Duration::from_secs(2);
 
 impl PermissionClient {
     /// A client with `timeout` on every request, following no redirect, and trusting only
@@ -62,11 +68,26 @@ impl PermissionClient {
         Ok(PermissionClient {
             backend,
             http: builder.build()?,
+            reachable: tokio::sync::Mutex::new(None),
         })
     }
 
-    /// Whether the permissions service answers at all (any HTTP status): for readiness.
+    /// Whether the permissions service answers at all (any HTTP status): for readiness. The
+    /// answer is reused for [`REACHABLE_FOR`]; concurrent callers wait for the one request in
+    /// flight rather than sending their own.
     pub async fn reachable(&self) -> Result<(), String> {
+        let mut cached = self.reachable.lock().await;
+        if let Some((at, answer)) = cached.as_ref()
+            && at.elapsed() < REACHABLE_FOR
+        {
+            return answer.clone();
+        }
+        let answer = self.ask_reachable().await;
+        *cached = Some((Instant::now(), answer.clone()));
+        answer
+    }
+
+    async fn ask_reachable(&self) -> Result<(), String> {
         match &self.backend {
             Permissions::AllowAll => Ok(()),
             Permissions::Http(base) => self

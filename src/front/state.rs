@@ -94,8 +94,12 @@ pub(super) struct Client {
     pub socket: Option<Socket>,
     pending_offer: Option<String>,
     pending_ice: Vec<String>,
+    /// Bytes in `pending_ice`.
+    pending_ice_bytes: usize,
     pub session: Option<Live>,
     pub recent_offers: VecDeque<Instant>,
+    /// Its joins of the last minute (`JOINS_PER_MINUTE`): each costs a permission request.
+    pub recent_joins: VecDeque<Instant>,
     /// The join's permission check was this moment's: the next offer needs no check of its own
     /// (every later one does, see [`super::session`]).
     pub join_covers_offer: bool,
@@ -113,14 +117,7 @@ impl Client {
     /// Why one more offer now would be over `per_minute` (`OFFERS_PER_MINUTE`), if it would;
     /// forgets offers older than a minute.
     pub fn offer_rate_refusal(&mut self, per_minute: u32, now: Instant) -> Option<SignalError> {
-        while self
-            .recent_offers
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
-        {
-            self.recent_offers.pop_front();
-        }
-        (self.recent_offers.len() >= per_minute as usize).then(|| {
+        over_rate(&mut self.recent_offers, per_minute, now).map(|_| {
             SignalError::new(
                 ErrorCode::RateLimited,
                 format!("more than {per_minute} offers in a minute"),
@@ -133,6 +130,27 @@ impl Client {
         self.socket.is_some() || self.session.is_some()
     }
 }
+
+/// Whether one more event now would pass `per_minute` in the sliding minute of `recent`
+/// (forgetting what is older); `Some(wait)` until the oldest leaves the window.
+fn over_rate(recent: &mut VecDeque<Instant>, per_minute: u32, now: Instant) -> Option<Duration> {
+    let minute = Duration::from_secs(60);
+    while recent
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > minute)
+    {
+        recent.pop_front();
+    }
+    (recent.len() >= per_minute as usize).then(|| {
+        recent
+            .front()
+            .map_or(minute, |t| minute.saturating_sub(now.duration_since(*t)))
+    })
+}
+
+/// Most bytes of trickled candidates kept for an offer still waiting for its join (with at
+/// most 64 of them): a candidate line is about 100 bytes.
+const PENDING_ICE_BYTES: usize = 16 * 1024;
 
 #[derive(Default)]
 pub(super) struct State {
@@ -328,6 +346,7 @@ impl Front {
     ) -> Result<(), JoinError> {
         self.check_available(conversation)
             .map_err(|e| JoinError::Unavailable(e.message))?;
+        self.check_join_rate(who)?;
         self.check_new_conversation_rate(who, conversation)?;
         let t0 = Instant::now();
         self.authorize(who, conversation)
@@ -395,6 +414,7 @@ impl Front {
             Some(c) if c.pending_offer.is_some() => {
                 c.pending_offer = None;
                 c.pending_ice.clear();
+                c.pending_ice_bytes = 0;
                 true
             }
             _ => false,
@@ -418,8 +438,14 @@ impl Front {
                     });
                 }
             }
-            // The offer is still waiting for its join: keep a bounded number of candidates.
-            None if client.pending_ice.len() < 64 => client.pending_ice.push(candidate),
+            // The offer is still waiting for its join: keep a bounded number of candidates, and
+            // bytes (a candidate may be as long as the frame limit).
+            None if client.pending_ice.len() < 64
+                && client.pending_ice_bytes + candidate.len() <= PENDING_ICE_BYTES =>
+            {
+                client.pending_ice_bytes += candidate.len();
+                client.pending_ice.push(candidate);
+            }
             None => {}
         }
     }
@@ -441,6 +467,25 @@ impl Front {
     }
 
     /// Refuses a join that would start one conversation too many for this user this minute.
+    /// Refuses a join past `JOINS_PER_MINUTE` for this client: each join costs a request to
+    /// the permissions service, which must not feel our callers' floods.
+    fn check_join_rate(&self, who: &Identity) -> Result<(), JoinError> {
+        let per_minute = self.cfg.joins_per_minute;
+        let mut st = self.lock();
+        let client = st.clients.entry(who.clone()).or_default();
+        let now = Instant::now();
+        if let Some(retry_after) = over_rate(&mut client.recent_joins, per_minute, now) {
+            let message = format!("more than {per_minute} joins in a minute");
+            tracing::info!(%who, "join refused: {message}");
+            return Err(JoinError::RateLimited {
+                message,
+                retry_after,
+            });
+        }
+        client.recent_joins.push_back(now);
+        Ok(())
+    }
+
     fn check_new_conversation_rate(
         &self,
         who: &Identity,
@@ -512,6 +557,7 @@ impl Front {
             identity: who.clone(),
             sdp,
         });
+        client.pending_ice_bytes = 0;
         for candidate in client.pending_ice.drain(..) {
             conv.send(ToWorker::Ice { session, candidate });
         }
@@ -641,6 +687,7 @@ fn new_conversation_limited(
 pub(super) fn drop_unanswered(convs: &mut HashMap<String, Conversation>, client: &mut Client) {
     client.pending_offer = None;
     client.pending_ice.clear();
+    client.pending_ice_bytes = 0;
     if client.session.as_ref().is_some_and(|s| !s.answered) {
         end_session(convs, client);
     }
