@@ -511,6 +511,8 @@ impl Engine {
                 if let Some(tcp) = self.tcp.as_mut() {
                     tcp.close(from);
                 }
+                // Else a later connection from the same address would skip authentication.
+                self.demux.forget((Transport::Tcp, from));
             }
         }
     }

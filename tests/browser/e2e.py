@@ -30,6 +30,13 @@ What it does:
     counter, must be a DTX trickle (<= 10/s, 50 without DTX); then dave joins with his tone:
     erin hears him, erin takes none of dave's slots, and every bite on NATS (a subscriber of
     our own on the bite subject) is dave's.
+  * ICE-TCP: a second front whose RTC_PORTS (31000-31049) an nftables rule blocks for UDP
+    both ways (table beep_e2e_udp_block, removed again whatever happens); alice and bob join
+    a room on it, must connect through the worker's passive TCP candidate (getStats: the
+    selected pair's candidates are tcp, the remote one the answer's) and hear each other,
+    and the rule must have dropped the UDP they tried first.
+
+`--only TEXT` runs only the tests whose name contains TEXT (later tests need the first).
 
 Artifacts (logs, screenshot) go to target/browser-e2e/. --update-screenshot also copies the
 screenshot to docs/demo.png. Exit code 0 when every test passed; the last line of output
@@ -66,6 +73,9 @@ TONE_SECONDS = int(os.environ.get("TONE_SECONDS", "120"))  # longer than the sui
 SUITE_TIMEOUT = int(os.environ.get("BROWSER_E2E_TIMEOUT", "240"))
 FREQ_TOLERANCE = 20.0  # Hz; the analyser's bins are 5.9 Hz wide at 48 kHz / 8192
 MEASURE_MS = 2500
+# The ICE-TCP test's front: RTC_PORTS (and so its TCP ports) below the kernel's ephemeral range
+# (32768-60999), so no other socket of the suite gets one of them while their UDP is blocked.
+ICE_TCP_PORTS = (31000, 31049)
 
 T0 = time.monotonic()
 
@@ -427,7 +437,7 @@ class NatsTap:
 
 
 class Front:
-    def __init__(self, front_bin, worker_bin, nats_url):
+    def __init__(self, front_bin, worker_bin, nats_url, extra_env=None, log_name="front.log"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.runtime = tempfile.mkdtemp(prefix="beep-rt-")
@@ -441,7 +451,8 @@ class Front:
             "NATS": nats_url, "STATE_DIR": self.state, "BITE_MAX_MS": "2000",
             "RUST_LOG": os.environ.get("RUST_LOG", "info,beep_webrtc=debug"),
         })
-        self.log = ART / "front.log"
+        env.update(extra_env or {})
+        self.log = ART / log_name
         self.pid = spawn([str(front_bin)], self.log, env=env, cwd=self.cwd)
         deadline = time.monotonic() + 20
         while True:
@@ -533,6 +544,53 @@ def start_seed_server(front_url):
 
 
 # ---------------------------------------------------------------------------------------
+# nftables: UDP blocked for one port range, in this (private) network namespace only
+
+NFT_TABLE = "beep_e2e_udp_block"
+
+
+def nft(*args, check=True):
+    r = subprocess.run(["nft", *args], capture_output=True, text=True, timeout=10)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"nft {' '.join(args)}: {r.stderr.strip()}")
+    return r
+
+
+class UdpBlock:
+    """Drops every UDP packet to or from ports lo..hi (the output hook sees loopback traffic
+    too), counting what it drops. A context manager: the table goes away on the way out,
+    whatever happened inside."""
+
+    def __init__(self, lo, hi):
+        self.lo, self.hi = lo, hi
+
+    def __enter__(self):
+        if not shutil.which("nft", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"):
+            raise RuntimeError("nft is not installed (apt-get install nftables)")
+        nft("delete", "table", "inet", NFT_TABLE, check=False)  # a leftover of an aborted run
+        nft("add", "table", "inet", NFT_TABLE)
+        try:
+            nft("add", "chain", "inet", NFT_TABLE, "out", "{ type filter hook output priority 0 ; }")
+            nft("add", "rule", "inet", NFT_TABLE, "out", "udp", "dport", f"{self.lo}-{self.hi}", "counter", "drop")
+            nft("add", "rule", "inet", NFT_TABLE, "out", "udp", "sport", f"{self.lo}-{self.hi}", "counter", "drop")
+        except Exception:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def dropped(self):
+        """Packets dropped so far (both rules)."""
+        rules = json.loads(nft("-j", "list", "table", "inet", NFT_TABLE).stdout)["nftables"]
+        return sum(e["counter"]["packets"] for r in rules if "rule" in r for e in r["rule"]["expr"] if "counter" in e)
+
+    def __exit__(self, *exc):
+        r = nft("delete", "table", "inet", NFT_TABLE, check=False)
+        if r.returncode != 0 and nft("list", "table", "inet", NFT_TABLE, check=False).returncode == 0:
+            say(f"note: cannot remove nft table {NFT_TABLE}: {r.stderr.strip()}")
+        return False
+
+
+# ---------------------------------------------------------------------------------------
 # assertions on measurements
 
 
@@ -571,14 +629,49 @@ def measure_all(browsers, ms=MEASURE_MS):
         return [f.result() for f in futs]
 
 
+# What the page's getStats() says about the selected candidate pair (its transport's
+# selectedCandidatePairId; else the nominated, succeeded pair) and its two candidates.
+SELECTED_PAIR = """(async () => {
+  const rep = await S.pc.getStats(), by = new Map();
+  rep.forEach(s => by.set(s.id, s));
+  let pair = null;
+  rep.forEach(s => { if (s.type === 'transport' && s.selectedCandidatePairId) pair = by.get(s.selectedCandidatePairId); });
+  if (!pair) rep.forEach(s => { if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s; });
+  if (!pair) return null;
+  const cand = c => c && { protocol: c.protocol, address: c.address, port: c.port, type: c.candidateType,
+                           tcpType: c.tcpType || null };
+  return { state: pair.state, nominated: pair.nominated, bytesSent: pair.bytesSent, bytesReceived: pair.bytesReceived,
+           rttMs: pair.currentRoundTripTime != null ? Math.round(pair.currentRoundTripTime * 1000) : null,
+           local: cand(by.get(pair.localCandidateId)), remote: cand(by.get(pair.remoteCandidateId)) };
+})()"""
+
+
+def connect_ms(browser):
+    """Milliseconds from the page's last offer to its media 'connected', by the page's own
+    log timestamps (None if it has not connected since)."""
+    return browser.eval("""(() => {
+      const ms = l => { const [h, m, s] = l.slice(0, 12).split(':'); return ((+h * 60 + +m) * 60 + +s) * 1000; };
+      let t0 = null, t1 = null;
+      for (const l of document.getElementById('log').textContent.split('\\n')) {
+        if (l.includes(' offer sent')) { t0 = ms(l); t1 = null; }
+        else if (t0 !== null && t1 === null && l.includes(' media connected')) t1 = ms(l);
+      }
+      return t0 !== null && t1 !== null ? Math.round(t1 - t0) : null;
+    })()""")
+
+
 # ---------------------------------------------------------------------------------------
 
 
 class Suite:
-    def __init__(self):
+    def __init__(self, only=None):
         self.results = []
+        self.only = only
 
     def run(self, name, fn):
+        """True if `fn` passed, False if it failed, None if --only skipped it."""
+        if self.only and self.only.lower() not in name.lower():
+            return None
         t = time.monotonic()
         say(f"RUN  {name}")
         try:
@@ -603,6 +696,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--update-screenshot", action="store_true", help="copy the screenshot to docs/demo.png")
     ap.add_argument("--any-netns", action="store_true", help="run even outside a loopback-only network namespace")
+    ap.add_argument("--only", metavar="TEXT", help="run only the tests whose name contains TEXT (a debugging aid: "
+                    "later tests may depend on earlier ones)")
     args = ap.parse_args()
 
     ok, names = in_private_netns()
@@ -639,7 +734,7 @@ def main():
     subprocess.run(["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", "-D", str(silence_wav), "trim", "0",
                     str(TONE_SECONDS)], check=True, timeout=30)
 
-    suite = Suite()
+    suite = Suite(args.only)
     front = seed_srv = nats = None
     browsers = {}
     try:
@@ -655,10 +750,10 @@ def main():
         say("browsers up: " + ", ".join(f"{n} ({tones[n]} Hz, pid {b.pid})" for n, b in browsers.items()))
         alice, bob, carol, dave = (browsers[n] for n in ("alice", "bob", "carol", "dave"))
 
-        def demo_url(name, conversation):
+        def demo_url(name, conversation, at=None):
             q = urllib.parse.urlencode({"name": name, "conversation": conversation, "autojoin": 1, "test": 1,
                                         "clientid": f"{name}-tab"})
-            return f"{front.url}/?{q}"
+            return f"{(at or front).url}/?{q}"
 
         STATUS = "window.beepTest && beepTest.status()"
 
@@ -672,7 +767,10 @@ def main():
             carol.open(demo_url("carol", "room2"))
             alice.wait_for(slot_user("bob"), 20, "connected media with bob in a slot", STATUS)
             bob.wait_for(slot_user("alice"), 10, "connected media with alice in a slot", STATUS)
+            for b in (alice, bob):
+                udp_connect_ms[b.name] = connect_ms(b)
 
+        udp_connect_ms = {}
         joined = suite.run("demo page: alice and bob join room1, connect, and see each other in a slot", join_room1)
 
         def hear_each_other():
@@ -785,7 +883,7 @@ def main():
             assert m["freq"] is not None and (near(m["freq"], 440) or near(m["freq"], 880)), \
                 f"the seed client does not hear alice (440 Hz) or bob (880 Hz): {m}"
 
-        if not suite.run("seed README flow (raw v=0 offer, one m-line, POST /join) connects and hears a member", seed_flow):
+        if suite.run("seed README flow (raw v=0 offer, one m-line, POST /join) connects and hears a member", seed_flow) is False:
             # Diagnostic, not counted: does media work for a one-m-line client once the prefix is dealt with?
             t = time.monotonic()
             say("DIAG the same seed client, stripping the '<type>::' prefix from what it receives:")
@@ -977,6 +1075,53 @@ def main():
 
         suite.run("DTX: a silent member sends a few packets/s, takes no slot and opens no bite; "
                   "the other member's tone is heard", dtx_silent_member)
+
+        def ice_tcp():
+            # A front of its own with a port range of its own, whose UDP an nft rule drops both
+            # ways: alice and bob must fall back to the worker's passive TCP candidate (ICE-TCP,
+            # RFC 6544 / RFC 4571 framing) and still hear each other. Their getStats must show a
+            # selected pair over TCP to the answer's TCP candidate, and the rule must have
+            # dropped the UDP checks they tried first (else TCP proves nothing).
+            for b in browsers.values():
+                b.open("about:blank")
+            lo, hi = ICE_TCP_PORTS
+            # The rule stays until the pages have left and the front has stopped: no late UDP
+            # check gets through to the worker while anything of the test still runs.
+            with UdpBlock(lo, hi) as block:
+                tcp_front = Front(bins / BUILT_FRONT.name, bins / BUILT_WORKER.name, nats.url,
+                                  {"RTC_PORTS": f"{lo}-{hi}"}, "front-tcp.log")
+                say(f"  front with RTC_PORTS={lo}-{hi} on {tcp_front.url} (pid {tcp_front.pid}), log {tcp_front.log}")
+                try:
+                    for b in (alice, bob):
+                        b.open(demo_url(b.name, "tcp-only", tcp_front))
+                    alice.wait_for(slot_user("bob"), 25, "connected media (over TCP) with bob in a slot", STATUS)
+                    bob.wait_for(slot_user("alice"), 10, "connected media (over TCP) with alice in a slot", STATUS)
+                    for b in (alice, bob):
+                        pair = b.eval(SELECTED_PAIR)
+                        answer_tcp = b.eval("(S.pc.remoteDescription.sdp.match(/a=candidate:.* tcp .*/i) || [null])[0]")
+                        say(f"  {b.name}: selected pair {json.dumps(pair)}; connected {connect_ms(b)} ms after "
+                            f"its offer (over UDP in the first test: {udp_connect_ms.get(b.name)} ms)")
+                        assert answer_tcp, "the answer has no TCP candidate"
+                        assert pair and pair["state"] == "succeeded", f"{b.name}: no succeeded selected pair: {pair}"
+                        assert pair["local"]["protocol"] == "tcp" and pair["remote"]["protocol"] == "tcp", \
+                            f"{b.name}: the selected pair is not over TCP: {pair}"
+                        assert f" {pair['remote']['port']} " in answer_tcp, \
+                            f"{b.name}: the selected remote candidate is not the answer's TCP one ({answer_tcp!r}): {pair}"
+                        assert pair["bytesReceived"] > 0 and pair["bytesSent"] > 0, f"{b.name}: nothing through the pair: {pair}"
+                    ma, mb = measure_all([alice, bob])
+                    say("  " + describe(ma))
+                    say("  " + describe(mb))
+                    assert_hears(ma, 440, {"bob": 880})
+                    assert_hears(mb, 880, {"alice": 440})
+                    dropped = block.dropped()
+                    say(f"  UDP packets dropped by the nft rule: {dropped}")
+                    assert dropped > 0, "the nft rule dropped no UDP: the browsers never tried UDP, the test proves little"
+                finally:
+                    for b in (alice, bob):
+                        b.open("about:blank")
+                    tcp_front.stop()
+
+        suite.run("ICE-TCP: with UDP blocked, alice and bob connect over TCP and hear each other", ice_tcp)
         if not joined:
             say("(the later tests depend on the first one)")
     except Exception as e:  # noqa: BLE001 - setup failures count as a failed test

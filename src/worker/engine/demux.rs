@@ -98,6 +98,16 @@ impl Demux {
         }
     }
 
+    /// Forgets one address (an ICE-TCP connection that ended): a new connection that comes
+    /// from the same address later must authenticate again, like any other.
+    pub(super) fn forget(&mut self, from: Remote) {
+        if let Some(key) = self.by_address.remove(&from)
+            && let Some(route) = self.routes.get_mut(&key)
+        {
+            route.addresses.retain(|a| *a != from);
+        }
+    }
+
     /// The connection a datagram from `from` is for, if any; a drop is counted in `drops`.
     pub(super) fn route(&mut self, from: Remote, data: &[u8], drops: &mut DropStats) -> Verdict {
         if !is_stun(data) {
@@ -278,6 +288,16 @@ mod tests {
         assert_eq!(d.route(tcp, &one, &mut drops), Verdict::Deliver(PeerKey(1)));
         assert_eq!(d.route(tcp, SRTP, &mut drops), Verdict::Deliver(PeerKey(1)));
 
+        // A TCP connection that ended is forgotten: a new one from the same address (a
+        // recycled port) reaches nothing until it authenticates, while UDP is unaffected.
+        d.forget(tcp);
+        assert_eq!(d.route(tcp, SRTP, &mut drops), Verdict::Drop);
+        assert_eq!(
+            d.route(addr(1000), SRTP, &mut drops),
+            Verdict::Deliver(PeerKey(1))
+        );
+        assert_eq!(d.route(tcp, &one, &mut drops), Verdict::Deliver(PeerKey(1)));
+
         // A client that re-offers from the same address moves to its new connection.
         d.remove(PeerKey(1));
         assert_eq!(d.route(addr(1000), SRTP, &mut drops), Verdict::Drop);
@@ -291,7 +311,7 @@ mod tests {
             d.route(addr(1000), SRTP, &mut drops),
             Verdict::Deliver(PeerKey(3))
         );
-        assert_eq!(drops.total(), 4);
+        assert_eq!(drops.total(), 5);
     }
 
     #[test]
