@@ -397,6 +397,7 @@ impl Driver {
         };
         flush(peer);
         let mut failed = false;
+        let mut ice_connected = false;
         while let Some(ev) = peer.pc.poll_event() {
             let mut s = lock(&peer.shared);
             match ev {
@@ -404,6 +405,7 @@ impl Driver {
                     RTCIceConnectionState::Connected,
                 ) => {
                     s.ice_connected_at.get_or_insert(Instant::now());
+                    ice_connected = true;
                 }
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
                     RTCPeerConnectionState::Connected => {
@@ -417,6 +419,14 @@ impl Driver {
                 },
                 _ => {}
             }
+        }
+        if ice_connected {
+            // rtc starts the DTLS handshake (we are the client) when ICE selects the pair, but
+            // leaves the first flight in the DTLS endpoint until the next `handle_timeout`:
+            // the next ICE timer, ~200 ms on. Without this kick every join would wait for it
+            // (the full client's "ClientHello ~190 ms late").
+            let _ = peer.pc.handle_timeout(Instant::now());
+            flush(peer);
         }
         let mut got = false;
         let mut shared = None;
