@@ -216,8 +216,8 @@ pub struct JoinReport {
 pub struct Loss {
     pub listeners: usize,
     /// Over all listeners: 1 − received/sent in the window, by the probe counters of each
-    /// sender heard (sent: how far its counter advanced). Sequence gaps and timestamps
-    /// backwards count since each stream began.
+    /// sender heard, over all of the listener's slots (sent: how far that sender's counter
+    /// advanced). Sequence gaps and timestamps backwards count since each stream began.
     pub overall: f64,
     pub mean: f64,
     pub p50: f64,
@@ -627,10 +627,11 @@ fn print_contention(r: &Report, c: &Contention) {
         Option<&TickLateness>,
     )| {
         println!(
-            "  {name:6} delivery {delivery:.4}  loss {:.3}%  SFU {} cores  loadgen {lg:.3} cores ({:.0}% of its {cpus} CPU)  send ticks p99 late {} ms, {:.0}/s",
+            "  {name:6} delivery {delivery:.4}  loss {:.3}%  SFU {} cores  loadgen {lg:.3} cores ({:.0}% of its {cpus} CPU{})  send ticks p99 late {} ms, {:.0}/s",
             100.0 * loss,
             sfu.map_or("-".into(), |c| format!("{c:.3}")),
             100.0 * lg / cpus,
+            if cpus > 1.0 { "s" } else { "" },
             le_ms(ticks.and_then(|t| t.p99_le_ms)),
             ticks.map_or(0.0, |t| t.ticks_per_s),
         );

@@ -26,15 +26,20 @@ pub(super) struct Listener<'a> {
     pub(super) member: &'a Member,
 }
 
-/// Per (incoming SSRC, sender tag): packets heard, lowest and highest probe counter.
-type Heard = HashMap<(u32, String), (u64, u32, u32)>;
+/// Per sender tag, over all of a listener's slots: packets heard, lowest and highest probe
+/// counter. By tag, not by slot stream: a speaker who moves to another slot (the selection
+/// switched) is still one sender whose counter runs on.
+type Heard = HashMap<String, (u64, u32, u32)>;
 
 fn heard(m: &Member) -> Heard {
     let mut h = Heard::new();
-    for (ssrc, st) in m.streams() {
+    for (_, st) in m.streams() {
         for (tag, (lo, hi)) in &st.counters {
             let got = st.from.get(tag).copied().unwrap_or(0);
-            h.insert((ssrc, tag.clone()), (got, *lo, *hi));
+            let e = h.entry(tag.clone()).or_insert((0, *lo, *hi));
+            e.0 += got;
+            e.1 = e.1.min(*lo);
+            e.2 = e.2.max(*hi);
         }
     }
     h
