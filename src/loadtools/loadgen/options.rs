@@ -31,8 +31,9 @@ loss per listener, and the CPU and memory of front and every worker.
 
 The clients are full webrtc-crate connections (--client full, the default) or light ones
 (--client light): rtc sans-I/O connections all driven by one task, with no interceptors,
-jitter buffer or decoding, which cost loadgen several times less CPU per packet, so that
-the SFU saturates first. Both signal, offer, send and count alike; the report is the same.
+jitter buffer or decoding: they cost loadgen about 0.6x the full client's CPU per received
+packet and keep their send ticks on time under load. Both signal, offer, send and count
+alike; the report is the same.
 
 Contention (--contention sfu|clients|both) measures the same load point twice, back to back:
 a quiet window, then one with a busy-loop process pinned (taskset) to each CPU of the SFU
