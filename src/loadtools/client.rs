@@ -36,11 +36,12 @@ use webrtc::peer_connection::{
     RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
 };
 
+use super::ticks::SendTicks;
 use crate::media::opus;
 use crate::wire::identity::Identity;
 use crate::worker::peer::{audio_engine, opus_media_track};
 
-pub use super::probe::{PROBE_SIZE, now_micros, parse_probe, probe_payload};
+pub use super::probe::{PROBE_SIZE, now_micros, parse_probe, parse_probe_ref, probe_payload};
 
 /// What one incoming stream (one slot) delivered.
 #[derive(Clone, Debug, Default)]
@@ -67,6 +68,63 @@ pub struct StreamStats {
     last: Option<(u16, u32)>,
 }
 
+impl StreamStats {
+    /// Counts one arrived packet of this stream: sequence gaps, timestamps going backwards,
+    /// the wait since the previous one, and (for a probe) who sent it, its counter and its
+    /// one-way delay (at most `latency_cap` samples). The full and the light client both
+    /// count with this, so their reports mean the same.
+    pub fn record(
+        &mut self,
+        header: &rtp::header::Header,
+        payload: &[u8],
+        now: Instant,
+        latency_cap: usize,
+    ) {
+        self.packets += 1;
+        self.bytes += payload.len() as u64;
+        self.first_at.get_or_insert(now);
+        if let Some(last) = self.last_at {
+            self.max_gap = self.max_gap.max(now.duration_since(last));
+        }
+        self.last_at = Some(now);
+        if header.marker {
+            self.markers += 1;
+        }
+        if let Some((last_seq, last_ts)) = self.last {
+            if header.sequence_number != last_seq.wrapping_add(1) {
+                self.seq_gaps += 1;
+            }
+            if (header.timestamp.wrapping_sub(last_ts) as i32) < 0 {
+                self.ts_backwards += 1;
+            }
+        }
+        self.last = Some((header.sequence_number, header.timestamp));
+        let Some((tag, sent, counter)) = parse_probe_ref(payload) else {
+            return;
+        };
+        // Looked up before inserting: a tag is allocated once per sender, not per packet.
+        match self.counters.get_mut(tag) {
+            Some((lo, hi)) => {
+                *lo = (*lo).min(counter);
+                *hi = (*hi).max(counter);
+            }
+            None => {
+                self.counters.insert(tag.to_string(), (counter, counter));
+            }
+        }
+        match self.from.get_mut(tag) {
+            Some(n) => *n += 1,
+            None => {
+                self.from.insert(tag.to_string(), 1);
+            }
+        }
+        if self.latency_us.len() < latency_cap {
+            self.latency_us
+                .push(now_micros().saturating_sub(sent).min(u32::MAX as u64) as u32);
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// `ws://host:port/connect[?conversation=...]`.
@@ -79,6 +137,12 @@ pub struct ClientOptions {
     pub bind_ip: String,
     /// Keep at most this many latency samples per stream.
     pub latency_samples: usize,
+    /// Offer the first m-line `sendrecv` (a speaker's microphone) or `recvonly` (a listener).
+    /// The full client always offers `sendrecv`, as a browser with a microphone does; the
+    /// light client follows this.
+    pub sends: bool,
+    /// Where the send ticks' lateness goes (loadgen's report), if anywhere.
+    pub send_ticks: Option<Arc<SendTicks>>,
 }
 
 impl ClientOptions {
@@ -93,6 +157,8 @@ impl ClientOptions {
             legacy_raw_offer: false,
             bind_ip: "127.0.0.1".into(),
             latency_samples: 10_000,
+            sends: true,
+            send_ticks: None,
         }
     }
 }
@@ -130,6 +196,7 @@ pub struct Client {
     sending: Arc<AtomicU64>,
     /// The microphone's RTP numbering, held by whoever sends (one sender at a time).
     mic_clock: Arc<tokio::sync::Mutex<MicClock>>,
+    send_ticks: Option<Arc<SendTicks>>,
 }
 
 /// The microphone stream's RTP numbering, shared by [`Client::start_sending`] and
@@ -219,44 +286,15 @@ impl PeerConnectionEventHandler for Handler {
                     continue;
                 };
                 let now = Instant::now();
-                let probe = parse_probe(&pkt.payload);
                 let mut s = lock(&shared);
                 s.packets += 1;
                 s.first_packet_at.get_or_insert(now);
-                let st = s.streams.entry(pkt.header.ssrc).or_default();
-                st.packets += 1;
-                st.bytes += pkt.payload.len() as u64;
-                st.first_at.get_or_insert(now);
-                if let Some(last) = st.last_at {
-                    st.max_gap = st.max_gap.max(now.duration_since(last));
-                }
-                st.last_at = Some(now);
-                if pkt.header.marker {
-                    st.markers += 1;
-                }
-                if let Some((last_seq, last_ts)) = st.last {
-                    if pkt.header.sequence_number != last_seq.wrapping_add(1) {
-                        st.seq_gaps += 1;
-                    }
-                    if (pkt.header.timestamp.wrapping_sub(last_ts) as i32) < 0 {
-                        st.ts_backwards += 1;
-                    }
-                }
-                st.last = Some((pkt.header.sequence_number, pkt.header.timestamp));
-                if let Some((tag, sent, counter)) = probe {
-                    st.counters
-                        .entry(tag.clone())
-                        .and_modify(|(lo, hi)| {
-                            *lo = (*lo).min(counter);
-                            *hi = (*hi).max(counter);
-                        })
-                        .or_insert((counter, counter));
-                    *st.from.entry(tag).or_default() += 1;
-                    if st.latency_us.len() < cap {
-                        st.latency_us
-                            .push(now_micros().saturating_sub(sent).min(u32::MAX as u64) as u32);
-                    }
-                }
+                s.streams.entry(pkt.header.ssrc).or_default().record(
+                    &pkt.header,
+                    &pkt.payload,
+                    now,
+                    cap,
+                );
             }
         });
     }
@@ -435,6 +473,7 @@ impl Client {
             answer_at,
             sending: Arc::new(AtomicU64::new(0)),
             mic_clock: Arc::new(tokio::sync::Mutex::new(MicClock::new())),
+            send_ticks: opts.send_ticks.clone(),
         })
     }
 
@@ -491,12 +530,13 @@ impl Client {
     /// [`Client::start_sending`], one packet every `every` (a flood, for the abuse tests).
     pub fn start_sending_every(&self, tag: &str, dbov: u8, every: Duration) {
         let me = self.sending.fetch_add(1, Ordering::Relaxed) + 1;
-        let (mic, ssrc, sending, clock, tag) = (
+        let (mic, ssrc, sending, clock, tag, ticks) = (
             self.mic.clone(),
             self.mic_ssrc,
             self.sending.clone(),
             self.mic_clock.clone(),
             tag.to_string(),
+            self.send_ticks.clone(),
         );
         tokio::spawn(async move {
             let mut clock = clock.lock_owned().await;
@@ -504,7 +544,10 @@ impl Client {
             let mut n = 0u32;
             let mut ts = None;
             while sending.load(Ordering::Relaxed) == me {
-                tick.tick().await;
+                let due = tick.tick().await;
+                if let Some(ticks) = &ticks {
+                    ticks.record(due.elapsed());
+                }
                 let t = *ts.get_or_insert_with(|| clock.talkspurt_ts());
                 let pkt = rtp::Packet {
                     header: rtp::header::Header {

@@ -28,11 +28,16 @@ pub fn probe_payload(tag: &str, counter: u32) -> Bytes {
 
 /// Reads a probe payload: (tag, send time µs, counter).
 pub fn parse_probe(p: &[u8]) -> Option<(String, u64, u32)> {
+    parse_probe_ref(p).map(|(tag, sent, counter)| (tag.to_string(), sent, counter))
+}
+
+/// [`parse_probe`] without copying the tag: what a receiver counting every packet uses.
+pub fn parse_probe_ref(p: &[u8]) -> Option<(&str, u64, u32)> {
     if p.len() < 3 || &p[..2] != PROBE_MAGIC {
         return None;
     }
     let n = p[2] as usize;
-    let tag = std::str::from_utf8(p.get(3..3 + n)?).ok()?.to_string();
+    let tag = std::str::from_utf8(p.get(3..3 + n)?).ok()?;
     let rest = p.get(3 + n..3 + n + 12)?;
     let sent = u64::from_be_bytes(rest[..8].try_into().ok()?);
     let counter = u32::from_be_bytes(rest[8..12].try_into().ok()?);

@@ -1,5 +1,6 @@
-//! Load generator: many webrtc-rs clients ([`crate::loadtools::client`]) in one process, against a running
-//! front or one it starts itself.
+//! Load generator: many webrtc-rs clients ([`crate::loadtools::client`], or the light ones of
+//! [`crate::loadtools::light`]) in one process, against a running front or one it starts
+//! itself.
 //!
 //! *Load mode* puts N clients into M conversations (client `i` joins conversation `i % M`), the
 //! first S members of each conversation speak (probe payloads at 50 packets/s, see
@@ -23,23 +24,34 @@
 //! | `options` | the command line ([`Options`], clap) and its validation |
 //! | `server` | the front under test: started or attached to, its `/metrics` |
 //! | `sample` | `/proc` samples of front, its workers and the CPUs |
-//! | `load` | load mode |
+//! | `member` | one client of a run, full or light ([`ClientKind`]) |
+//! | `load` | load mode: joins, warm-up, the windows |
+//! | `window` | one measurement window: forwarding, loss, latency, CPU, drops |
+//! | `drops` | the drop counters: `/metrics` `beep_*drop*` series, kernel UDP drops |
+//! | `hog` | CPU hogs for `--contention` |
 //! | `churn` | churn mode |
 //! | `report` | the report ([`Report`], the JSON), its distributions, [`print_summary`] |
 
 mod churn;
+mod drops;
+mod hog;
 mod load;
+mod member;
 mod options;
 mod report;
 mod sample;
 mod server;
+mod window;
 
 use anyhow::Context;
 
+pub use drops::{DropCounter, Drops, UdpDrops};
+pub use hog::HogTarget;
+pub use member::ClientKind;
 pub use options::Options;
 pub use report::{
-    ChurnReport, Dist, Forwarding, JoinDists, JoinRecord, JoinReport, Loss, Machine, ProcDelta,
-    Report, ServerReport, SfuDelay, Snapshot, print_summary,
+    ChurnReport, Contention, Dist, Forwarding, JoinDists, JoinRecord, JoinReport, Loss, Machine,
+    ProcDelta, Report, ServerReport, SfuDelay, Snapshot, WindowReport, print_summary,
 };
 use server::Server;
 

@@ -8,11 +8,14 @@ use std::path::PathBuf;
 use clap::error::ErrorKind;
 use clap::{ArgGroup, CommandFactory, Parser};
 
+use super::hog::HogTarget;
+use super::member::ClientKind;
 use crate::loadtools::client::ClientOptions;
 
 const SERVER: &str = "Server (one of --spawn-front and --url)";
 const LOAD: &str = "Load (default mode)";
 const CHURN: &str = "Churn (instead of load)";
+const CONTENTION: &str = "Contention (load mode, a second window with a CPU hog)";
 const OUTPUT: &str = "Output";
 
 /// What `--help` says before the options (`-h` says the same).
@@ -25,6 +28,20 @@ offers K receive slots. The first member of every conversation joins first (its 
 conversation's worker), then everyone else, spread over the ramp-up time. After a warm-up it
 measures a steady-state window: forwarded packets/s, one-way latency, the delay inside the SFU,
 loss per listener, and the CPU and memory of front and every worker.
+
+The clients are full webrtc-crate connections (--client full, the default) or light ones
+(--client light): rtc sans-I/O connections all driven by one task, with no interceptors,
+jitter buffer or decoding: they cost loadgen about 0.6x the full client's CPU per received
+packet and keep their send ticks on time under load. Both signal, offer, send and count
+alike; the report is the same.
+
+Contention (--contention sfu|clients|both) measures the same load point twice, back to back:
+a quiet window, then one with a busy-loop process pinned (taskset) to each CPU of the SFU
+(--front-cpus) and/or of loadgen itself; it reports delivery, loss and drops for both, and
+how late the clients' send ticks ran, which says whether the clients kept up.
+
+Every window also reports the drop counters of front's /metrics (beep_*drop*, by name and
+labels) and the kernel's drops (/proc/net/udp) of the workers' and loadgen's UDP sockets.
 
 Churn mode (--churn) connects and closes clients many times and compares front's and the
 workers' RSS, open fds and threads before and after, once the server has let go of every
@@ -104,6 +121,23 @@ pub struct Options {
         help_heading = LOAD
     )]
     pub level_dbov: u8,
+    /// Which client: `full` (webrtc crate) or `light` (rtc sans-I/O, one task for all).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "KIND",
+        default_value_t = ClientKind::Full,
+        help_heading = LOAD
+    )]
+    pub client: ClientKind,
+
+    /// After the quiet window, measure again with a CPU hog on the SFU's CPUs
+    /// (--front-cpus), on loadgen's own CPUs, or both.
+    #[arg(long, value_enum, value_name = "WHERE", help_heading = CONTENTION)]
+    pub contention: Option<HogTarget>,
+    /// Busy-loop processes per hogged CPU.
+    #[arg(long, value_name = "N", default_value_t = 1, help_heading = CONTENTION)]
+    pub hogs_per_cpu: usize,
 
     /// Connect → connected → first packet → close, CYCLES times (churn mode when above 0).
     #[arg(long, value_name = "CYCLES", default_value_t = 0, help_heading = CHURN)]
@@ -189,6 +223,18 @@ impl Options {
         if crate::wire::identity::check_conversation_id(&format!("{}-0", self.prefix)).is_err() {
             return invalid("--prefix must be letters, digits, '-' or '_'");
         }
+        if self.churn > 0 && self.client == ClientKind::Light {
+            return invalid("--client light is for load mode; churn mode uses the full client");
+        }
+        if self.churn > 0 && self.contention.is_some() {
+            return invalid("--contention is for load mode");
+        }
+        if matches!(self.contention, Some(HogTarget::Sfu | HogTarget::Both))
+            && self.front_cpus.is_none()
+        {
+            return invalid("--contention sfu|both needs --spawn-front --front-cpus LIST");
+        }
+        self.hogs_per_cpu = self.hogs_per_cpu.max(1);
         self.churn_concurrency = self.churn_concurrency.max(1);
         self.churn_rounds = self.churn_rounds.max(1);
         Ok(())
@@ -240,6 +286,8 @@ mod tests {
             (0, 4, 1, 60.0)
         );
         assert!(!o.churn_spawn && !o.quiet && !o.keep_log && o.json.is_none());
+        assert_eq!(o.client, ClientKind::Full);
+        assert_eq!((o.contention, o.hogs_per_cpu), (None, 1));
         assert_eq!(o.prefix, format!("lg{}", std::process::id()));
     }
 
@@ -296,6 +344,24 @@ mod tests {
             assert_eq!(e.exit_code(), 2, "{bad}");
             assert_ne!(e.kind(), ErrorKind::DisplayHelp, "{bad}");
         }
+        // The light client and the hogs are for load mode; hogging the SFU needs its CPUs.
+        for bad in [
+            "--spawn-front --churn 3 --client light",
+            "--spawn-front --churn 3 --contention clients",
+            "--spawn-front --contention sfu",
+            "--spawn-front --contention both",
+            "--spawn-front --client medium",
+            "--spawn-front --contention cpu",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+        }
+        let o =
+            parse("--spawn-front --client light --contention both --front-cpus 0 --hogs-per-cpu 0")
+                .unwrap();
+        assert_eq!(o.client, ClientKind::Light);
+        assert_eq!((o.contention, o.hogs_per_cpu), (Some(HogTarget::Both), 1));
+        assert!(parse("--spawn-front --contention clients").is_ok());
         // Churn mode has no measurement window.
         assert!(parse("--spawn-front --churn 3 --duration 0").is_ok());
     }

@@ -7,8 +7,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::drops::Drops;
+use super::hog::HogTarget;
+use super::member::ClientKind;
 use super::sample::cpu_count;
 use crate::front::procfs::ProcSample;
+use crate::loadtools::ticks::TickLateness;
 
 /// A distribution summary, in milliseconds.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -60,6 +64,8 @@ pub struct Machine {
     pub cpu_model: String,
     pub kernel: String,
     pub loadgen_affinity: String,
+    /// CPUs in `loadgen_affinity`: the cores the clients may use.
+    pub loadgen_cpus: usize,
 }
 
 impl Machine {
@@ -74,6 +80,7 @@ impl Machine {
             })
             .unwrap_or_default();
         Machine {
+            loadgen_cpus: super::hog::parse_cpu_list(&affinity).map_or(0, |c| c.len()),
             cpus: cpu_count(),
             cpu_model: cpuinfo
                 .lines()
@@ -208,7 +215,9 @@ pub struct JoinReport {
 #[derive(Debug, Default, Serialize)]
 pub struct Loss {
     pub listeners: usize,
-    /// Over all listeners: 1 − received/sent, by the probe counters of each sender heard.
+    /// Over all listeners: 1 − received/sent in the window, by the probe counters of each
+    /// sender heard, over all of the listener's slots (sent: how far that sender's counter
+    /// advanced). Sequence gaps and timestamps backwards count since each stream began.
     pub overall: f64,
     pub mean: f64,
     pub p50: f64,
@@ -276,6 +285,29 @@ pub struct ServerReport {
     pub cpu_busy: Vec<f64>,
 }
 
+/// Everything one measurement window measured.
+#[derive(Debug, Default, Serialize)]
+pub struct WindowReport {
+    pub forwarding: Forwarding,
+    pub server: Option<ServerReport>,
+    pub loadgen_cpu_s: f64,
+    pub loadgen_cores_busy: f64,
+    /// How late the speakers' send ticks ran: whether the clients kept up.
+    pub send_ticks: TickLateness,
+    pub drops: Drops,
+}
+
+/// The contention run: the report's own window was quiet; this one had the hogs.
+#[derive(Debug, Serialize)]
+pub struct Contention {
+    pub hog: HogTarget,
+    pub hog_cpus: Vec<usize>,
+    pub hogs_per_cpu: usize,
+    /// After starting the hogs, before the window.
+    pub settle_s: f64,
+    pub hogged: WindowReport,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct ProcDelta {
     pub rss_kib: i64,
@@ -324,6 +356,14 @@ pub struct Report {
     pub server: Option<ServerReport>,
     pub loadgen_cpu_s: f64,
     pub loadgen_cores_busy: f64,
+    /// Which client loadgen ran.
+    pub client: ClientKind,
+    /// Load mode: how late the speakers' send ticks ran in the window.
+    pub send_ticks: Option<TickLateness>,
+    /// Load mode: every drop counter over the window.
+    pub drops: Option<Drops>,
+    /// `--contention`: the same point measured again with CPU hogs.
+    pub contention: Option<Contention>,
     pub churn: Option<ChurnReport>,
     pub front_log: String,
 }
@@ -445,9 +485,30 @@ pub fn print_summary(r: &Report) {
     }
     if r.mode == "load" {
         println!(
-            "loadgen: {:.2} s CPU = {:.3} cores",
-            r.loadgen_cpu_s, r.loadgen_cores_busy
+            "loadgen ({} client): {:.2} s CPU = {:.3} cores{}",
+            match r.client {
+                ClientKind::Full => "full",
+                ClientKind::Light => "light",
+            },
+            r.loadgen_cpu_s,
+            r.loadgen_cores_busy,
+            r.forwarding
+                .as_ref()
+                .filter(|f| f.packets_received > 0)
+                .map_or(String::new(), |f| format!(
+                    "; {:.2} µs CPU per received packet",
+                    r.loadgen_cpu_s * 1e6 / f.packets_received as f64
+                ))
         );
+    }
+    if let Some(t) = &r.send_ticks {
+        println!("  send ticks: {}", ticks_line(t));
+    }
+    if let Some(d) = &r.drops {
+        print_drops(d);
+    }
+    if let Some(c) = &r.contention {
+        print_contention(r, c);
     }
     if let Some(c) = &r.churn {
         println!(
@@ -495,4 +556,112 @@ pub fn print_summary(r: &Report) {
     if !r.front_log.is_empty() {
         println!("front log: {}", r.front_log);
     }
+}
+
+fn le_ms(v: Option<f64>) -> String {
+    v.map_or("> 100".to_string(), |v| format!("≤ {v}"))
+}
+
+fn ticks_line(t: &TickLateness) -> String {
+    format!(
+        "{:.0}/s, late mean {:.3} p50 {} p99 {} p99.9 {} ms; {} over 5 ms, {} over 20 ms",
+        t.ticks_per_s,
+        t.mean_ms,
+        le_ms(t.p50_le_ms),
+        le_ms(t.p99_le_ms),
+        le_ms(t.p999_le_ms),
+        t.over_5ms,
+        t.over_20ms
+    )
+}
+
+fn print_drops(d: &Drops) {
+    let metrics: Vec<String> = d
+        .metrics
+        .iter()
+        .map(|m| format!("{} +{}", m.series, m.delta))
+        .collect();
+    println!(
+        "  drops: kernel UDP at the workers' {} sockets +{} (total {}), at loadgen's {} sockets +{}; /metrics: {}",
+        d.sfu_udp.sockets,
+        d.sfu_udp.drops,
+        d.sfu_udp.total,
+        d.loadgen_udp.sockets,
+        d.loadgen_udp.drops,
+        if metrics.is_empty() {
+            "(no drop series)".to_string()
+        } else {
+            metrics.join(", ")
+        }
+    );
+}
+
+fn print_contention(r: &Report, c: &Contention) {
+    println!(
+        "contention: quiet window above; then {} hog(s) per CPU on {:?} ({})",
+        c.hogs_per_cpu,
+        c.hog_cpus,
+        match c.hog {
+            HogTarget::Sfu => "the SFU's CPUs",
+            HogTarget::Clients => "loadgen's CPUs",
+            HogTarget::Both => "the SFU's and loadgen's CPUs",
+        }
+    );
+    let cpus = r.machine.loadgen_cpus.max(1) as f64;
+    let quiet = r.forwarding.as_ref().map(|f| {
+        (
+            f.delivery,
+            f.loss.overall,
+            r.loadgen_cores_busy,
+            r.server.as_ref().map(|s| s.cores_busy),
+            r.send_ticks.as_ref(),
+        )
+    });
+    let h = &c.hogged;
+    let row = |name: &str,
+               (delivery, loss, lg, sfu, ticks): (
+        f64,
+        f64,
+        f64,
+        Option<f64>,
+        Option<&TickLateness>,
+    )| {
+        println!(
+            "  {name:6} delivery {delivery:.4}  loss {:.3}%  SFU {} cores  loadgen {lg:.3} cores ({:.0}% of its {cpus} CPU{})  send ticks p99 late {} ms, {:.0}/s",
+            100.0 * loss,
+            sfu.map_or("-".into(), |c| format!("{c:.3}")),
+            100.0 * lg / cpus,
+            if cpus > 1.0 { "s" } else { "" },
+            le_ms(ticks.and_then(|t| t.p99_le_ms)),
+            ticks.map_or(0.0, |t| t.ticks_per_s),
+        );
+    };
+    if let Some(q) = quiet {
+        row("quiet", q);
+    }
+    row(
+        "hogged",
+        (
+            h.forwarding.delivery,
+            h.forwarding.loss.overall,
+            h.loadgen_cores_busy,
+            h.server.as_ref().map(|s| s.cores_busy),
+            Some(&h.send_ticks),
+        ),
+    );
+    println!(
+        "  hogged: {:.0} pkt/s of {:.0} expected; one-way latency {}",
+        h.forwarding.packets_per_s,
+        h.forwarding.expected_per_s,
+        h.forwarding.latency.line()
+    );
+    if let Some(d) = &h.forwarding.sfu_delay {
+        println!(
+            "  hogged: in the SFU mean {:.3} p99 {} ms",
+            d.mean_ms,
+            d.p99_le_ms.map_or("> 50".to_string(), |v| format!("≤ {v}"))
+        );
+    }
+    println!("  hogged send ticks: {}", ticks_line(&h.send_ticks));
+    print_drops(&h.drops);
 }

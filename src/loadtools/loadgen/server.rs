@@ -148,7 +148,7 @@ impl Server {
         self.front_pid.map(ServerSample::take)
     }
 
-    async fn metrics_text(&self) -> Option<String> {
+    pub(super) async fn metrics_text(&self) -> Option<String> {
         let r = self.http.get(self.url("/metrics")).send().await.ok()?;
         r.text().await.ok()
     }
