@@ -443,3 +443,124 @@ async fn a_60_kb_offer_of_3000_m_lines_is_refused_at_once_with_its_reason() {
     small.assert_serving().await;
     front.assert_serving().await;
 }
+
+/// A Binding request to the server's connection with ufrag `server_ufrag`, claiming the
+/// controlled role with the lowest tiebreaker (so a role conflict would make the server the
+/// controlling agent), signed with `pwd` (`None`: a forged, unsigned one).
+fn binding_request(server_ufrag: &str, pwd: Option<&str>) -> Vec<u8> {
+    use rtc::stun::attributes::{ATTR_ICE_CONTROLLED, ATTR_USERNAME, AttrType};
+    use rtc::stun::integrity::MessageIntegrity;
+    use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
+    use rtc::stun::textattrs::TextAttribute;
+    struct Raw(AttrType, Vec<u8>);
+    impl Setter for Raw {
+        fn add_to(&self, m: &mut Message) -> rtc::shared::error::Result<()> {
+            m.add(self.0, &self.1);
+            Ok(())
+        }
+    }
+    let crypto = rtc::crypto::default_provider().expect("crypto");
+    let mut setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(BINDING_REQUEST),
+        Box::new(TransactionId::new()),
+        Box::new(TextAttribute::new(
+            ATTR_USERNAME,
+            format!("{server_ufrag}:abcd"),
+        )),
+        Box::new(Raw(ATTR_ICE_CONTROLLED, 0u64.to_be_bytes().to_vec())),
+    ];
+    if let Some(pwd) = pwd {
+        setters.push(Box::new(
+            MessageIntegrity::new_short_term_integrity_with_provider(
+                pwd.to_owned(),
+                crypto.crypto(),
+            ),
+        ));
+    }
+    let mut m = Message::new();
+    m.build(&setters).expect("a STUN request");
+    m.raw
+}
+
+/// Issue 16 point 3. No unauthenticated STUN reaches the ICE agent: a member lists a
+/// "victim" socket as its candidate; then a forged Binding request claiming ICE-CONTROLLED
+/// (which rtc-ice would answer with a role switch before checking integrity, making the
+/// ICE-lite server check every listed candidate), and the member's own correctly signed one
+/// claiming the same role, reach the worker's port. The victim hears nothing, both are
+/// counted where they were stopped, and a real pair in the room talks on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_or_role_switching_stun_is_stopped_before_the_ice_agent() {
+    let perms = Permissions::start().await;
+    let front = Front::start(&perms.url(), &[]).await;
+    let a = member(&front, "stun", "alice").await;
+    let b = member(&front, "stun", "bob").await;
+    a.start_sending("alice", 20);
+    assert!(eventually(T, || b.heard_from("alice") > 10).await);
+
+    let victim = UdpSocket::bind("127.0.0.1:0").expect("victim socket");
+    victim
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let victim_port = victim.local_addr().expect("addr").port();
+    let mut s = Signal::open(&front, "?conversation=stun", "mallory", "app").await;
+    s.send(&format!(
+        "offer::{OFFER}a=candidate:1 1 udp 2130706431 127.0.0.1 {victim_port} typ host\r\n"
+    ))
+    .await;
+    let answer = s.wait_for("answer::", T).await.expect("an answer");
+    let attr = |name: &str| {
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("a={name}:")))
+            .unwrap_or_else(|| panic!("no {name} in the answer"))
+            .trim()
+            .to_owned()
+    };
+    let (ufrag, pwd) = (attr("ice-ufrag"), attr("ice-pwd"));
+    let port = server_candidate(answer.trim_start_matches("answer::"));
+    let attacker = UdpSocket::bind("127.0.0.1:0").expect("attacker");
+    attacker
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    for _ in 0..5 {
+        attacker
+            .send_to(&binding_request(&ufrag, None), port)
+            .expect("forged");
+        attacker
+            .send_to(&binding_request(&ufrag, Some(&pwd)), port)
+            .expect("signed");
+    }
+    let victim_heard = tokio::task::spawn_blocking(move || {
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while Instant::now() < until {
+            if victim.recv_from(&mut buf).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    })
+    .await
+    .expect("victim");
+    let mut buf = [0u8; 2048];
+    let answered = attacker.recv_from(&mut buf).is_ok();
+    println!(
+        "the victim received {victim_heard} datagrams; the attacker got an answer: {answered}"
+    );
+    assert_eq!(victim_heard, 0, "the server sent to the listed candidate");
+    assert!(!answered, "the server answered a refused request");
+    for reason in ["stun-unauthenticated", "stun-role-conflict"] {
+        let sample = format!(r#"beep_packets_dropped_total{{reason="{reason}"}}"#);
+        let n = metric_reaching(&front, &sample, 5.0).await;
+        println!("{sample} {n}");
+    }
+    let before = b.heard_from("alice");
+    assert!(
+        eventually(T, || b.heard_from("alice") > before + 10).await,
+        "the pair stalled"
+    );
+    front.assert_serving().await;
+    a.close().await;
+    b.close().await;
+}

@@ -50,8 +50,12 @@ pub struct MediaConfig {
     pub socket_send_buffer: u32,
 }
 
+/// 1 MiB: at a worker's usual inbound rate (speakers, and RTCP and consent checks from
+/// every listener: ~1 000 datagrams/s in a room of 500) about a second of datagrams, enough to
+/// ride out a stall of the worker's CPU; more would only turn loss at saturation into
+/// seconds of delay (docs/BENCHMARKS.md, "Delivery under a busy machine").
 pub fn default_socket_buffer() -> u32 {
-    4 << 20
+    1 << 20
 }
 
 pub fn default_member_packets_per_s() -> u32 {

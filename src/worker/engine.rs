@@ -82,8 +82,12 @@ const TICK: Duration = Duration::from_millis(50);
 const STATS_EVERY: Duration = Duration::from_secs(2);
 /// Most of front's messages served per turn of the loop (then the datagrams get a turn).
 const FRONT_SHARE: usize = 4;
-/// Most datagrams served per turn of the loop (then front and the timers get a turn).
+/// Most datagrams served per turn of the loop (then front and the timers get a turn) ...
 const DATAGRAM_SHARE: usize = 8 * RECV_BATCH;
+/// ... and most time spent on them: in a room of hundreds one datagram can cost a
+/// millisecond of fan-out, and an offer must not wait behind a quarter of a second of it
+/// (front kills a worker that leaves an offer unanswered for 10 s).
+const DATAGRAM_TIME_SHARE: Duration = Duration::from_millis(5);
 /// A worker stopping because nobody connected refuses offers until front has been quiet this
 /// long (at most [`RETIRE_MAX`]), so an offer front sent just before is answered, not lost
 /// with the process.
@@ -157,13 +161,15 @@ pub struct Engine {
     demux: Demux,
     /// What the connections want sent, sent together after each input ([`Engine::send_out`]).
     outbox: Vec<Transmit>,
-    /// Reused for every read from the port.
+    /// Datagrams read from the port and not yet handled, the oldest last.
     inbox: Vec<Received>,
     /// Reused for every packet: what the room decided to send.
     forwards: Vec<Forward>,
     /// Copies of the current packet written into listeners' connections, waiting in the
-    /// outbox: their forwarding delay is taken once they have been sent.
+    /// outbox: their forwarding delay is taken once they have been sent ...
     copies_pending: u64,
+    /// ... from when the datagram they came from was read.
+    read_at: Option<Instant>,
     /// Datagrams dropped by this engine (the room counts its own), by reason.
     drops: DropStats,
     /// Sessions ended because their handling panicked.
@@ -231,6 +237,8 @@ impl Engine {
                 .timers
                 .first()
                 .map_or(next_tick, |(t, _)| (*t).min(next_tick));
+            // Datagrams already read and not yet handled: no sleep.
+            let wake = if engine.inbox.is_empty() { wake } else { now };
             sleep.as_mut().reset(wake.into());
             let woke = tokio::select! {
                 input = front.recv() => Wake::Front(input),
@@ -256,8 +264,14 @@ impl Engine {
                     break 'run stop;
                 }
             }
-            engine.read_port(DATAGRAM_SHARE);
+            let busy = engine.read_port(DATAGRAM_SHARE);
             engine.send_out();
+            if busy {
+                // The port always has more: nothing below would ever make this task wait, and
+                // on the worker's one thread the link to front (heartbeats, answers) and the
+                // bite publisher would never run. Let them.
+                tokio::task::yield_now().await;
+            }
         };
         // Told why only when it is news to front: a conversation nobody connected to.
         let reason_for_sessions = never_connected.then_some(CloseReason::Failed);
@@ -316,6 +330,7 @@ impl Engine {
             inbox: Vec::with_capacity(RECV_BATCH),
             forwards: Vec::new(),
             copies_pending: 0,
+            read_at: None,
             drops: DropStats::default(),
             panics: 0,
             forward_delay: DelayHistogram::default(),
@@ -467,23 +482,28 @@ impl Engine {
         }
     }
 
-    /// Reads and handles what is waiting at the port, up to `budget` datagrams.
-    fn read_port(&mut self, budget: usize) {
+    /// Reads and handles what is waiting at the port, up to `budget` datagrams and
+    /// [`DATAGRAM_TIME_SHARE`]; what was read and not handled waits in `inbox` for the next
+    /// turn (which then does not sleep). Returns whether a budget ran out (the engine is busy).
+    fn read_port(&mut self, budget: usize) -> bool {
+        let start = Instant::now();
         let mut handled = 0;
-        while handled < budget {
-            let Some(port) = self.port.as_mut() else {
-                return;
-            };
-            let mut inbox = std::mem::take(&mut self.inbox);
-            let n = port.recv(&mut inbox, &mut self.drops);
-            for d in inbox.drain(..) {
+        loop {
+            while let Some(d) = self.inbox.pop() {
                 self.on_datagram(d);
+                handled += 1;
+                if handled >= budget || start.elapsed() >= DATAGRAM_TIME_SHARE {
+                    return true;
+                }
             }
-            self.inbox = inbox;
-            handled += n;
-            if n < RECV_BATCH {
-                return;
+            let Some(port) = self.port.as_mut() else {
+                return false;
+            };
+            if port.recv(&mut self.inbox, &mut self.drops) == 0 {
+                return false;
             }
+            // Popped from the back: in the order they arrived.
+            self.inbox.reverse();
         }
     }
 
@@ -528,13 +548,21 @@ impl Engine {
             self.drops.unselected_address += 1;
             return;
         }
-        let at = d.at;
+        self.read_at = Some(d.at);
         self.guarded(key, |engine| engine.read_datagram(key, d));
         self.bury();
         // The copies this packet became have been queued: they leave now, together.
+        self.send_copies();
+        self.read_at = None;
+    }
+
+    /// Sends the outbox and takes the forwarding delay of the copies that were in it.
+    fn send_copies(&mut self) {
         self.send_out();
         let copies = std::mem::take(&mut self.copies_pending);
-        self.forward_delay.record_n(at.elapsed(), copies);
+        if let Some(at) = self.read_at {
+            self.forward_delay.record_n(at.elapsed(), copies);
+        }
     }
 
     /// Sends what the connections queued, in as few system calls as the batch allows (and

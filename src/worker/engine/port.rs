@@ -76,6 +76,9 @@ pub(super) struct Port {
     send_headers: MultiHeaders<SockaddrStorage>,
     /// The kernel's count of datagrams dropped for a full receive buffer, as last reported.
     kernel_drops: u32,
+    /// `sendmmsg` calls made and datagrams they took: how well sends are batched.
+    pub send_calls: u64,
+    pub datagrams_sent: u64,
 }
 
 impl Port {
@@ -104,6 +107,8 @@ impl Port {
             recv_buffers: vec![vec![0u8; MAX_DATAGRAM]; RECV_BATCH],
             send_headers: MultiHeaders::preallocate(SEND_BATCH, None),
             kernel_drops: 0,
+            send_calls: 0,
+            datagrams_sent: 0,
         })
     }
 
@@ -183,6 +188,7 @@ impl Port {
             let slices: Vec<[IoSlice<'_>; 1]> =
                 chunk.iter().map(|t| [IoSlice::new(&t.data)]).collect();
             let no_cmsgs: [nix::sys::socket::ControlMessage<'_>; 0] = [];
+            self.send_calls += 1;
             match sendmmsg(
                 fd,
                 &mut self.send_headers,
@@ -199,6 +205,7 @@ impl Port {
                         break;
                     }
                     next += sent;
+                    self.datagrams_sent += sent as u64;
                 }
                 Err(nix::errno::Errno::EAGAIN) => {
                     // The send buffer is full: what is left of this batch is dropped.
@@ -350,6 +357,63 @@ mod tests {
             first_connect_ms: 0,
             socket_recv_buffer: 0,
             socket_send_buffer: 0,
+        }
+    }
+
+    /// A batch of datagrams to 300 different destinations leaves in one system call, and
+    /// every one arrives where it was addressed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_to_many_destinations_is_one_system_call() {
+        let mut port = Port::bind(&media("127.0.0.1", (20_000, 29_999))).expect("a port");
+        let listeners: Vec<std::net::UdpSocket> = (0..300)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("a listener"))
+            .collect();
+        let mut out: Vec<Transmit> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Transmit {
+                to: l.local_addr().expect("address"),
+                transport: Transport::Udp,
+                data: BytesMut::from(&(i as u32).to_be_bytes()[..]),
+            })
+            .collect();
+        let mut drops = DropStats::default();
+        port.send(&mut out, &mut drops);
+        assert_eq!((port.send_calls, port.datagrams_sent), (1, 300));
+        assert!(out.is_empty());
+        assert_eq!(drops.total(), 0);
+        for (i, l) in listeners.iter().enumerate() {
+            l.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .expect("timeout");
+            let mut buf = [0u8; 16];
+            let (n, from) = l.recv_from(&mut buf).expect("its datagram");
+            assert_eq!(&buf[..n], &(i as u32).to_be_bytes());
+            assert_eq!(from.port(), port.local.port());
+        }
+    }
+
+    /// A burst waiting at the port is read in batches of [`RECV_BATCH`], every datagram with
+    /// its source.
+    #[tokio::test(flavor = "current_thread")]
+    async fn waiting_datagrams_are_read_in_batches() {
+        let mut port = Port::bind(&media("127.0.0.1", (20_000, 29_999))).expect("a port");
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("a sender");
+        for i in 0..(RECV_BATCH as u32 + 5) {
+            sender.send_to(&i.to_be_bytes(), port.local).expect("send");
+        }
+        let mut got = Vec::new();
+        let mut drops = DropStats::default();
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        let mut reads = Vec::new();
+        while got.len() < RECV_BATCH + 5 && Instant::now() < deadline {
+            port.readable().await;
+            reads.push(port.recv(&mut got, &mut drops));
+        }
+        assert_eq!(reads.first(), Some(&RECV_BATCH), "{reads:?}");
+        assert_eq!(got.len(), RECV_BATCH + 5);
+        for (i, d) in got.iter().enumerate() {
+            assert_eq!(&d.data[..], &(i as u32).to_be_bytes());
+            assert_eq!(d.from, sender.local_addr().expect("address"));
         }
     }
 

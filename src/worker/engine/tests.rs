@@ -483,6 +483,39 @@ fn a_panic_in_one_connection_ends_that_session_and_the_room_goes_on() {
     rig.connect(&mut [&mut a, &mut b, &mut d]);
 }
 
+/// A speaker's packet becomes one copy per listener, and all the copies leave in one
+/// `sendmmsg`.
+#[test]
+fn a_packets_copies_to_all_listeners_leave_in_one_system_call() {
+    let mut rig = Rig::new();
+    let mut clients: Vec<Client> = (0..5).map(|_| rig.join()).collect();
+    {
+        let mut all: Vec<&mut Client> = clients.iter_mut().collect();
+        rig.connect(&mut all);
+        rig.talk(0, 30, &mut all);
+    }
+    assert!(
+        clients[1..].iter().all(|c| c.received > 10),
+        "the listeners hear the speaker"
+    );
+    clients[0].speak();
+    let sent = clients[0].outgoing();
+    assert_eq!(sent.len(), 1);
+    let port = |rig: &Rig| {
+        let p = rig.engine.port.as_ref().expect("a port");
+        (p.send_calls, p.datagrams_sent)
+    };
+    let before = port(&rig);
+    let from = clients[0].addr;
+    rig.inject(from, sent[0].clone());
+    let after = port(&rig);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1, 4),
+        "one system call for the 4 copies"
+    );
+}
+
 /// A flood from addresses no check came from is dropped at the port, one table lookup each,
 /// and counted; the members talk on as if nothing happened.
 #[test]
