@@ -12,6 +12,7 @@
 //! | [`session`] | one client's WebSocket signalling loop |
 //! | [`outbox`] | what front sends down one socket, through a bounded queue |
 //! | [`permissions`] | the permission check, failing closed |
+//! | `rates` | the sliding minute behind the join, offer and new-conversation rates |
 //! | [`bites`] | replays of dead workers' spools; front's NATS connection |
 //! | [`demo`] | development only: the demo page's bite list and `/bites/…` audio |
 //! | [`supervisor`] | spawning, connecting and watching one worker process |
@@ -31,6 +32,7 @@ pub mod notify;
 pub mod outbox;
 pub mod permissions;
 pub mod procfs;
+mod rates;
 pub mod session;
 pub mod state;
 pub mod supervisor;

@@ -27,6 +27,7 @@ use super::bites::BiteReplays;
 use super::conversation::{Conversation, CrashHistory, CrashPolicy};
 use super::metrics::Metrics;
 use super::permissions::{PermissionClient, Verdict};
+use super::rates::over_rate;
 use super::supervisor::{self, Pending, WorkerEvents, WorkerSpec};
 use crate::config::Config;
 use crate::wire::identity::Identity;
@@ -129,23 +130,6 @@ impl Client {
     pub fn active(&self) -> bool {
         self.socket.is_some() || self.session.is_some()
     }
-}
-
-/// Whether one more event now would pass `per_minute` in the sliding minute of `recent`
-/// (forgetting what is older); `Some(wait)` until the oldest leaves the window.
-fn over_rate(recent: &mut VecDeque<Instant>, per_minute: u32, now: Instant) -> Option<Duration> {
-    let minute = Duration::from_secs(60);
-    while recent
-        .front()
-        .is_some_and(|t| now.duration_since(*t) > minute)
-    {
-        recent.pop_front();
-    }
-    (recent.len() >= per_minute as usize).then(|| {
-        recent
-            .front()
-            .map_or(minute, |t| minute.saturating_sub(now.duration_since(*t)))
-    })
 }
 
 /// Most bytes of trickled candidates kept for an offer still waiting for its join (with at
@@ -655,24 +639,12 @@ fn new_conversation_limited(
     conversation: &str,
     now: Instant,
 ) -> Option<(String, Duration)> {
-    const MINUTE: Duration = Duration::from_secs(60);
     if st.conversations.contains_key(conversation) || st.crashes.contains_key(conversation) {
         return None;
     }
     let recent = st.new_conversations.get_mut(userid)?;
-    while recent
-        .front()
-        .is_some_and(|t| now.duration_since(*t) >= MINUTE)
-    {
-        recent.pop_front();
-    }
-    let limit = front.cfg.new_conversations_per_minute as usize;
-    if recent.len() < limit {
-        return None;
-    }
-    let retry_after = recent
-        .front()
-        .map_or(MINUTE, |t| MINUTE.saturating_sub(now.duration_since(*t)));
+    let limit = front.cfg.new_conversations_per_minute;
+    let retry_after = over_rate(recent, limit, now)?;
     Some((
         format!(
             "user {userid} has started {} new conversations within a minute (the limit is {limit}, NEW_CONVERSATIONS_PER_MINUTE); try again in {} s",

@@ -7,4 +7,5 @@ pub mod client;
 pub mod light;
 pub mod loadgen;
 pub mod probe;
+pub mod stream;
 pub mod ticks;

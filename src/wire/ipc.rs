@@ -50,6 +50,28 @@ pub struct MediaConfig {
     pub socket_send_buffer: u32,
 }
 
+#[cfg(test)]
+impl MediaConfig {
+    /// The worker's unit tests' settings: one address, no member caps, no ICE-TCP, the
+    /// kernel's socket buffers.
+    pub(crate) fn for_tests(bind_ip: &str, ports: (u16, u16)) -> MediaConfig {
+        MediaConfig {
+            bind_ip: bind_ip.parse().ok(),
+            ports,
+            tcp_ports: None,
+            public_ip: None,
+            max_slots: 3,
+            ice_disconnected_ms: 5_000,
+            ice_failed_ms: 15_000,
+            member_packets_per_s: 0,
+            member_bytes_per_s: 0,
+            first_connect_ms: 0,
+            socket_recv_buffer: 0,
+            socket_send_buffer: 0,
+        }
+    }
+}
+
 /// 1 MiB: at a worker's usual inbound rate (speakers, and RTCP and consent checks from
 /// every listener: ~1 000 datagrams/s in a room of 500) about a second of datagrams, enough to
 /// ride out a stall of the worker's CPU; more would only turn loss at saturation into

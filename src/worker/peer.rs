@@ -404,20 +404,7 @@ mod tests {
     use super::*;
 
     fn media(bind_ip: &str, ports: (u16, u16)) -> MediaConfig {
-        MediaConfig {
-            bind_ip: Some(bind_ip.parse().expect("an IP")),
-            ports,
-            tcp_ports: None,
-            public_ip: None,
-            max_slots: 3,
-            ice_disconnected_ms: 5_000,
-            ice_failed_ms: 15_000,
-            member_packets_per_s: 0,
-            member_bytes_per_s: 0,
-            first_connect_ms: 0,
-            socket_recv_buffer: 0,
-            socket_send_buffer: 0,
-        }
+        MediaConfig::for_tests(bind_ip, ports)
     }
 
     /// A Chromium-shaped offer: three audio m-lines, Opus 111 with Chromium's own parameters

@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use rtc::peer_connection::message::TaggedRTCMessage;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 

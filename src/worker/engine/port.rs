@@ -235,39 +235,44 @@ fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
 /// Sets the socket's buffer sizes, forcing them past the system's caps where the process may
 /// (`CAP_NET_ADMIN`), and says so when the kernel granted less than asked.
 fn size_buffers(socket: &std::net::UdpSocket, media: &MediaConfig) {
-    let want = media.socket_recv_buffer as usize;
-    if want > 0 {
-        if setsockopt(socket, sockopt::RcvBufForce, &want).is_err() {
-            let _ = setsockopt(socket, sockopt::RcvBuf, &want);
-        }
-        warn_if_capped(
-            "RTC_RECV_BUFFER_BYTES",
-            want,
-            getsockopt(socket, sockopt::RcvBuf),
-            "rmem_max",
-        );
-    }
-    let want = media.socket_send_buffer as usize;
-    if want > 0 {
-        if setsockopt(socket, sockopt::SndBufForce, &want).is_err() {
-            let _ = setsockopt(socket, sockopt::SndBuf, &want);
-        }
-        warn_if_capped(
-            "RTC_SEND_BUFFER_BYTES",
-            want,
-            getsockopt(socket, sockopt::SndBuf),
-            "wmem_max",
-        );
-    }
+    size_buffer(
+        socket,
+        media.socket_recv_buffer,
+        (sockopt::RcvBufForce, sockopt::RcvBuf),
+        ("RTC_RECV_BUFFER_BYTES", "rmem_max"),
+    );
+    size_buffer(
+        socket,
+        media.socket_send_buffer,
+        (sockopt::SndBufForce, sockopt::SndBuf),
+        ("RTC_SEND_BUFFER_BYTES", "wmem_max"),
+    );
 }
 
-fn warn_if_capped(name: &str, want: usize, got: nix::Result<usize>, sysctl: &str) {
+/// One buffer: `forced` past the cap, else `normal` (capped); `names` are the setting and
+/// the sysctl that caps it, for the warning.
+fn size_buffer<F, N>(
+    socket: &std::net::UdpSocket,
+    want: u32,
+    (forced, normal): (F, N),
+    (setting, sysctl): (&str, &str),
+) where
+    F: nix::sys::socket::SetSockOpt<Val = usize>,
+    N: nix::sys::socket::SetSockOpt<Val = usize> + nix::sys::socket::GetSockOpt<Val = usize> + Copy,
+{
+    let want = want as usize;
+    if want == 0 {
+        return;
+    }
+    if setsockopt(socket, forced, &want).is_err() {
+        let _ = setsockopt(socket, normal, &want);
+    }
     // Linux reports twice what it was asked (it keeps room for its own bookkeeping).
-    if let Ok(got) = got
+    if let Ok(got) = getsockopt(socket, normal)
         && got / 2 < want
     {
         tracing::warn!(
-            "{name}={want}, but the kernel granted {}: raise net.core.{sysctl} or give the \
+            "{setting}={want}, but the kernel granted {}: raise net.core.{sysctl} or give the \
              service CAP_NET_ADMIN",
             got / 2
         );
@@ -344,20 +349,7 @@ mod tests {
     use super::*;
 
     fn media(bind_ip: &str, ports: (u16, u16)) -> MediaConfig {
-        MediaConfig {
-            bind_ip: Some(bind_ip.parse().expect("an IP")),
-            ports,
-            tcp_ports: None,
-            public_ip: None,
-            max_slots: 3,
-            ice_disconnected_ms: 5_000,
-            ice_failed_ms: 15_000,
-            member_packets_per_s: 0,
-            member_bytes_per_s: 0,
-            first_connect_ms: 0,
-            socket_recv_buffer: 0,
-            socket_send_buffer: 0,
-        }
+        MediaConfig::for_tests(bind_ip, ports)
     }
 
     /// A batch of datagrams to 300 different destinations leaves in one system call, and

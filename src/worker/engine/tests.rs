@@ -11,7 +11,7 @@
 //!   ([`fuzz_datagrams`]; `cargo test` runs a bounded random sample, `cargo bolero test`
 //!   runs it under libFuzzer, see the README).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket as StdUdpSocket};
+use std::net::{Ipv6Addr, UdpSocket as StdUdpSocket};
 
 use bytes::{Bytes, BytesMut};
 use rtc::ice::mdns::MulticastDnsMode;
@@ -21,6 +21,7 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use rtc::stun::message::{CLASS_REQUEST, Message};
 use tokio::sync::mpsc;
@@ -200,18 +201,9 @@ impl Rig {
             conversation: "test".into(),
             generation: Generation(1),
             media: MediaConfig {
-                bind_ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-                ports: (20_000, 29_999),
-                tcp_ports: None,
-                public_ip: None,
-                max_slots: 3,
-                ice_disconnected_ms: 5_000,
-                ice_failed_ms: 15_000,
                 member_packets_per_s: 120,
                 member_bytes_per_s: 64 * 1024,
-                first_connect_ms: 0,
-                socket_recv_buffer: 0,
-                socket_send_buffer: 0,
+                ..MediaConfig::for_tests("127.0.0.1", (20_000, 29_999))
             },
             cutter: None,
             orphan_grace: Duration::from_secs(60),
