@@ -19,7 +19,7 @@
 //! | [`config`] | settings from the environment / `.env`, validated at startup | front |
 //! | [`ctl`] | the operator CLI's client side: one request to front's admin socket, printed | `ctl` |
 //! | [`telemetry`] | tracing setup | both |
-//! | `loadtools` | the webrtc-rs test client and the load generator (feature `loadtools`) | tests, `loadgen` |
+//! | `loadtools` | the webrtc-rs test client, the light `rtc` load client and the load generator (feature `loadtools`) | tests, `loadgen` |
 //!
 //! Dependencies point one way: `front` and `worker` use `media` and `wire`; `media` uses
 //! `wire` for ids; `wire` uses nothing of ours.
