@@ -529,7 +529,15 @@ impl Engine {
             }
         }
         flush(peer, &mut self.outbox);
-        rearm(&mut self.timers, key, peer, now);
+        let polled = peer.pc.poll_timeout();
+        rearm(
+            &mut self.timers,
+            key,
+            &mut peer.deadline,
+            peer.last_timeout,
+            polled,
+            now,
+        );
         let (session, level_id) = (peer.session, peer.level_id);
 
         if !received.is_empty() {
@@ -649,9 +657,10 @@ mod tcp;
 #[cfg(test)]
 mod tests;
 
+use super::timer::rearm;
 pub use bites::BiteSink;
 use bites::unix_ms_now;
-use connection::{closed_by_client, flush, rearm, selected_remote};
+use connection::{closed_by_client, flush, selected_remote};
 use demux::{Demux, Verdict, is_stun};
 use guard::panic_text;
 use port::{Port, RECV_BATCH, Received, Transmit, Transport};

@@ -21,6 +21,7 @@
 
 pub mod engine;
 pub mod peer;
+pub mod timer;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

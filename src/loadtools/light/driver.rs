@@ -34,14 +34,12 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Shared, lock};
 use crate::loadtools::probe::probe_payload;
 use crate::loadtools::ticks::SendTicks;
+use crate::worker::timer::rearm;
 
 /// One probe every 20 ms, as an Opus sender of 20 ms frames.
 const PACKET_INTERVAL: Duration = Duration::from_millis(20);
 /// RTP timestamp units per packet (48 kHz × 20 ms).
 const SAMPLES_PER_PACKET: u32 = 960;
-/// A connection whose timer is already due is handled at most this often: a deadline that
-/// stays in the past must not spin the loop (as in the worker, webrtc#862).
-const MIN_TIMEOUT_INTERVAL: Duration = Duration::from_millis(1);
 /// Datagrams read from one socket per wake-up before the others get their turn.
 const READ_BATCH: usize = 32;
 
@@ -455,7 +453,15 @@ impl Driver {
             self.close(key);
             return;
         }
-        rearm(&mut self.timers, key, peer, Instant::now());
+        let polled = peer.pc.poll_timeout();
+        rearm(
+            &mut self.timers,
+            key,
+            &mut peer.deadline,
+            peer.last_timeout,
+            polled,
+            Instant::now(),
+        );
     }
 }
 
@@ -502,26 +508,5 @@ fn flush(peer: &mut Peer) {
         let _ = peer
             .socket
             .try_send_to(&msg.message, msg.transport.peer_addr);
-    }
-}
-
-/// Moves the connection's entry in the timer set to its next deadline.
-fn rearm(timers: &mut BTreeSet<(Instant, u64)>, key: u64, peer: &mut Peer, now: Instant) {
-    let next = peer.pc.poll_timeout().map(|t| {
-        if t <= now && now.duration_since(peer.last_timeout) < MIN_TIMEOUT_INTERVAL {
-            peer.last_timeout + MIN_TIMEOUT_INTERVAL
-        } else {
-            t
-        }
-    });
-    if next == peer.deadline {
-        return;
-    }
-    if let Some(old) = peer.deadline.take() {
-        timers.remove(&(old, key));
-    }
-    if let Some(t) = next {
-        timers.insert((t, key));
-        peer.deadline = Some(t);
     }
 }

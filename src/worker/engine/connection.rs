@@ -1,22 +1,15 @@
 //! What the engine asks of one `rtc` peer connection beyond its `poll_*` loop: whether the
-//! client closed it, the pair ICE selected, taking what it has queued to send, and its next timer.
+//! client closed it, the pair ICE selected, and taking what it has queued to send.
 
-use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
 
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::transport::{RTCDtlsTransport, RTCDtlsTransportState};
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
-
 use rtc::shared::TransportProtocol;
 
-use super::{Peer, PeerKey, Transmit, Transport};
-
-/// A connection whose timer is already due is handled at most this often: a deadline that
-/// stays in the past must not spin the loop (webrtc#862).
-const MIN_TIMEOUT_INTERVAL: Duration = Duration::from_millis(1);
+use super::{Peer, Transmit, Transport};
 
 /// Whether the client closed the connection (its DTLS close_notify arrived).
 pub(super) fn closed_by_client(pc: &mut RTCPeerConnection) -> bool {
@@ -70,32 +63,5 @@ pub(super) fn flush(peer: &mut Peer, outbox: &mut Vec<Transmit>) {
             transport,
             data: msg.message,
         });
-    }
-}
-
-/// Moves the connection's entry in the timer set to its next deadline.
-pub(super) fn rearm(
-    timers: &mut BTreeSet<(Instant, PeerKey)>,
-    key: PeerKey,
-    peer: &mut Peer,
-    now: Instant,
-) {
-    let next = peer.pc.poll_timeout().map(|t| {
-        // Already due, and handled less than a millisecond ago: wait out the millisecond.
-        if t <= now && now.duration_since(peer.last_timeout) < MIN_TIMEOUT_INTERVAL {
-            peer.last_timeout + MIN_TIMEOUT_INTERVAL
-        } else {
-            t
-        }
-    });
-    if next == peer.deadline {
-        return;
-    }
-    if let Some(old) = peer.deadline.take() {
-        timers.remove(&(old, key));
-    }
-    if let Some(t) = next {
-        timers.insert((t, key));
-        peer.deadline = Some(t);
     }
 }

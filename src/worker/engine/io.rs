@@ -50,9 +50,9 @@ impl Engine {
             }
         }
         if let Verdict::Deliver(key) = verdict {
+            // It sends what the datagram led to.
             self.deliver(key, d);
         }
-        self.send_out();
     }
 
     pub(super) fn on_tcp(&mut self, event: TcpEvent) {
