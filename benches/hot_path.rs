@@ -11,12 +11,16 @@
 //! - `selector/*`: `Selector::on_audio` per packet and `Selector::tick` (every 50 ms) by room size.
 //! - `ipc/*`: encode and decode of the front ↔ worker messages (an offer with a realistic SDP,
 //!   a stats report, a slots event).
+//! - `level_audit/*`: `LevelAudit::check` per received packet, on real Opus (libopus-encoded
+//!   syllables): an honest speaker (checked in sampled runs), a distrusted one (every packet
+//!   decoded), a quiet claim (never decoded).
 //!
 //! Run: `cargo bench --bench hot_path` (add `-- room_on_rtp` to filter).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use beep_webrtc::media::audit::{self, DecodeBudget, LevelAudit};
 use beep_webrtc::media::bite::CutterConfig;
 use beep_webrtc::media::ogg_opus::{self, BiteTags};
 use beep_webrtc::media::rewrite::{SlotRewriter, SourceKey};
@@ -313,11 +317,91 @@ fn bench_ipc(c: &mut Criterion) {
     g.finish();
 }
 
+/// 20 s of a voice-like signal (a 150 Hz buzz in 200 ms syllables, peaks -30 to -12 dBFS) as
+/// a WebRTC client sends it (libopus, VoIP, 32 kbit/s, 20 ms), each packet with its true level.
+fn voice_packets() -> Vec<(Vec<u8>, Loudness)> {
+    let mut enc =
+        ::opus::Encoder::new(48_000, ::opus::Channels::Mono, ::opus::Application::Voip).unwrap();
+    enc.set_bitrate(::opus::Bitrate::Bits(32_000)).unwrap();
+    let pcm: Vec<i16> = (0..48_000 * 20)
+        .map(|i| {
+            let t = i as f64 / 48_000.0;
+            let syllable = (t / 0.3) as u64;
+            let on = t - syllable as f64 * 0.3 < 0.2;
+            let amp = if on {
+                10f64.powf((-30.0 + (syllable * 7 % 19) as f64) / 20.0)
+            } else {
+                0.0
+            };
+            let buzz: f64 = (1..6)
+                .map(|h| (std::f64::consts::TAU * 150.0 * h as f64 * t).sin() / h as f64)
+                .sum();
+            (amp * buzz / 1.5 * 32767.0) as i16
+        })
+        .collect();
+    pcm.chunks_exact(960)
+        .map(|frame| {
+            let db = audit::level_db(frame);
+            let level = Loudness::Level {
+                dbov: 127 - db.round() as u8,
+                voice: true,
+            };
+            (enc.encode_vec(frame, 1500).unwrap(), level)
+        })
+        .collect()
+}
+
+/// `LevelAudit::check` per received packet: an honest speaker (checked in runs, the common
+/// case), a distrusted one (every packet decoded: what one decode costs), and a quiet claim.
+fn bench_audit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("level_audit");
+    g.throughput(Throughput::Elements(1));
+    let voice = voice_packets();
+    let t0 = Instant::now();
+    for (name, lie) in [
+        ("honest_voice", false),
+        ("distrusted_every_packet_decoded", true),
+    ] {
+        let mut a = LevelAudit::new(1);
+        let mut budget = DecodeBudget::new(f32::MAX, f32::MAX);
+        let mut n = 0usize;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let (p, level) = &voice[n % voice.len()];
+                let claim = if lie {
+                    Loudness::Level {
+                        dbov: 0,
+                        voice: true,
+                    }
+                } else {
+                    *level
+                };
+                let now = t0 + Duration::from_millis(20 * n as u64);
+                n += 1;
+                black_box(a.check(claim, black_box(p), now, &mut budget))
+            })
+        });
+        if lie {
+            assert!(a.distrusted(), "the liar was not found");
+        }
+    }
+    let mut a = LevelAudit::new(1);
+    let mut budget = DecodeBudget::default();
+    let quiet = Loudness::Level {
+        dbov: 90,
+        voice: false,
+    };
+    g.bench_function("quiet_claim", |b| {
+        b.iter(|| black_box(a.check(quiet, black_box(&voice[0].0), t0, &mut budget)))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = bench_room, bench_rewrite, bench_selector, bench_ipc
+    targets = bench_room, bench_rewrite, bench_selector, bench_ipc, bench_audit
 }
 criterion_main!(benches);

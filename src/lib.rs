@@ -11,7 +11,7 @@
 //!
 //! | module | what it is | used by |
 //! |---|---|---|
-//! | [`media`] | the pure core: SDP facts, speech, speaker selection, RTP rewriting, room routing | worker (front reads offers with it) |
+//! | [`media`] | the pure core: SDP facts, speech, level audit, speaker selection, RTP rewriting, room routing | worker (front reads offers with it) |
 //! | [`worker`] | the worker process: its shell, the `rtc` engine, peer construction | worker |
 //! | [`publish`] | bites to NATS: the publisher task, the durable spool, the `bites` tool | worker (front replays dead workers' spools) |
 //! | [`front`] | front's state, HTTP routes, signalling sessions, permissions, supervisor, metrics | front |

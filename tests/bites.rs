@@ -848,3 +848,82 @@ async fn a_long_utterance_is_split_without_gap() {
     })
     .await;
 }
+
+/// Issue 16, point 1. Three clients of one user send real Opus of digital silence stamped
+/// 0 dBov, the loudest level there is, from before another member starts talking until after
+/// she stops. Before the level audit they took all three of the listener's slots for good and
+/// opened bites non-stop; now their claims are checked against what their packets decode to:
+/// they take no slot, open no bite, the listener hears the honest speaker, and the refused
+/// claims are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loudness_claimed_without_audio_takes_no_slot_and_opens_no_bite() {
+    limit(async {
+        let (alice_voice, _) = voices("liars", 2.0);
+        let silence = encode_tone(&workdir("liars-silence"), &Tone::silence(5.0));
+        assert!(
+            silence.iter().all(|p| p.len() > 2),
+            "the silence must not be DTX-sized (those are refused without decoding)"
+        );
+        let rig = Rig::start(&[]).await;
+        let mut opts = ClientOptions::new(rig.front.ws("?conversation=liars"), "bob", "phone");
+        opts.slots = 3;
+        let bob = Client::connect(opts).await.expect("bob");
+        bob.wait_connected(T).await.expect("bob connected");
+        let alice = member(&rig.front, "liars", "alice").await;
+        let mut liars = Vec::new();
+        for n in 1..=3 {
+            let c = Client::connect(ClientOptions::new(
+                rig.front.ws("?conversation=liars"),
+                "mallory",
+                &format!("m{n}"),
+            ))
+            .await
+            .expect("mallory");
+            c.wait_connected(T).await.expect("mallory connected");
+            liars.push(c);
+        }
+        let lies = futures_util::future::join_all(liars.iter().map(|m| m.speak(&silence, 0)));
+        let honest = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            alice.speak(&alice_voice[..100], LOUD).await
+        };
+        let (lied, spoke) = tokio::join!(lies, honest);
+        assert!(lied.iter().all(Result::is_ok), "{lied:?}");
+        spoke.expect("alice speaks");
+
+        let got = rig.bites(1, ARRIVE).await;
+        assert_eq!(got[0].user, "alice", "{got:?}");
+        let slots_named: Vec<_> = bob
+            .events()
+            .into_iter()
+            .filter(|e| e["type"] == "slots")
+            .flat_map(|e| {
+                e["slots"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|s| s["userid"].as_str().map(String::from))
+            })
+            .collect();
+        assert!(
+            !slots_named.iter().any(|u| u == "mallory"),
+            "a liar took a slot: {slots_named:?}"
+        );
+        assert!(slots_named.iter().any(|u| u == "alice"), "{slots_named:?}");
+        assert!(
+            bob.packets_received() >= 90,
+            "bob heard {} packets of alice's 100",
+            bob.packets_received()
+        );
+        let refused = rig
+            .wait_metric("beep_level_claims_refused_total", T, |v| v >= 3)
+            .await;
+        let decodes = rig.metric("beep_level_decodes_total").await;
+        println!("claims refused {refused}, packets decoded {decodes}");
+        for c in liars.iter().chain([&alice, &bob]) {
+            c.close().await;
+        }
+    })
+    .await;
+}

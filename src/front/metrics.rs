@@ -289,6 +289,16 @@ impl Collector for WorkersCollector {
                 all.bytes_forwarded,
             ),
             (
+                "beep_level_decodes",
+                "Received packets decoded to check the audio level they claim.",
+                all.level_decodes,
+            ),
+            (
+                "beep_level_claims_refused",
+                "Received packets claiming a level louder than their audio (credited with the decoded level).",
+                all.level_claims_refused,
+            ),
+            (
                 "beep_bites_published",
                 "Bites published live (both messages acked or flushed).",
                 b.published,
@@ -404,6 +414,8 @@ mod tests {
                 socket_receive_buffer: 3,
                 ..Default::default()
             },
+            level_decodes: packets / 20,
+            level_claims_refused: 2,
         }
     }
 
@@ -479,6 +491,8 @@ mod tests {
             ("beep_packets_received_total", "counter"),
             ("beep_packets_forwarded_total", "counter"),
             ("beep_bytes_forwarded_total", "counter"),
+            ("beep_level_decodes_total", "counter"),
+            ("beep_level_claims_refused_total", "counter"),
             ("beep_forward_delay_seconds", "histogram"),
             ("beep_bites_published_total", "counter"),
             ("beep_bites_spooled_total", "counter"),
@@ -518,6 +532,8 @@ mod tests {
         assert_eq!(value(&text, "beep_packets_received_total"), 150.0);
         assert_eq!(value(&text, "beep_packets_forwarded_total"), 300.0);
         assert_eq!(value(&text, "beep_bytes_forwarded_total"), 15_000.0);
+        assert_eq!(value(&text, "beep_level_decodes_total"), 7.0); // 100 / 20 + 50 / 20
+        assert_eq!(value(&text, "beep_level_claims_refused_total"), 4.0);
         assert_eq!(value(&text, "beep_bites_published_total"), 6.0);
         assert_eq!(value(&text, "beep_bites_replayed_total"), 4.0); // 1 + 1 + front's 2
         assert_eq!(value(&text, "beep_spool_files"), 2.0);

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`sdp`] | the facts of an offer the slot plan needs |
 //! | [`speech`] | how loud a packet is and whether it is speech (one rule for slots and bites) |
+//! | [`audit`] | whether a member's claimed loudness is what its audio decodes to (libopus), and what to credit instead |
 //! | [`selector`] | who each listener hears on its slots: the K loudest others, sticky |
 //! | [`rewrite`] | one continuous RTP stream per slot across speaker switches |
 //! | [`room`] | per-packet routing: selector + rewriters + bite cutters, a packet in, forwards and bites out |
@@ -14,6 +15,7 @@
 //! | [`ogg_opus`] | a cut bite remuxed into an Ogg Opus file (RFC 7845) |
 //! | [`bucket`] | the token bucket behind every rate limit (member caps, `ice::` frames) |
 
+pub mod audit;
 pub mod bite;
 pub mod bucket;
 pub mod ogg_opus;

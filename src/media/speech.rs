@@ -66,6 +66,14 @@ impl Loudness {
         }
     }
 
+    /// The RFC 6464 byte of a measured level (V flag clear); `None` for an inferred one.
+    pub fn level_byte(self) -> Option<u8> {
+        match self {
+            Loudness::Level { dbov, voice } => Some(dbov.min(SILENCE_DBOV) | u8::from(voice) << 7),
+            Loudness::Inferred { .. } => None,
+        }
+    }
+
     /// Loudness in dB above the RFC 6464 floor; 0 is silence.
     pub fn db(self) -> f32 {
         let dbov = match self {

@@ -20,7 +20,7 @@ use super::ids::{Generation, SessionId};
 use super::signal::ErrorCode;
 use super::stats::WorkerStats;
 
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// What a worker needs to run its peer connections. Front sends it in `Init` rather than
 /// letting the worker re-read the environment, so the one process that validated the

@@ -21,6 +21,10 @@ pub struct WorkerStats {
     /// Packets dropped on purpose, by reason.
     #[serde(default)]
     pub dropped: DropStats,
+    /// Packets the level audit decoded to check a claimed loudness (`media::audit`).
+    pub level_decodes: u64,
+    /// Packets whose claimed loudness the audio did not support (credited with less).
+    pub level_claims_refused: u64,
 }
 
 /// Packets a worker dropped, by reason (`beep_packets_dropped_total{reason=...}`): on purpose
@@ -101,6 +105,8 @@ impl WorkerStats {
         self.forward_delay.add(&other.forward_delay);
         self.bites.add(&other.bites);
         self.dropped.add(&other.dropped);
+        self.level_decodes += other.level_decodes;
+        self.level_claims_refused += other.level_claims_refused;
     }
 }
 

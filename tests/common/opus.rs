@@ -59,6 +59,8 @@ pub struct Tone {
     pub channels: u32,
     /// Extra `opusenc` options (e.g. `--speech --bitrate 10` for SILK, `--hard-cbr`).
     pub opusenc: Vec<String>,
+    /// Amplitude, 0 to 1 (default 0.5: -9 dBov); 0 is digital silence.
+    pub volume: f64,
 }
 
 impl Tone {
@@ -68,6 +70,15 @@ impl Tone {
             seconds,
             channels: 1,
             opusenc: vec![],
+            volume: 0.5,
+        }
+    }
+
+    /// Digital silence, as a muted microphone sends it when DTX is off.
+    pub fn silence(seconds: f64) -> Tone {
+        Tone {
+            volume: 0.0,
+            ..Tone::new(440, seconds)
         }
     }
 }
@@ -75,7 +86,7 @@ impl Tone {
 /// Encodes the tone with `sox` and `opusenc` (20 ms frames) in `dir` and returns its Opus
 /// packets, without the two header packets.
 pub fn encode_tone(dir: &Path, tone: &Tone) -> Vec<Bytes> {
-    let name = format!("tone-{}hz-{}ch", tone.hz, tone.channels);
+    let name = format!("tone-{}hz-{}ch-{}", tone.hz, tone.channels, tone.volume);
     let wav = dir.join(format!("{name}.wav"));
     let opus = dir.join(format!("{name}.opus"));
     run(Command::new("sox")
@@ -95,7 +106,7 @@ pub fn encode_tone(dir: &Path, tone: &Tone) -> Vec<Bytes> {
             "sine",
             &tone.hz.to_string(),
             "vol",
-            "0.5",
+            &tone.volume.to_string(),
         ]));
     run(Command::new("opusenc")
         .args(["--quiet", "--framesize", "20"])

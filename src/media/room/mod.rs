@@ -11,6 +11,8 @@
 //!
 //! Before anything looks at a member's packet, its [`RateGate`] applies the member's caps
 //! ([`MemberLimits`], see [`limit`]): a flood is dropped there, counted, and cannot win a slot.
+//! Then its [`LevelAudit`] checks the loudness the packet claims against what it decodes to
+//! (see [`super::audit`]): selection and bites see the checked loudness, never a bare claim.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -18,6 +20,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use rtc::rtp;
 
+use super::audit::{DecodeBudget, LevelAudit};
 use super::bite::{AudioPacket, BiteCutter, CutBite, CutterConfig, StartClock};
 use super::rewrite::{SlotRewriter, SourceKey};
 use super::selector::{Selector, SelectorConfig, SlotChange};
@@ -83,6 +86,8 @@ struct Member {
     cutter: Option<BiteCutter>,
     /// Its packet and byte rate caps.
     gate: RateGate,
+    /// Checks the loudness it claims.
+    audit: LevelAudit,
 }
 
 pub struct Room {
@@ -102,6 +107,13 @@ pub struct Room {
     limits: MemberLimits,
     /// Packets dropped because their member was over a cap.
     dropped_over_cap: u64,
+    /// What the members' level audits may decode, together.
+    decode_budget: DecodeBudget,
+    /// Seeds each member's audit, so nobody can tell which of its packets are checked.
+    audit_seeds: u64,
+    /// Packets decoded by the audits, and claims they refused.
+    level_decodes: u64,
+    level_claims_refused: u64,
 }
 
 impl Room {
@@ -119,6 +131,10 @@ impl Room {
             bytes_forwarded: 0,
             limits: MemberLimits::default(),
             dropped_over_cap: 0,
+            decode_budget: DecodeBudget::default(),
+            audit_seeds: rand::random(),
+            level_decodes: 0,
+            level_claims_refused: 0,
         }
     }
 
@@ -152,6 +168,7 @@ impl Room {
                 live: false,
                 cutter: self.bites.map(BiteCutter::new),
                 gate: RateGate::new(self.limits),
+                audit: LevelAudit::new(self.audit_seeds ^ session.0),
             },
         );
         if let Some(json) = slots_event(&self.members, session, &mapping) {
@@ -311,6 +328,7 @@ impl Room {
             selector,
             members,
             held,
+            decode_budget,
             ..
         } = self;
         // Padding-only packets (Chromium's bandwidth probes, sent every few seconds when
@@ -328,13 +346,24 @@ impl Room {
             }
             return;
         }
-        let level_byte = level_id
+        let mut level_byte = level_id
             .and_then(|id| pkt.header.get_extension(id))
             .and_then(|b| b.first().copied());
-        let loudness = match admit {
+        let loudness = match (admit, members.get_mut(&member)) {
             // A member just over its caps is not speaking, whatever its packets say.
-            Admit::Silenced => Loudness::SILENT,
-            _ => Loudness::of_packet(level_byte, pkt.payload.len()),
+            (Admit::Silenced, _) => Loudness::SILENT,
+            (_, Some(m)) => {
+                let claim = Loudness::of_packet(level_byte, pkt.payload.len());
+                let checked = m.audit.check(claim, &pkt.payload, now, decode_budget);
+                self.level_decodes += u64::from(checked.decoded);
+                self.level_claims_refused += u64::from(checked.refused);
+                if checked.loudness != claim {
+                    // Listeners are told the checked level, not the claim.
+                    level_byte = level_byte.and(checked.loudness.level_byte());
+                }
+                checked.loudness
+            }
+            (_, None) => Loudness::SILENT,
         };
         selector.on_audio(member, now, loudness);
         if let Some(m) = members.get_mut(&member)
@@ -408,6 +437,8 @@ impl Room {
                 member_rate: self.dropped_over_cap,
                 ..DropStats::default()
             },
+            level_decodes: self.level_decodes,
+            level_claims_refused: self.level_claims_refused,
             ..WorkerStats::default()
         }
     }
