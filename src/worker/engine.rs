@@ -52,7 +52,9 @@
 //!   `first_connect_ms` after it started (offers that never connect must not keep a process).
 //! - Per-member packet and byte caps are the room's ([`crate::media::room::limit`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
@@ -147,8 +149,10 @@ pub struct Engine {
     media: MediaConfig,
     room: Room,
     to_front: UnboundedSender<ToFront>,
-    peers: HashMap<PeerKey, Peer>,
-    sessions: HashMap<SessionId, PeerKey>,
+    // Our own ids as keys (nothing a client chooses), so the fast hash is safe: looked up
+    // once or twice per forwarded copy.
+    peers: FxHashMap<PeerKey, Peer>,
+    sessions: FxHashMap<SessionId, PeerKey>,
     /// `(deadline, peer key)`, one entry per connection that has a timer.
     timers: BTreeSet<(Instant, PeerKey)>,
     next_key: u64,
@@ -318,8 +322,8 @@ impl Engine {
             media: settings.media,
             room: Room::new(cutter).with_limits(limits),
             to_front,
-            peers: HashMap::new(),
-            sessions: HashMap::new(),
+            peers: FxHashMap::default(),
+            sessions: FxHashMap::default(),
             timers: BTreeSet::new(),
             next_key: 0,
             port: None,

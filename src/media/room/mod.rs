@@ -14,11 +14,12 @@
 //! Then its [`LevelAudit`] checks the loudness the packet claims against what it decodes to
 //! (see [`super::audit`]): selection and bites see the checked loudness, never a bare claim.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::Bytes;
 use rtc::rtp;
+use rustc_hash::FxHashMap;
 
 use super::audit::{DecodeBudget, LevelAudit};
 use super::bite::{AudioPacket, BiteCutter, CutBite, CutterConfig, StartClock};
@@ -92,7 +93,9 @@ struct Member {
 
 pub struct Room {
     selector: Selector<MemberId>,
-    members: HashMap<MemberId, Member>,
+    /// Keyed by session ids, which the worker makes (the fast hash is safe): looked up once
+    /// per forwarded copy.
+    members: FxHashMap<MemberId, Member>,
     events: VecDeque<RoomEvent>,
     /// How to cut bites; `None` turns bites off.
     bites: Option<CutterConfig>,
@@ -121,7 +124,7 @@ impl Room {
     pub fn new(bites: Option<CutterConfig>) -> Room {
         Room {
             selector: Selector::new(SelectorConfig::default()),
-            members: HashMap::new(),
+            members: FxHashMap::default(),
             events: VecDeque::new(),
             bites,
             held: Vec::new(),
@@ -408,7 +411,7 @@ impl Room {
                 ..Default::default()
             };
             if let Some((id, b)) = level_ext {
-                let _ = header.set_extension(id, Bytes::copy_from_slice(&[b]));
+                let _ = header.set_extension(id, level_extension(b));
             }
             out.push(Forward {
                 listener,
@@ -444,6 +447,23 @@ impl Room {
     }
 }
 
+/// Every RFC 6464 byte, so a forwarded copy's level extension points into this table instead
+/// of allocating a byte of its own.
+static LEVEL_BYTES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+fn level_extension(b: u8) -> Bytes {
+    let i = usize::from(b);
+    Bytes::from_static(&LEVEL_BYTES[i..=i])
+}
+
 /// Takes the bites `cutter` has finished into `held`.
 fn hold_bites(
     held: &mut Vec<HeldBite>,
@@ -462,7 +482,7 @@ fn hold_bites(
 
 /// `{"type":"slots","slots":[{"slot":0,"mid":"0","userid":..,"clientid":..}]}`.
 fn slots_event(
-    members: &HashMap<MemberId, Member>,
+    members: &FxHashMap<MemberId, Member>,
     listener: MemberId,
     mapping: &[Option<MemberId>],
 ) -> Option<String> {
