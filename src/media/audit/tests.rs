@@ -285,3 +285,32 @@ fn undecodable_or_odd_payloads_are_silence_and_never_panic() {
     assert_eq!(level_db(&[0; 10]), 0.0);
     assert!((level_db(&[i16::MAX, i16::MIN]) - 127.0).abs() < 0.01);
 }
+
+/// For any packets, claims and timing: no panic, a credit is never louder than its claim, and a
+/// claim of no speech is never decoded unless the member is distrusted.
+#[test]
+fn fuzz_never_louder_than_claimed() {
+    let iterations = std::env::var("FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1_000);
+    let t0 = Instant::now();
+    bolero::check!()
+        .with_type::<Vec<(u8, u8, Vec<u8>)>>()
+        .with_iterations(iterations)
+        .for_each(|packets: &Vec<(u8, u8, Vec<u8>)>| {
+            let mut audit = LevelAudit::new(packets.len() as u64);
+            let mut budget = DecodeBudget::new(50.0, 20.0);
+            let mut now = t0;
+            for (dbov, gap_ms, payload) in packets {
+                now += Duration::from_millis(u64::from(*gap_ms));
+                let claim = Loudness::of_packet(Some(*dbov), payload.len());
+                let was_distrusted = audit.distrusted();
+                let c = audit.check(claim, payload, now, &mut budget);
+                assert!(c.loudness.db() <= claim.db(), "{claim:?} credited {c:?}");
+                if !claim.is_speech(SPEECH_THRESHOLD_DBOV) && !was_distrusted {
+                    assert_eq!(c.loudness, claim);
+                }
+            }
+        });
+}
