@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use beep_webrtc::wire::frame::{self, FrameError, MAX_FRAME};
 use beep_webrtc::wire::identity::Identity;
-use beep_webrtc::wire::ids::{Generation, SessionId};
+use beep_webrtc::wire::ids::{ConversationId, Generation, SessionId};
 use beep_webrtc::wire::ipc::{
     Adoption, BiteConfig, CloseReason, MediaConfig, PROTOCOL_VERSION, ToFront, ToWorker,
 };
@@ -258,6 +258,19 @@ fn identity_of((userid, clientid): &(String, String)) -> Identity {
     }
 }
 
+/// A valid conversation id made of any string (only valid ones exist as values): its
+/// characters from the alphabet, at most 128, `c` if none is left.
+fn conversation_id(s: &str) -> ConversationId {
+    let kept: String = s
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .take(128)
+        .collect();
+    ConversationId::parse(&kept)
+        .or_else(|_| ConversationId::parse("c"))
+        .expect("a valid id")
+}
+
 #[derive(Debug, TypeGenerator)]
 enum GenToFront {
     Hello {
@@ -357,7 +370,7 @@ impl GenToFront {
                 pid,
                 adopted,
             } => ToFront::Hello {
-                conversation: conversation.clone(),
+                conversation: conversation_id(conversation),
                 generation: Generation(*generation),
                 pid: *pid,
                 adopted: adopted.as_ref().map(|a| Adoption {

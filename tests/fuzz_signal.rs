@@ -9,7 +9,8 @@
 #[path = "common/fuzz_budget.rs"]
 mod fuzz_budget;
 
-use beep_webrtc::wire::identity::{parse_claim, valid_conversation_id};
+use beep_webrtc::wire::identity::parse_claim;
+use beep_webrtc::wire::ids::ConversationId;
 use beep_webrtc::wire::signal::{ClientFrame, SignalError, parse_client_frame};
 use bolero::{TypeGenerator, check};
 
@@ -199,7 +200,12 @@ fn fuzz_conversation_ids() {
                 && id
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            assert_eq!(valid_conversation_id(&id), expected, "{id:?}");
+            let parsed = ConversationId::parse(&id);
+            assert_eq!(parsed.is_ok(), expected, "{id:?}");
+            // What deserialises (IPC, admin) is what parses.
+            let json = serde_json::to_string(&id).expect("a string serialises");
+            let via_serde = serde_json::from_str::<ConversationId>(&json).ok();
+            assert_eq!(via_serde, parsed.ok(), "{id:?}");
             if expected {
                 assert!(!id.contains('/') && !id.contains('.') && !id.contains('*'));
             }

@@ -15,7 +15,7 @@ struct Args {
     front_socket: PathBuf,
     /// The conversation this worker serves (also what `ps` shows).
     #[arg(long)]
-    conversation: String,
+    conversation: beep_webrtc::wire::ids::ConversationId,
     /// Which incarnation of the conversation's worker this is.
     #[arg(long)]
     generation: u64,

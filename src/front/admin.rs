@@ -10,6 +10,7 @@ use super::links::accept_each;
 use super::state::Front;
 use crate::wire::admin::{AdminRequest, AdminResponse};
 use crate::wire::frame;
+use crate::wire::ids::ConversationId;
 use crate::wire::socket;
 
 /// Serves `ctl` until the listener fails.
@@ -43,9 +44,14 @@ fn handle(front: &Front, request: AdminRequest) -> AdminResponse {
     tracing::info!("admin: {request:?}");
     match request {
         AdminRequest::Workers => AdminResponse::Workers(front.worker_rows()),
-        AdminRequest::Restart { conversation } => match front.restart(&conversation) {
-            Ok(pid) => AdminResponse::Restarting { conversation, pid },
-            Err(message) => AdminResponse::Error { message },
+        AdminRequest::Restart { conversation } => match ConversationId::parse(&conversation) {
+            Err(e) => AdminResponse::Error {
+                message: e.to_string(),
+            },
+            Ok(id) => match front.restart(&id) {
+                Ok(pid) => AdminResponse::Restarting { conversation, pid },
+                Err(message) => AdminResponse::Error { message },
+            },
         },
         AdminRequest::Drain => AdminResponse::Draining {
             conversations: front.drain(),

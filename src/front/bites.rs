@@ -18,14 +18,14 @@ use crate::config::Config;
 use crate::publish::nats::{NatsState, PublisherSettings};
 use crate::publish::publisher::{PublishError, replay_dir_with_client};
 use crate::publish::spool::SpoolError;
-use crate::wire::identity::valid_conversation_id;
+use crate::wire::ids::ConversationId;
 
 pub struct BiteReplays {
     settings: PublisherSettings,
     root: PathBuf,
     nats: async_nats::Client,
     /// Spools being replayed now: one replay per spool at a time.
-    busy: Mutex<HashSet<String>>,
+    busy: Mutex<HashSet<ConversationId>>,
     /// Bites front replayed (published and deleted from a dead worker's spool).
     pub replayed: AtomicU64,
 }
@@ -77,18 +77,15 @@ impl BiteReplays {
     }
 
     /// Replays `conversation`'s spool in the background, unless a replay of it runs already.
-    pub fn replay(self: &Arc<Self>, conversation: &str) {
-        if !valid_conversation_id(conversation) {
-            return;
-        }
+    pub fn replay(self: &Arc<Self>, conversation: &ConversationId) {
         {
             let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-            if !busy.insert(conversation.to_string()) {
+            if !busy.insert(conversation.clone()) {
                 return;
             }
         }
         let this = self.clone();
-        let conversation = conversation.to_string();
+        let conversation = conversation.clone();
         tokio::spawn(async move {
             let dir = this.root.join(&conversation);
             let result = replay_dir_with_client(this.nats.clone(), &dir, &this.settings).await;
@@ -97,7 +94,7 @@ impl BiteReplays {
                     this.replayed.fetch_add(summary.replayed, Ordering::Relaxed);
                     if summary.replayed > 0 {
                         tracing::info!(
-                            conversation,
+                            %conversation,
                             bites = summary.replayed,
                             "replayed the spool of a worker that is gone"
                         );
@@ -105,7 +102,7 @@ impl BiteReplays {
                 }
                 // Its worker (a new one) holds it and replays it itself.
                 Err(PublishError::Spool(SpoolError::Locked { .. })) => {}
-                Err(e) => tracing::warn!(conversation, "spool replay: {e}; retried later"),
+                Err(e) => tracing::warn!(%conversation, "spool replay: {e}; retried later"),
             }
             this.busy
                 .lock()
@@ -115,15 +112,19 @@ impl BiteReplays {
     }
 
     /// Replays every spool on disk whose conversation has no worker (`running` says which do).
-    pub fn replay_orphans(self: &Arc<Self>, running: impl Fn(&str) -> bool) {
+    pub fn replay_orphans(self: &Arc<Self>, running: impl Fn(&ConversationId) -> bool) {
         let Ok(dirs) = std::fs::read_dir(&self.root) else {
             return;
         };
         for entry in dirs.flatten() {
-            if let Some(name) = entry.file_name().to_str()
-                && !running(name)
+            // A spool directory's name is a way in like any other: checked.
+            if let Some(name) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| ConversationId::parse(n).ok())
+                && !running(&name)
             {
-                self.replay(name);
+                self.replay(&name);
             }
         }
     }

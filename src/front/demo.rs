@@ -38,7 +38,7 @@ use prost::Message as _;
 use super::state::Front;
 use crate::publish::nats::{HEADER_CLIENT, HEADER_DURATION, HEADER_USER};
 use crate::wire::bite as proto;
-use crate::wire::identity::{check_conversation_id, valid_conversation_id};
+use crate::wire::ids::ConversationId;
 
 /// Bites kept per conversation (the page lists as many).
 pub const PER_CONVERSATION: usize = 20;
@@ -90,7 +90,7 @@ pub enum Skip {
 /// A bite that was kept: whom to tell, and what.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Announce {
-    pub conversation: String,
+    pub conversation: ConversationId,
     /// The `event::` frame.
     pub frame: String,
 }
@@ -148,9 +148,7 @@ impl DemoBites {
     /// Keeps one message of the bite subject; what to announce, or why it was skipped.
     pub fn accept(&self, headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Announce, Skip> {
         let bite = proto::Bite::decode(payload).map_err(|_| Skip::Undecodable)?;
-        if !valid_conversation_id(&bite.key) {
-            return Err(Skip::BadKey);
-        }
+        let conversation = ConversationId::parse(&bite.key).map_err(|_| Skip::BadKey)?;
         let header = |name: &'static str| {
             headers
                 .and_then(|h| h.get(name))
@@ -180,7 +178,7 @@ impl DemoBites {
             "url": url,
         });
         Ok(Announce {
-            conversation: bite.key,
+            conversation,
             frame: format!("event::{event}"),
         })
     }
@@ -246,9 +244,10 @@ async fn serve(
     Path((conversation, file)): Path<(String, String)>,
     headers: HttpHeaders,
 ) -> Response {
-    if let Err(e) = check_conversation_id(&conversation) {
-        return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
-    }
+    let conversation = match ConversationId::parse(&conversation) {
+        Ok(c) => c,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
     let Some(start) = file
         .strip_suffix(".ogg")
         .and_then(|s| s.parse::<u64>().ok())
@@ -376,7 +375,7 @@ mod tests {
                 &payload("room1", 1_700_000_000_123, &ogg(100)),
             )
             .unwrap();
-        assert_eq!(a.conversation, "room1");
+        assert_eq!(a.conversation.as_str(), "room1");
         let json: serde_json::Value =
             serde_json::from_str(a.frame.strip_prefix("event::").unwrap()).unwrap();
         assert_eq!(

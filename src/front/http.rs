@@ -25,9 +25,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::session::signalling;
 use super::state::{Front, JoinError};
 use crate::publish::nats::NatsState;
-use crate::wire::identity::{
-    CLAIM_HEADER, ClaimError, Identity, check_conversation_id, claim_from, parse_claim,
-};
+use crate::wire::identity::{CLAIM_HEADER, ClaimError, Identity, claim_from, parse_claim};
+use crate::wire::ids::ConversationId;
 
 pub fn router(front: Arc<Front>) -> Router {
     let mut r = Router::new()
@@ -143,9 +142,10 @@ async fn join(
         Ok(w) => w,
         Err(r) => return refused(r),
     };
-    if let Err(r) = check_conversation_id(&conversation) {
-        return bad_request(r);
-    }
+    let conversation = match ConversationId::parse(&conversation) {
+        Ok(c) => c,
+        Err(r) => return bad_request(r),
+    };
     match front.authorize_and_join(&who, &conversation).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e @ JoinError::Forbidden(_)) => {
@@ -180,12 +180,11 @@ async fn connect(
         Ok(w) => w,
         Err(r) => return refused(r),
     };
-    let conversation = query.get("conversation").cloned();
-    if let Some(c) = &conversation
-        && let Err(r) = check_conversation_id(c)
-    {
-        return bad_request(r);
-    }
+    let conversation = match query.get("conversation").map(|c| ConversationId::parse(c)) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(r)) => return bad_request(r),
+    };
     // tungstenite's default 128 KiB read buffer is allocated and touched per socket: ~140 KiB
     // of front's RSS per connected client, for frames of a few KiB. Larger frames still
     // arrive whole (read in several chunks).

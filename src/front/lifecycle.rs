@@ -12,7 +12,7 @@ use super::procfs;
 use super::state::{Client, Front, Live, Out, current, reconnect_event};
 use super::supervisor::{self, Ending, Link, WorkerEvents};
 use crate::wire::admin::WorkerRow;
-use crate::wire::ids::Generation;
+use crate::wire::ids::{ConversationId, Generation};
 use crate::wire::ipc::{Adoption, CloseReason, ToFront};
 use crate::wire::signal::SignalError;
 use crate::wire::stats::WorkerStats;
@@ -22,7 +22,7 @@ const OFFER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How the supervisors report to front: what their worker said, and when it is gone.
 impl WorkerEvents for Front {
-    fn ready(&self, conversation: &str, generation: Generation, pid: u32) {
+    fn ready(&self, conversation: &ConversationId, generation: Generation, pid: u32) {
         let mut st = self.lock();
         if let Some(c) = current(&mut st.conversations, conversation, generation) {
             c.pid = Some(pid);
@@ -33,7 +33,7 @@ impl WorkerEvents for Front {
     }
 
     /// A message from a worker. Messages about sessions that have since ended are dropped.
-    fn message(&self, conversation: &str, generation: Generation, msg: ToFront) {
+    fn message(&self, conversation: &ConversationId, generation: Generation, msg: ToFront) {
         let mut st = self.lock();
         let st = &mut *st;
         if let (ToFront::Stats(s), Some(last)) = (&msg, st.retiring.get_mut(&generation)) {
@@ -83,7 +83,7 @@ impl WorkerEvents for Front {
                 c.send(Out::Fail(SignalError::new(code, message)));
             }
             ToFront::Closed { reason, .. } => {
-                tracing::info!(%who, conversation, %session, "session closed: {}", reason.as_str());
+                tracing::info!(%who, %conversation, %session, "session closed: {}", reason.as_str());
                 conv.remove_session(session, Instant::now());
                 c.session = None;
                 // Still signalling: the client can get its media back with a new offer.
@@ -98,7 +98,7 @@ impl WorkerEvents for Front {
 
     /// The worker process of `conversation` is gone. Its clients are told to reconnect; a
     /// worker that went while it had members is a crash (unless `ctl restart` asked for it).
-    fn gone(&self, conversation: &str, generation: Generation, ending: &Ending) {
+    fn gone(&self, conversation: &ConversationId, generation: Generation, ending: &Ending) {
         let mut st = self.lock();
         let st = &mut *st;
         // Whatever its worker could not publish is published now, or retried later.
@@ -131,20 +131,20 @@ impl WorkerEvents for Front {
         };
         st.retired.add_counters(&conv.stats);
         let now = Instant::now();
-        let history = st.crashes.entry(conversation.to_string()).or_default();
+        let history = st.crashes.entry(conversation.clone()).or_default();
         let restarted = matches!(ending, Ending::Killed(Kill::Restart, _));
         if restarted {
             history.restarts += 1;
             self.metrics.worker_restarts.inc();
-            tracing::info!(conversation, "worker restarted: {ending}");
+            tracing::info!(%conversation, "worker restarted: {ending}");
         } else if !conv.sessions.is_empty() {
             self.metrics.worker_failures.inc();
             self.metrics.worker_restarts.inc();
-            tracing::error!(conversation, "worker exited with members: {ending}");
+            tracing::error!(%conversation, "worker exited with members: {ending}");
             if history.crashed(now, &self.crash_policy) {
                 self.metrics.crash_loops.inc();
                 tracing::error!(
-                    conversation,
+                    %conversation,
                     "crash loop: {} crashes within {:?}; the conversation is unavailable for {:?}",
                     self.crash_policy.loop_crashes,
                     self.crash_policy.window,
@@ -178,7 +178,7 @@ impl WorkerEvents for Front {
     /// session's media as it is.
     fn refused(
         &self,
-        conversation: &str,
+        conversation: &ConversationId,
         generation: Generation,
         msg: crate::wire::ipc::ToWorker,
         size: usize,
@@ -189,7 +189,7 @@ impl WorkerEvents for Front {
             ToWorker::Ice { session, .. } => (*session, "ICE candidate", false),
             ToWorker::Init { .. } | ToWorker::Leave { .. } | ToWorker::Shutdown => {
                 tracing::error!(
-                    conversation,
+                    %conversation,
                     "a control message of {size} bytes was too large for the worker's channel"
                 );
                 return;
@@ -210,7 +210,7 @@ impl WorkerEvents for Front {
         else {
             return;
         };
-        tracing::warn!(%who, conversation, %session, "{what} of {size} bytes refused: too large for the worker's channel");
+        tracing::warn!(%who, %conversation, %session, "{what} of {size} bytes refused: too large for the worker's channel");
         if ends {
             conv.remove_session(session, Instant::now());
             c.session = None;
@@ -233,7 +233,7 @@ impl Front {
         let mut st = self.lock();
         let st = &mut *st;
         let idle = self.cfg.worker_idle;
-        let expired: Vec<String> = st
+        let expired: Vec<ConversationId> = st
             .conversations
             .iter()
             .filter(|(_, c)| {
@@ -331,7 +331,7 @@ impl Front {
 
     /// `ctl restart`: the conversation's worker is stopped at once and its clients told to
     /// reconnect, which starts a fresh one. Returns the pid of the worker being replaced.
-    pub fn restart(&self, conversation: &str) -> Result<Option<u32>, String> {
+    pub fn restart(&self, conversation: &ConversationId) -> Result<Option<u32>, String> {
         let mut st = self.lock();
         let conv = st
             .conversations
@@ -349,7 +349,7 @@ impl Front {
     /// clients (who may reconnect their sockets and go on without a new offer).
     pub fn adopt(
         self: &Arc<Self>,
-        conversation: String,
+        conversation: ConversationId,
         generation: Generation,
         pid: u32,
         adoption: Adoption,
@@ -363,7 +363,7 @@ impl Front {
             // A new worker already serves it (the old one came back too late): the old one's
             // members reconnect to the new one.
             tracing::error!(
-                conversation,
+                %conversation,
                 pid,
                 "a second worker for this conversation came back; stopping it"
             );
@@ -392,7 +392,7 @@ impl Front {
                 });
             }
             tracing::info!(
-                conversation,
+                %conversation,
                 pid,
                 sessions = conv.sessions.len(),
                 "took back a running worker"
@@ -427,7 +427,7 @@ impl Front {
     }
 
     /// Whether `conversation` has a worker (running or starting).
-    pub fn has_worker(&self, conversation: &str) -> bool {
+    pub fn has_worker(&self, conversation: &ConversationId) -> bool {
         self.lock().conversations.contains_key(conversation)
     }
 
@@ -474,7 +474,7 @@ impl Front {
             .map(|(name, c)| {
                 let proc_ = c.pid.and_then(procfs::proc_sample).unwrap_or_default();
                 WorkerRow {
-                    conversation: name.clone(),
+                    conversation: name.to_string(),
                     pid: c.pid,
                     state: c.state.as_str().into(),
                     members: c.sessions.len(),

@@ -81,13 +81,13 @@ async fn handshake(stream: UnixStream, front: Arc<Front>) {
     match adopted {
         None => {
             if front.pending.deliver(generation, link).is_err() {
-                tracing::warn!(conversation, %generation, pid, "a worker nobody waits for connected; dropped");
+                tracing::warn!(%conversation, %generation, pid, "a worker nobody waits for connected; dropped");
             }
         }
         Some(adoption) => {
             if peer_pid != Some(pid as i32) {
                 tracing::warn!(
-                    conversation,
+                    %conversation,
                     pid,
                     ?peer_pid,
                     "refused to adopt: the Hello's pid is not the peer's"

@@ -23,6 +23,7 @@ use super::state::{Front, JoinError, OfferState};
 use crate::media::bucket::TokenBucket;
 use crate::media::sdp::Offer;
 use crate::wire::identity::Identity;
+use crate::wire::ids::ConversationId;
 use crate::wire::signal::{ClientFrame, ErrorCode, SignalError, parse_client_frame};
 
 /// `ice::` frames dropped for the rate, after which a socket is taken to be flooding and is
@@ -128,7 +129,7 @@ pub fn sdp_candidates(sdp: &str) -> usize {
 pub async fn signalling(
     front: Arc<Front>,
     who: Identity,
-    conversation: Option<String>,
+    conversation: Option<ConversationId>,
     mut socket: WebSocket,
 ) {
     let cfg = front.cfg.clone();

@@ -31,7 +31,7 @@ use super::rates::over_rate;
 use super::supervisor::{self, Pending, WorkerEvents, WorkerSpec};
 use crate::config::Config;
 use crate::wire::identity::Identity;
-use crate::wire::ids::{Generation, SessionId};
+use crate::wire::ids::{ConversationId, Generation, SessionId};
 use crate::wire::ipc::ToWorker;
 use crate::wire::signal::{ErrorCode, SignalError};
 use crate::wire::stats::WorkerStats;
@@ -82,7 +82,7 @@ pub(super) struct Socket {
 
 pub(super) struct Live {
     pub id: SessionId,
-    pub conversation: String,
+    pub conversation: ConversationId,
     pub answered: bool,
     /// When the offer went to the worker: an answer must follow within the offer deadline.
     pub dispatched_at: Instant,
@@ -90,7 +90,7 @@ pub(super) struct Live {
 
 #[derive(Default)]
 pub(super) struct Client {
-    pub conversation: Option<String>,
+    pub conversation: Option<ConversationId>,
     pub joined_at: Option<Instant>,
     pub socket: Option<Socket>,
     pending_offer: Option<String>,
@@ -139,13 +139,13 @@ const PENDING_ICE_BYTES: usize = 16 * 1024;
 #[derive(Default)]
 pub(super) struct State {
     pub clients: HashMap<Identity, Client>,
-    pub conversations: HashMap<String, Conversation>,
+    pub conversations: HashMap<ConversationId, Conversation>,
     /// Workers told to stop and not yet reaped: their last `Stats` still count.
     pub retiring: HashMap<Generation, WorkerStats>,
     /// Counters of every worker that has exited, so `/metrics` totals never go backwards.
     pub retired: WorkerStats,
     /// Crashes and restarts per conversation, across its workers.
-    pub crashes: HashMap<String, CrashHistory>,
+    pub crashes: HashMap<ConversationId, CrashHistory>,
     /// Generations taken back from a previous front (for readiness at startup).
     pub adopted: HashSet<Generation>,
     /// When each user last started new conversations (worker starts), for
@@ -166,8 +166,8 @@ impl State {
 /// that has since been replaced concerns nobody's session. (Takes the map, not the state, so
 /// the caller may hold it beside `clients`.)
 pub(super) fn current<'a>(
-    conversations: &'a mut HashMap<String, Conversation>,
-    conversation: &str,
+    conversations: &'a mut HashMap<ConversationId, Conversation>,
+    conversation: &ConversationId,
     generation: Generation,
 ) -> Option<&'a mut Conversation> {
     conversations
@@ -306,17 +306,21 @@ impl Front {
 
     /// Asks the permissions service whether `who` may be in `conversation` (and records the
     /// latency): the check of a join, and of every offer into a joined conversation.
-    pub async fn authorize(&self, who: &Identity, conversation: &str) -> Result<(), JoinError> {
+    pub async fn authorize(
+        &self,
+        who: &Identity,
+        conversation: &ConversationId,
+    ) -> Result<(), JoinError> {
         let (verdict, took) = self.permissions.check(&who.userid, conversation).await;
         self.metrics.permission_latency.observe(took);
         match verdict {
             Verdict::Allowed => Ok(()),
             Verdict::Denied(m) => {
-                tracing::info!(%who, conversation, "denied: {m}");
+                tracing::info!(%who, %conversation, "denied: {m}");
                 Err(JoinError::Forbidden(m))
             }
             Verdict::Unavailable(m) => {
-                tracing::warn!(%who, conversation, "failed closed: {m}");
+                tracing::warn!(%who, %conversation, "failed closed: {m}");
                 Err(JoinError::Unavailable(m))
             }
         }
@@ -326,7 +330,7 @@ impl Front {
     pub async fn authorize_and_join(
         self: &Arc<Self>,
         who: &Identity,
-        conversation: &str,
+        conversation: &ConversationId,
     ) -> Result<(), JoinError> {
         self.check_available(conversation)
             .map_err(|e| JoinError::Unavailable(e.message))?;
@@ -347,7 +351,7 @@ impl Front {
     }
 
     /// Moves `who` into `conversation` (permission already granted).
-    pub fn join(self: &Arc<Self>, who: &Identity, conversation: &str) {
+    pub fn join(self: &Arc<Self>, who: &Identity, conversation: &ConversationId) {
         let mut st = self.lock();
         let st = &mut *st;
         let client = st.clients.entry(who.clone()).or_default();
@@ -355,15 +359,15 @@ impl Front {
             if client
                 .session
                 .as_ref()
-                .is_some_and(|s| s.conversation != conversation)
+                .is_some_and(|s| s.conversation != *conversation)
             {
                 end_session(&mut st.conversations, client);
                 client.send(Out::Text(reconnect_event("conversation-changed")));
             }
-            client.conversation = Some(conversation.to_string());
+            client.conversation = Some(conversation.clone());
         }
         client.joined_at = Some(Instant::now());
-        tracing::info!(%who, conversation, "joined");
+        tracing::info!(%who, %conversation, "joined");
         client.join_covers_offer = true;
         if let Some(sdp) = client.pending_offer.take() {
             client.join_covers_offer = false;
@@ -445,7 +449,7 @@ impl Front {
 
     /// Whether `conversation` may be joined or offered into now: not while front drains (for
     /// a conversation that has no worker yet), nor while it cools down from a crash loop.
-    fn check_available(&self, conversation: &str) -> Result<(), SignalError> {
+    fn check_available(&self, conversation: &ConversationId) -> Result<(), SignalError> {
         let mut st = self.lock();
         unavailable(&mut st, self, conversation, Instant::now()).map_or(Ok(()), Err)
     }
@@ -473,13 +477,13 @@ impl Front {
     fn check_new_conversation_rate(
         &self,
         who: &Identity,
-        conversation: &str,
+        conversation: &ConversationId,
     ) -> Result<(), JoinError> {
         let mut st = self.lock();
         match new_conversation_limited(&mut st, self, &who.userid, conversation, Instant::now()) {
             None => Ok(()),
             Some((message, retry_after)) => {
-                tracing::info!(%who, conversation, "join refused: {message}");
+                tracing::info!(%who, %conversation, "join refused: {message}");
                 Err(JoinError::RateLimited {
                     message,
                     retry_after,
@@ -558,7 +562,7 @@ impl Front {
     /// Starts a worker for `conversation` (after `delay`) under a supervisor task.
     fn spawn_worker(
         self: &Arc<Self>,
-        conversation: &str,
+        conversation: &ConversationId,
         delay: Duration,
         now: Instant,
     ) -> Conversation {
@@ -570,7 +574,7 @@ impl Front {
             self.spec.clone(),
             self.pending.clone(),
             events,
-            conversation.to_string(),
+            conversation.clone(),
             generation,
             rx,
             delay,
@@ -583,7 +587,7 @@ impl Front {
     }
 
     /// Sends `text` down the signalling socket of every client in `conversation`.
-    pub fn send_to_conversation(&self, conversation: &str, text: &str) {
+    pub fn send_to_conversation(&self, conversation: &ConversationId, text: &str) {
         let st = self.lock();
         for c in st.clients.values() {
             if c.conversation.as_deref() == Some(conversation) {
@@ -597,7 +601,7 @@ impl Front {
 fn unavailable(
     st: &mut State,
     front: &Front,
-    conversation: &str,
+    conversation: &ConversationId,
     now: Instant,
 ) -> Option<SignalError> {
     if front.is_draining() && !st.conversations.contains_key(conversation) {
@@ -636,7 +640,7 @@ fn new_conversation_limited(
     st: &mut State,
     front: &Front,
     userid: &str,
-    conversation: &str,
+    conversation: &ConversationId,
     now: Instant,
 ) -> Option<(String, Duration)> {
     if st.conversations.contains_key(conversation) || st.crashes.contains_key(conversation) {
@@ -656,7 +660,10 @@ fn new_conversation_limited(
 }
 
 /// Forgets an offer still waiting for its join, and ends a session not yet answered.
-pub(super) fn drop_unanswered(convs: &mut HashMap<String, Conversation>, client: &mut Client) {
+pub(super) fn drop_unanswered(
+    convs: &mut HashMap<ConversationId, Conversation>,
+    client: &mut Client,
+) {
     client.pending_offer = None;
     client.pending_ice.clear();
     client.pending_ice_bytes = 0;
@@ -665,7 +672,7 @@ pub(super) fn drop_unanswered(convs: &mut HashMap<String, Conversation>, client:
     }
 }
 
-pub(super) fn end_session(convs: &mut HashMap<String, Conversation>, client: &mut Client) {
+pub(super) fn end_session(convs: &mut HashMap<ConversationId, Conversation>, client: &mut Client) {
     if let Some(live) = client.session.take()
         && let Some(conv) = convs.get_mut(&live.conversation)
     {

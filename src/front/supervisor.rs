@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use super::conversation::{Control, Kill};
 use super::{notify, procfs};
 use crate::wire::frame::{self, FrameError};
-use crate::wire::ids::Generation;
+use crate::wire::ids::{ConversationId, Generation};
 use crate::wire::ipc::{BiteConfig, MediaConfig, ToFront, ToWorker};
 
 /// How long a spawned worker has to connect and say `Ready`.
@@ -116,14 +116,20 @@ impl std::fmt::Display for Ending {
 /// What a supervisor tells front about its worker.
 pub trait WorkerEvents: Send + Sync + 'static {
     /// The worker connected, passed the checks and serves (spawned: after `Ready`).
-    fn ready(&self, conversation: &str, generation: Generation, pid: u32);
+    fn ready(&self, conversation: &ConversationId, generation: Generation, pid: u32);
     /// A message from the worker.
-    fn message(&self, conversation: &str, generation: Generation, msg: ToFront);
+    fn message(&self, conversation: &ConversationId, generation: Generation, msg: ToFront);
     /// The worker process is gone (reaped, or no longer ours).
-    fn gone(&self, conversation: &str, generation: Generation, ending: &Ending);
+    fn gone(&self, conversation: &ConversationId, generation: Generation, ending: &Ending);
     /// `msg` was too large for the channel (`size` bytes encoded) and was not sent: the
     /// worker never heard of it, the channel is intact, and the worker goes on.
-    fn refused(&self, conversation: &str, generation: Generation, msg: ToWorker, size: usize);
+    fn refused(
+        &self,
+        conversation: &ConversationId,
+        generation: Generation,
+        msg: ToWorker,
+        size: usize,
+    );
 }
 
 /// Why a spawned worker never came up.
@@ -192,14 +198,14 @@ pub async fn run_spawned(
     spec: Arc<WorkerSpec>,
     pending: Arc<Pending>,
     events: Arc<dyn WorkerEvents>,
-    conversation: String,
+    conversation: ConversationId,
     generation: Generation,
     rx: UnboundedReceiver<Control>,
     delay: Duration,
 ) {
     if !delay.is_zero() {
         tracing::info!(
-            conversation,
+            %conversation,
             "starting a new worker in {delay:?} (crash backoff)"
         );
         tokio::time::sleep(delay).await;
@@ -227,7 +233,7 @@ pub async fn run_spawned(
 pub async fn run_adopted(
     spec: Arc<WorkerSpec>,
     events: Arc<dyn WorkerEvents>,
-    conversation: String,
+    conversation: ConversationId,
     generation: Generation,
     pid: u32,
     link: Link,
@@ -251,12 +257,12 @@ pub async fn run_adopted(
 fn finish(
     spec: &WorkerSpec,
     events: &dyn WorkerEvents,
-    conversation: &str,
+    conversation: &ConversationId,
     generation: Generation,
     ending: Ending,
 ) {
     let _ = std::fs::remove_file(pid_file(&spec.pid_dir, generation));
-    tracing::info!(conversation, %generation, "worker ended: {ending}");
+    tracing::info!(%conversation, %generation, "worker ended: {ending}");
     events.gone(conversation, generation, &ending);
 }
 
@@ -264,7 +270,7 @@ async fn start(
     spec: &WorkerSpec,
     pending: &Pending,
     events: &dyn WorkerEvents,
-    conversation: &str,
+    conversation: &ConversationId,
     generation: Generation,
 ) -> Result<(Link, Child), StartError> {
     let connected = pending.expect(generation);
@@ -332,7 +338,7 @@ async fn start(
     // Spawn to ready: what the first member of a conversation waits for before its offer is
     // answered (README "Operations").
     let ready_ms = spawned_at.elapsed().as_secs_f64() * 1e3;
-    tracing::info!(conversation, pid, ready_ms, "worker ready");
+    tracing::info!(%conversation, pid, ready_ms, "worker ready");
     Ok((link, child))
 }
 
@@ -340,7 +346,7 @@ async fn start(
 async fn supervise(
     spec: &WorkerSpec,
     events: &Arc<dyn WorkerEvents>,
-    conversation: &str,
+    conversation: &ConversationId,
     generation: Generation,
     link: Link,
     mut process: Process,
@@ -358,7 +364,7 @@ async fn supervise(
     // Reading is its own task: read_frame is not cancel-safe, so it must not sit in a select.
     let reader = {
         let events = events.clone();
-        let conversation = conversation.to_string();
+        let conversation = conversation.clone();
         let last_heard = last_heard.clone();
         tokio::spawn(async move {
             let mut buf = Vec::new();
@@ -387,18 +393,18 @@ async fn supervise(
                         // Nothing was written: the message is refused for its session, the
                         // conversation goes on.
                         Err(FrameError::TooLarge(size)) => {
-                            tracing::warn!(conversation, pid, "a message of {size} bytes is too large for the worker's channel; refused");
+                            tracing::warn!(%conversation, pid, "a message of {size} bytes is too large for the worker's channel; refused");
                             events.refused(conversation, generation, m, size);
                         }
                         Err(e) => {
-                            tracing::warn!(conversation, pid, "write to worker: {e}");
+                            tracing::warn!(%conversation, pid, "write to worker: {e}");
                             process.kill().await;
                             break Ending::Exited(format!("write to worker: {e}"));
                         }
                     }
                 }
                 Some(Control::Kill(kind, why)) => {
-                    tracing::warn!(conversation, pid, "killing the worker: {why}");
+                    tracing::warn!(%conversation, pid, "killing the worker: {why}");
                     process.kill().await;
                     break Ending::Killed(kind, why);
                 }
@@ -420,7 +426,7 @@ async fn supervise(
                         break Ending::Exited("worker closed its channel".into());
                     }
                     Ok(e) => {
-                        tracing::error!(conversation, pid, "worker sent garbage, killing it: {e}");
+                        tracing::error!(%conversation, pid, "worker sent garbage, killing it: {e}");
                         process.kill().await;
                         break Ending::Killed(Kill::Protocol, format!("protocol error: {e}"));
                     }
@@ -435,7 +441,7 @@ async fn supervise(
                 let heard = Duration::from_millis(last_heard.load(Ordering::Relaxed));
                 if t0.elapsed().saturating_sub(heard) > spec.heartbeat {
                     let why = format!("no heartbeat for {:?}", spec.heartbeat);
-                    tracing::error!(conversation, pid, "killing the worker: {why}");
+                    tracing::error!(%conversation, pid, "killing the worker: {why}");
                     process.kill().await;
                     break Ending::Killed(Kill::Heartbeat, why);
                 }
@@ -456,7 +462,7 @@ async fn supervise(
         .is_err()
     {
         tracing::warn!(
-            conversation,
+            %conversation,
             pid,
             "worker did not exit within {EXIT_GRACE:?}, killing it"
         );
@@ -470,12 +476,12 @@ fn pid_file(dir: &Path, generation: Generation) -> PathBuf {
     dir.join(format!("{generation}.pid"))
 }
 
-fn write_pid_file(dir: &Path, generation: Generation, pid: u32, conversation: &str) {
+fn write_pid_file(dir: &Path, generation: Generation, pid: u32, conversation: &ConversationId) {
     if let Err(e) = std::fs::write(
         pid_file(dir, generation),
         format!("{pid}\n{conversation}\n"),
     ) {
-        tracing::warn!(conversation, "pid file in {}: {e}", dir.display());
+        tracing::warn!(%conversation, "pid file in {}: {e}", dir.display());
     }
 }
 

@@ -163,26 +163,6 @@ pub fn parse_claim(value: Option<&[u8]>) -> Result<Identity, ClaimError> {
     })
 }
 
-/// Conversation ids become file names and NATS subjects, hence the strict alphabet.
-pub fn valid_conversation_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-#[derive(Debug, PartialEq, thiserror::Error)]
-#[error("invalid conversation id: expected 1-128 characters of A-Z a-z 0-9 _ -")]
-pub struct BadConversationId;
-
-pub fn check_conversation_id(id: &str) -> Result<(), BadConversationId> {
-    if valid_conversation_id(id) {
-        Ok(())
-    } else {
-        Err(BadConversationId)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,15 +251,5 @@ mod tests {
         assert!(e.to_string().contains("TRUSTED_PROXIES"));
         assert!(claim_from([c], None, &local).is_err());
         assert!(claim_from([c], Some(far), &TrustedProxies::Any).is_ok());
-    }
-
-    #[test]
-    fn conversation_ids() {
-        assert!(valid_conversation_id("room_1-A"));
-        assert!(!valid_conversation_id(""));
-        assert!(!valid_conversation_id("../etc"));
-        assert!(!valid_conversation_id("a.b"));
-        assert!(!valid_conversation_id(&"x".repeat(129)));
-        assert!(valid_conversation_id(&"x".repeat(128)));
     }
 }

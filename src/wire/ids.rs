@@ -1,5 +1,6 @@
-//! Typed ids. They are all small integers on the wire, and mixing them up (a session id
-//! where a worker generation was meant) compiles silently when they are bare `u64`s.
+//! Typed ids. Mixing them up (a session id where a worker generation was meant, an unchecked
+//! string where a conversation id was meant) compiles silently when they are bare `u64`s and
+//! `String`s.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,3 +29,126 @@ macro_rules! display_as_number {
     )*};
 }
 display_as_number!(SessionId, Generation);
+
+/// A conversation's id, checked once where it enters: the URL path of `/join`, the query of
+/// `/connect`, an admin command, the worker's command line, a spool directory's name. It
+/// becomes file names and NATS subjects, hence the strict alphabet; past the edge nobody checks
+/// it again, because nothing else can make one. On the wire it is its string.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ConversationId(String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid conversation id: expected 1-128 characters of A-Z a-z 0-9 _ -")]
+pub struct BadConversationId;
+
+impl ConversationId {
+    pub fn parse(id: &str) -> Result<ConversationId, BadConversationId> {
+        let valid = (1..=128).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if valid {
+            Ok(ConversationId(id.to_owned()))
+        } else {
+            Err(BadConversationId)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ConversationId {
+    type Error = BadConversationId;
+    fn try_from(id: String) -> Result<Self, Self::Error> {
+        ConversationId::parse(&id)
+    }
+}
+
+impl std::str::FromStr for ConversationId {
+    type Err = BadConversationId;
+    fn from_str(id: &str) -> Result<Self, Self::Err> {
+        ConversationId::parse(id)
+    }
+}
+
+impl From<ConversationId> for String {
+    fn from(id: ConversationId) -> String {
+        id.0
+    }
+}
+
+impl std::ops::Deref for ConversationId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for ConversationId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for ConversationId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for ConversationId {
+    fn as_ref(&self) -> &std::path::Path {
+        self.0.as_ref()
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for ConversationId {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_ref()
+    }
+}
+
+impl std::fmt::Display for ConversationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_ids_are_checked_on_every_way_in() {
+        assert_eq!(ConversationId::parse("c-1_A").unwrap().as_str(), "c-1_A");
+        assert!(ConversationId::parse(&"x".repeat(128)).is_ok());
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            "a.b",
+            "../etc",
+            "a b",
+            "é",
+            &"x".repeat(129),
+        ] {
+            assert_eq!(
+                ConversationId::parse(bad),
+                Err(BadConversationId),
+                "{bad:?}"
+            );
+        }
+        // Deserialising is a way in too.
+        let ok: ConversationId = serde_json::from_str("\"room\"").unwrap();
+        assert_eq!(serde_json::to_string(&ok).unwrap(), "\"room\"");
+        assert!(serde_json::from_str::<ConversationId>("\"../etc\"").is_err());
+        let bytes = postcard::to_stdvec(&ok).unwrap();
+        assert_eq!(bytes, postcard::to_stdvec("room").unwrap());
+        assert!(
+            postcard::from_bytes::<ConversationId>(&postcard::to_stdvec("a/b").unwrap()).is_err()
+        );
+    }
+}

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::identity::Identity;
-use super::ids::{Generation, SessionId};
+use super::ids::{ConversationId, Generation, SessionId};
 use super::signal::ErrorCode;
 use super::stats::WorkerStats;
 
@@ -139,7 +139,7 @@ pub enum ToWorker {
 pub enum ToFront {
     /// The first message on every connection.
     Hello {
-        conversation: String,
+        conversation: ConversationId,
         generation: Generation,
         pid: u32,
         /// `None` from a worker front just spawned; what a new front takes over otherwise.

@@ -73,7 +73,7 @@ use crate::media::rewrite::SlotRewriter;
 use crate::media::room::{Forward, MemberLimits, Room, RoomEvent, SlotOutput};
 use crate::media::sdp::{Offer, unify_bundle_ice};
 use crate::wire::identity::Identity;
-use crate::wire::ids::{Generation, SessionId};
+use crate::wire::ids::{ConversationId, Generation, SessionId};
 use crate::wire::ipc::{CloseReason, MediaConfig, ToFront, ToWorker};
 use crate::wire::signal::ErrorCode;
 use crate::wire::stats::{DelayHistogram, DropStats, WorkerStats};
@@ -109,7 +109,7 @@ pub enum Input {
 
 /// What the engine runs with.
 pub struct EngineSettings {
-    pub conversation: String,
+    pub conversation: ConversationId,
     pub generation: Generation,
     pub media: MediaConfig,
     /// How to cut bites; `None` when bites are off.
@@ -143,7 +143,7 @@ struct Peer {
 }
 
 pub struct Engine {
-    conversation: String,
+    conversation: ConversationId,
     generation: Generation,
     started: Instant,
     media: MediaConfig,

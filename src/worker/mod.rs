@@ -34,7 +34,7 @@ use crate::publish::nats::PublisherSettings;
 use crate::publish::publisher::{Publisher, PublisherHandle};
 use crate::publish::spool::Spool;
 use crate::wire::frame::{self, FrameError};
-use crate::wire::ids::Generation;
+use crate::wire::ids::{ConversationId, Generation};
 use crate::wire::ipc::{BiteConfig, ToFront, ToWorker};
 use crate::wire::socket::{self, PeerError};
 use crate::wire::stats::BiteStats;
@@ -45,7 +45,7 @@ use engine::{BiteSink, Engine, EngineSettings, Input};
 pub struct WorkerArgs {
     /// Front's socket for workers (`RUNTIME_DIR/front.sock`).
     pub front_socket: PathBuf,
-    pub conversation: String,
+    pub conversation: ConversationId,
     pub generation: Generation,
 }
 
@@ -137,7 +137,7 @@ const SPOOL_LOCK_WAIT: Duration = Duration::from_secs(120);
 
 /// Starts the bite publisher on this conversation's spool.
 fn start_publisher(
-    conversation: &str,
+    conversation: &ConversationId,
     cfg: BiteConfig,
 ) -> (PublisherHandle, tokio::task::JoinHandle<BiteStats>) {
     let settings = PublisherSettings {

@@ -220,7 +220,7 @@ impl Options {
         if self.churn == 0 && (self.duration <= 0.0 || self.duration > 3600.0) {
             return invalid("--duration must be in (0, 3600] seconds");
         }
-        if crate::wire::identity::check_conversation_id(&format!("{}-0", self.prefix)).is_err() {
+        if crate::wire::ids::ConversationId::parse(&format!("{}-0", self.prefix)).is_err() {
             return invalid("--prefix must be letters, digits, '-' or '_'");
         }
         if self.churn > 0 && self.client == ClientKind::Light {

@@ -7,10 +7,11 @@ use crate::media::ogg_opus::{self, BiteTags};
 use crate::publish::publisher::PublisherHandle;
 use crate::publish::spool::BiteRecord;
 use crate::wire::identity::Identity;
+use crate::wire::ids::ConversationId;
 
 /// Where finished bites go: the conversation's publisher.
 pub struct BiteSink {
-    pub conversation: String,
+    pub conversation: ConversationId,
     pub handle: PublisherHandle,
 }
 
@@ -25,7 +26,7 @@ impl BiteSink {
         };
         match ogg_opus::write_bite(bite, &tags, ogg_opus::random_serial()) {
             Ok(data) => self.handle.send(BiteRecord {
-                key: self.conversation.clone(),
+                key: self.conversation.to_string(),
                 user: identity.userid.clone(),
                 client: identity.clientid.clone(),
                 start: bite.start_unix_ms,

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use super::port::MAX_DATAGRAM;
 use super::*;
-use crate::wire::ids::Generation;
+use crate::wire::ids::{ConversationId, Generation};
 
 /// A client: an `rtc` offerer with a microphone track, on its own loopback socket.
 struct Client {
@@ -198,7 +198,7 @@ impl Rig {
             .expect("runtime");
         let (to_front, front) = mpsc::unbounded_channel();
         let settings = EngineSettings {
-            conversation: "test".into(),
+            conversation: ConversationId::parse("test").expect("valid"),
             generation: Generation(1),
             media: MediaConfig {
                 member_packets_per_s: 120,
