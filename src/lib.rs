@@ -16,7 +16,7 @@
 //! | [`publish`] | bites to NATS: the publisher task, the durable spool, the `bites` tool | worker (front replays dead workers' spools) |
 //! | [`front`] | front's state, HTTP routes, signalling sessions, permissions, supervisor, metrics | front |
 //! | [`wire`] | what crosses a process boundary: IPC messages and framing, signalling frames, identity, typed ids, stats | both |
-//! | [`config`] | settings from the environment / `.env`, validated at startup | front |
+//! | [`config`] | settings from the environment / `.env`, validated at startup; every name, default and range in one table (`config::settings`) | front |
 //! | [`ctl`] | the operator CLI's client side: one request to front's admin socket, printed | `ctl` |
 //! | [`telemetry`] | tracing setup | both |
 //! | `loadtools` | the webrtc-rs test client, the light `rtc` load client and the load generator (feature `loadtools`) | tests, `loadgen` |

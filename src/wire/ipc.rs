@@ -76,19 +76,19 @@ impl MediaConfig {
 /// every listener: ~1 000 datagrams/s in a room of 500) about a second of datagrams, enough to
 /// ride out a stall of the worker's CPU; more would only turn loss at saturation into
 /// seconds of delay (docs/BENCHMARKS.md, "Delivery under a busy machine").
-pub fn default_socket_buffer() -> u32 {
+pub const fn default_socket_buffer() -> u32 {
     1 << 20
 }
 
-pub fn default_member_packets_per_s() -> u32 {
+pub const fn default_member_packets_per_s() -> u32 {
     120
 }
 
-pub fn default_member_bytes_per_s() -> u32 {
+pub const fn default_member_bytes_per_s() -> u32 {
     64 * 1024
 }
 
-pub fn default_first_connect_ms() -> u64 {
+pub const fn default_first_connect_ms() -> u64 {
     10_000
 }
 

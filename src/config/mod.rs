@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use crate::wire::ipc::{BiteConfig, MediaConfig};
 
+pub mod settings;
+use settings::{DefaultValue, setting};
+
 /// Where permission checks go.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Permissions {
@@ -160,17 +163,28 @@ impl Config {
     /// process environment.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let var = |name: &'static str| get(name).filter(|v| !v.trim().is_empty());
+        // A text setting, or its default from the table.
+        let text = |name: &'static str| -> String {
+            var(name).unwrap_or_else(|| match setting(name).map(|s| s.default) {
+                Some(DefaultValue::Text(d)) => d.to_string(),
+                _ => String::new(),
+            })
+        };
+        let flag = |name: &'static str| -> Result<bool, ConfigError> {
+            let v = text(name);
+            parse_bool(&v).ok_or_else(|| ConfigError {
+                var: name,
+                value: v.clone(),
+                reason: "expected 1/0, true/false, on/off".into(),
+            })
+        };
         let err = |var: &'static str, value: &str, reason: String| ConfigError {
             var,
             value: value.to_string(),
             reason,
         };
-        let dev_mode = match var("DEV_MODE") {
-            None => false,
-            Some(v) => parse_bool(&v)
-                .ok_or_else(|| err("DEV_MODE", &v, "expected 1/0, true/false, on/off".into()))?,
-        };
-        let listen_s = var("LISTEN").unwrap_or_else(|| ":80".into());
+        let dev_mode = flag("DEV_MODE")?;
+        let listen_s = text("LISTEN");
         let listen = parse_listen(&listen_s).map_err(|r| err("LISTEN", &listen_s, r))?;
         // Development mode opens identity by query string and allow-all: loopback only.
         if dev_mode && !listen.ip().is_loopback() {
@@ -183,8 +197,8 @@ impl Config {
                 ),
             ));
         }
-        let nats = var("NATS").unwrap_or_else(|| "nats://localhost:4222".into());
-        let perm_s = var("PERMISSIONS_HOST").unwrap_or_else(|| "http://permissions".into());
+        let nats = text("NATS");
+        let perm_s = text("PERMISSIONS_HOST");
         let permissions = if perm_s == "allow-all" {
             if !dev_mode {
                 return Err(err(
@@ -214,7 +228,7 @@ impl Config {
         };
         let bind_ip = ip("RTC_BIND_IP")?;
         let public_ip = ip("PUBLIC_IP")?;
-        let ports_s = var("RTC_PORTS").unwrap_or_else(|| "50000-59999".into());
+        let ports_s = text("RTC_PORTS");
         let ports = parse_port_range(&ports_s).map_err(|r| err("RTC_PORTS", &ports_s, r))?;
         // ICE-TCP: by default the same numbers as RTC_PORTS (a worker takes its UDP port's
         // number for TCP when it is free); `off` offers no TCP candidate.
@@ -226,21 +240,29 @@ impl Config {
             }
             None => Some((*ports.start(), *ports.end())),
         };
-        let num =
-            |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-                match var(name) {
-                    None => Ok(default),
-                    Some(v) => match v.trim().parse::<u64>() {
-                        Ok(n) if (min..=max).contains(&n) => Ok(n),
-                        _ => Err(err(
-                            name,
-                            &v,
-                            format!("expected a whole number from {min} to {max}"),
-                        )),
-                    },
-                }
+        // Defaults and ranges come from the table (`settings`), and from nowhere else.
+        let num = |name: &'static str| -> Result<u64, ConfigError> {
+            let Some(DefaultValue::Number { default, min, max }) = setting(name).map(|s| s.default)
+            else {
+                return Err(err(
+                    name,
+                    "",
+                    "not a number setting of SETTINGS (a bug)".into(),
+                ));
             };
-        let max_slots = num("MAX_SLOTS", 3, 1, 16)? as usize;
+            match var(name) {
+                None => Ok(default),
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if (min..=max).contains(&n) => Ok(n),
+                    _ => Err(err(
+                        name,
+                        &v,
+                        format!("expected a whole number from {min} to {max}"),
+                    )),
+                },
+            }
+        };
+        let max_slots = num("MAX_SLOTS")? as usize;
         let runtime_dir = runtime_dir(&get);
         crate::wire::socket::check_socket_dir(&runtime_dir)
             .map_err(|r| err("RUNTIME_DIR", &runtime_dir.display().to_string(), r))?;
@@ -252,13 +274,9 @@ impl Config {
                 None => PathBuf::from("/var/lib/beep-webrtc"),
             },
         };
-        let bites_on = match var("BITES") {
-            None => true,
-            Some(v) => parse_bool(&v)
-                .ok_or_else(|| err("BITES", &v, "expected 1/0, true/false, on/off".into()))?,
-        };
-        let subject = |name: &'static str, default: &str| -> Result<String, ConfigError> {
-            let v = var(name).unwrap_or_else(|| default.into());
+        let bites_on = flag("BITES")?;
+        let subject = |name: &'static str| -> Result<String, ConfigError> {
+            let v = text(name);
             let valid = !v.is_empty()
                 && v.split('.').all(|t| {
                     !t.is_empty() && t.bytes().all(|b| b > b' ' && b != b'*' && b != b'>')
@@ -275,11 +293,11 @@ impl Config {
         };
         let bites = if bites_on {
             Some(Bites {
-                bite_subject: subject("BITE_SUBJECT", "bite")?,
-                store_subject: subject("STORE_SUBJECT", "store")?,
-                silence_ms: num("BITE_SILENCE_MS", 600, 20, 60_000)?,
-                max_ms: num("BITE_MAX_MS", 10_000, 100, 600_000)?,
-                spool_max_bytes: num("SPOOL_MAX_BYTES", 256 << 20, 1 << 16, 1 << 50)?,
+                bite_subject: subject("BITE_SUBJECT")?,
+                store_subject: subject("STORE_SUBJECT")?,
+                silence_ms: num("BITE_SILENCE_MS")?,
+                max_ms: num("BITE_MAX_MS")?,
+                spool_max_bytes: num("SPOOL_MAX_BYTES")?,
             })
         } else {
             None
@@ -301,72 +319,31 @@ impl Config {
                 tcp_ports,
                 public_ip,
                 max_slots,
-                ice_disconnected_ms: num("ICE_DISCONNECTED_MS", 5_000, 500, 600_000)?,
-                ice_failed_ms: num("ICE_FAILED_MS", 15_000, 500, 3_600_000)?,
-                member_packets_per_s: num(
-                    "MEMBER_PACKETS_PER_S",
-                    crate::wire::ipc::default_member_packets_per_s().into(),
-                    0,
-                    1_000_000,
-                )? as u32,
-                member_bytes_per_s: num(
-                    "MEMBER_BYTES_PER_S",
-                    crate::wire::ipc::default_member_bytes_per_s().into(),
-                    0,
-                    1 << 30,
-                )? as u32,
-                first_connect_ms: num(
-                    "WORKER_FIRST_CONNECT_MS",
-                    crate::wire::ipc::default_first_connect_ms(),
-                    0,
-                    86_400_000,
-                )?,
-                socket_recv_buffer: num(
-                    "RTC_RECV_BUFFER_BYTES",
-                    crate::wire::ipc::default_socket_buffer().into(),
-                    0,
-                    1 << 30,
-                )? as u32,
-                socket_send_buffer: num(
-                    "RTC_SEND_BUFFER_BYTES",
-                    crate::wire::ipc::default_socket_buffer().into(),
-                    0,
-                    1 << 30,
-                )? as u32,
+                ice_disconnected_ms: num("ICE_DISCONNECTED_MS")?,
+                ice_failed_ms: num("ICE_FAILED_MS")?,
+                member_packets_per_s: num("MEMBER_PACKETS_PER_S")? as u32,
+                member_bytes_per_s: num("MEMBER_BYTES_PER_S")? as u32,
+                first_connect_ms: num("WORKER_FIRST_CONNECT_MS")?,
+                socket_recv_buffer: num("RTC_RECV_BUFFER_BYTES")? as u32,
+                socket_send_buffer: num("RTC_SEND_BUFFER_BYTES")? as u32,
             },
             runtime_dir,
             state_dir,
             bites,
             dev_mode,
-            join_timeout: Duration::from_millis(num("JOIN_TIMEOUT_MS", 30_000, 100, 3_600_000)?),
-            worker_idle: Duration::from_millis(num("WORKER_IDLE_MS", 30_000, 0, 86_400_000)?),
-            worker_orphan_grace: Duration::from_millis(num(
-                "WORKER_ORPHAN_GRACE_MS",
-                60_000,
-                1_000,
-                3_600_000,
-            )?),
-            worker_heartbeat: Duration::from_millis(num(
-                "WORKER_HEARTBEAT_MS",
-                10_000,
-                3_000,
-                600_000,
-            )?),
-            drain_timeout: Duration::from_millis(num("DRAIN_TIMEOUT_MS", 5_000, 0, 3_600_000)?),
-            permissions_timeout: Duration::from_millis(num(
-                "PERMISSIONS_TIMEOUT_MS",
-                2_000,
-                50,
-                60_000,
-            )?),
-            max_sessions_per_user: num("MAX_SESSIONS_PER_USER", 8, 1, 10_000)? as usize,
-            max_frame_bytes: max_frame_bytes(num("MAX_FRAME_BYTES", 65_536, 1_024, 16 << 20)?)
+            join_timeout: Duration::from_millis(num("JOIN_TIMEOUT_MS")?),
+            worker_idle: Duration::from_millis(num("WORKER_IDLE_MS")?),
+            worker_orphan_grace: Duration::from_millis(num("WORKER_ORPHAN_GRACE_MS")?),
+            worker_heartbeat: Duration::from_millis(num("WORKER_HEARTBEAT_MS")?),
+            drain_timeout: Duration::from_millis(num("DRAIN_TIMEOUT_MS")?),
+            permissions_timeout: Duration::from_millis(num("PERMISSIONS_TIMEOUT_MS")?),
+            max_sessions_per_user: num("MAX_SESSIONS_PER_USER")? as usize,
+            max_frame_bytes: max_frame_bytes(num("MAX_FRAME_BYTES")?)
                 .map_err(|(v, r)| err("MAX_FRAME_BYTES", &v, r))?,
-            offers_per_minute: num("OFFERS_PER_MINUTE", 30, 1, 100_000)? as u32,
-            joins_per_minute: num("JOINS_PER_MINUTE", 30, 1, 100_000)? as u32,
-            max_workers: num("MAX_WORKERS", 512, 1, 100_000)? as usize,
-            new_conversations_per_minute: num("NEW_CONVERSATIONS_PER_MINUTE", 10, 1, 100_000)?
-                as u32,
+            offers_per_minute: num("OFFERS_PER_MINUTE")? as u32,
+            joins_per_minute: num("JOINS_PER_MINUTE")? as u32,
+            max_workers: num("MAX_WORKERS")? as usize,
+            new_conversations_per_minute: num("NEW_CONVERSATIONS_PER_MINUTE")? as u32,
             worker_bin,
             trusted_proxies: match var("TRUSTED_PROXIES") {
                 None => Default::default(),
@@ -382,31 +359,15 @@ impl Config {
                 Some(v) => load_ca_file(std::path::Path::new(&v))
                     .map_err(|r| err("PERMISSIONS_CA_FILE", &v, r))?,
             },
-            // At most what `Offer::parse` takes in one offer (its hard cap, shared with workers).
-            max_candidates: num(
-                "MAX_CANDIDATES",
-                32,
-                1,
-                crate::media::sdp::MAX_CANDIDATES as u64,
-            )? as usize,
-            ice_per_second: num("ICE_PER_SECOND", 20, 1, 10_000)? as u32,
-            ice_burst: num("ICE_BURST", 40, 1, 100_000)? as u32,
-            http_header_timeout: Duration::from_millis(num(
-                "HTTP_HEADER_TIMEOUT_MS",
-                10_000,
-                100,
-                600_000,
-            )?),
-            max_connections: num("MAX_CONNECTIONS", 10_000, 1, 1_000_000)? as usize,
-            ws_ping: Duration::from_millis(num("WS_PING_MS", 20_000, 100, 3_600_000)?),
-            ws_idle: Duration::from_millis(num("WS_IDLE_MS", 60_000, 200, 86_400_000)?),
-            ws_send_queue: num("WS_SEND_QUEUE", 128, 1, 1_000_000)? as usize,
-            ws_send_timeout: Duration::from_millis(num(
-                "WS_SEND_TIMEOUT_MS",
-                10_000,
-                100,
-                600_000,
-            )?),
+            max_candidates: num("MAX_CANDIDATES")? as usize,
+            ice_per_second: num("ICE_PER_SECOND")? as u32,
+            ice_burst: num("ICE_BURST")? as u32,
+            http_header_timeout: Duration::from_millis(num("HTTP_HEADER_TIMEOUT_MS")?),
+            max_connections: num("MAX_CONNECTIONS")? as usize,
+            ws_ping: Duration::from_millis(num("WS_PING_MS")?),
+            ws_idle: Duration::from_millis(num("WS_IDLE_MS")?),
+            ws_send_queue: num("WS_SEND_QUEUE")? as usize,
+            ws_send_timeout: Duration::from_millis(num("WS_SEND_TIMEOUT_MS")?),
         })
     }
 }
