@@ -465,15 +465,14 @@ impl Front {
         counts.to_vec()
     }
 
-    /// Every worker, as `ctl workers` shows it.
+    /// Every worker, as `ctl workers` shows it. Their `/proc` is read after the state lock is
+    /// released: a few file reads per worker must not hold up every session of the host.
     pub fn worker_rows(&self) -> Vec<WorkerRow> {
-        let st = self.lock();
-        let mut rows: Vec<WorkerRow> = st
-            .conversations
-            .iter()
-            .map(|(name, c)| {
-                let proc_ = c.pid.and_then(procfs::proc_sample).unwrap_or_default();
-                WorkerRow {
+        let mut rows: Vec<WorkerRow> = {
+            let st = self.lock();
+            st.conversations
+                .iter()
+                .map(|(name, c)| WorkerRow {
                     conversation: name.to_string(),
                     pid: c.pid,
                     state: c.state.as_str().into(),
@@ -483,11 +482,16 @@ impl Front {
                         .crashes
                         .get(name)
                         .map_or(0, |h: &CrashHistory| h.restarts),
-                    cpu_s: proc_.cpu_s,
-                    rss_kib: proc_.rss_kib,
-                }
-            })
-            .collect();
+                    cpu_s: 0.0,
+                    rss_kib: 0,
+                })
+                .collect()
+        };
+        for row in &mut rows {
+            let sample = row.pid.and_then(procfs::proc_sample).unwrap_or_default();
+            row.cpu_s = sample.cpu_s;
+            row.rss_kib = sample.rss_kib;
+        }
         rows.sort_by(|a, b| a.conversation.cmp(&b.conversation));
         rows
     }

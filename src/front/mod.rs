@@ -18,6 +18,7 @@
 //! | [`supervisor`] | spawning, connecting and watching one worker process |
 //! | [`metrics`] | `/metrics`: front's counters and the workers' totals, via prometheus-client |
 //! | [`notify`] | systemd notifications (`READY=1`, `RELOADING=1`, `STOPPING=1`, watchdog); no-ops outside systemd |
+//! | [`process`] | front's process from start to exit: startup, its tasks, signals, drain, re-exec |
 //! | [`procfs`] | CPU and memory of a process from `/proc` |
 
 pub mod admin;
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod permissions;
+pub mod process;
 pub mod procfs;
 mod rates;
 pub mod session;
