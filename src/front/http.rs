@@ -18,7 +18,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -29,12 +29,14 @@ use crate::wire::identity::{CLAIM_HEADER, ClaimError, Identity, claim_from, pars
 use crate::wire::ids::ConversationId;
 
 pub fn router(front: Arc<Front>) -> Router {
+    #[cfg_attr(not(feature = "demo"), allow(unused_mut))]
     let mut r = Router::new()
         .route("/connect", get(connect))
         .route("/join/{conversationid}", post(join))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
+    #[cfg(feature = "demo")]
     if front.cfg.dev_mode {
         r = r.route("/", get(demo_page));
     }
@@ -379,6 +381,7 @@ async fn metrics(State(front): State<Arc<Front>>) -> Response {
         .into_response()
 }
 
-async fn demo_page() -> Html<&'static str> {
-    Html(include_str!("../../static/index.html"))
+#[cfg(feature = "demo")]
+async fn demo_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../../static/index.html"))
 }

@@ -14,7 +14,7 @@
 //! | [`permissions`] | the permission check, failing closed |
 //! | `rates` | the sliding minute behind the join, offer and new-conversation rates |
 //! | [`bites`] | replays of dead workers' spools; front's NATS connection |
-//! | [`demo`] | development only: the demo page's bite list and `/bites/…` audio |
+//! | `demo` | development only (cargo feature `demo`): the demo page's bite list and `/bites/…` audio |
 //! | [`supervisor`] | spawning, connecting and watching one worker process |
 //! | [`metrics`] | `/metrics`: front's counters and the workers' totals, via prometheus-client |
 //! | [`notify`] | systemd notifications (`READY=1`, `RELOADING=1`, `STOPPING=1`, watchdog); no-ops outside systemd |
@@ -24,6 +24,7 @@
 pub mod admin;
 pub mod bites;
 pub mod conversation;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod http;
 pub mod lifecycle;

@@ -13,7 +13,6 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
 use crate::front::bites::BiteReplays;
-use crate::front::demo::DemoBites;
 use crate::front::state::Front;
 use crate::front::supervisor::{self, LISTEN_FD_ENV};
 use crate::front::{admin, http, links, notify};
@@ -48,7 +47,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<Exit> {
     }
     if cfg.dev_mode {
         tracing::warn!(
-            "DEV_MODE is on: the demo page is served at / and ?userid=&clientid= is accepted as identity"
+            "DEV_MODE is on: ?userid=&clientid= is accepted as identity{}",
+            if cfg!(feature = "demo") {
+                ", and the demo page is served at /"
+            } else {
+                " (this build has no demo page: built without the `demo` feature)"
+            }
         );
         if cfg.permissions == crate::config::Permissions::AllowAll {
             tracing::warn!("PERMISSIONS_HOST=allow-all: every user may join every conversation");
@@ -120,10 +124,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<Exit> {
         });
     }
 
+    #[cfg_attr(not(feature = "demo"), allow(unused_mut))]
     let mut app = http::router(front.clone());
     // Development only: the demo page's bite list (with bites on; none of it exists otherwise).
+    #[cfg(feature = "demo")]
     if front.cfg.dev_mode
-        && let Some(demo) = DemoBites::start(&front)
+        && let Some(demo) = crate::front::demo::DemoBites::start(&front)
     {
         app = app.merge(demo.router());
     }
@@ -143,7 +149,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Exit> {
         Ok::<(), std::io::Error>(())
     });
     tracing::info!(%addr, "front listening");
-    if front.cfg.dev_mode {
+    if cfg!(feature = "demo") && front.cfg.dev_mode {
         let host = if addr.ip().is_unspecified() {
             "localhost".to_string()
         } else {

@@ -587,6 +587,7 @@ impl Front {
     }
 
     /// Sends `text` down the signalling socket of every client in `conversation`.
+    #[cfg(feature = "demo")]
     pub fn send_to_conversation(&self, conversation: &ConversationId, text: &str) {
         let st = self.lock();
         for c in st.clients.values() {

@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ -z "${SKIP_BUILD:-}" ]; then
-  cargo build --bins --quiet
+  cargo build --bins --features demo --quiet
 fi
 exec unshare -n bash -c 'ip link set lo up && exec /usr/bin/python3 tests/browser/e2e.py "$@"' e2e "$@"
