@@ -9,7 +9,7 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use beep_webrtc::loadtools::client::{Client, ClientOptions};
+use beep_webrtc::tools::load::client::{Client, ClientOptions};
 use common::signal::{OFFER, Signal};
 use common::{Front, Permissions, eventually, lost, member};
 

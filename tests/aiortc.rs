@@ -8,7 +8,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use beep_webrtc::loadtools::client::{Client, ClientOptions};
+use beep_webrtc::tools::load::client::{Client, ClientOptions};
 use common::{Front, Permissions, eventually};
 
 async fn aiortc_peer(

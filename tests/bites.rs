@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use beep_webrtc::loadtools::client::{Client, ClientOptions};
 use beep_webrtc::media::opus;
 use beep_webrtc::publish::nats::{
     CONTENT_TYPE_OGG_OPUS, HEADER_CLIENT, HEADER_DURATION, HEADER_MSG_ID, HEADER_USER,
 };
+use beep_webrtc::tools::load::client::{Client, ClientOptions};
 use beep_webrtc::wire::bite as proto;
 use bytes::Bytes;
 use common::nats::{NatsServer, connect, create_stream, header, stream_len, stream_messages};

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use beep_webrtc::loadtools::client::{Client, ClientOptions};
+use beep_webrtc::tools::load::client::{Client, ClientOptions};
 use common::{Front, Permissions, eventually};
 
 const T: Duration = Duration::from_secs(20);

@@ -9,7 +9,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use beep_webrtc::loadtools::client::Client;
+use beep_webrtc::tools::load::client::Client;
 use beep_webrtc::wire::frame::{MAX_FRAME, MAX_SIGNAL_FRAME};
 use common::signal::{OFFER, Signal};
 use common::{Front, Permissions, claim, eventually, member};

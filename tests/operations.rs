@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use beep_webrtc::loadtools::client::Client;
+use beep_webrtc::tools::load::client::Client;
 use common::signal::{OFFER, Signal};
 use common::{Front, Permissions, eventually, lost, member};
 

@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use beep_webrtc::loadtools::client::{Client, ClientOptions};
+use beep_webrtc::tools::load::client::{Client, ClientOptions};
 use common::{Front, Permissions, eventually, lost};
 
 const T: Duration = Duration::from_secs(30);

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use beep_webrtc::loadtools::client::{Client, ClientOptions};
+use beep_webrtc::tools::load::client::{Client, ClientOptions};
 use common::{Front, Permissions};
 
 const UNIT: &str = "beep-webrtc.service";

@@ -1,9 +1,9 @@
 //! bites: the operator's tap on published bites: subscribes (core NATS, or a durable JetStream
 //! consumer with `--stream`) and writes each bite as an `.ogg` file, one line per bite on
-//! stdout. `bites --help` for usage; the logic is in `beep_webrtc::publish::tool`.
+//! stdout. `bites --help` for usage; the logic is in `beep_webrtc::tools::bites`.
 
 use anyhow::Context as _;
-use beep_webrtc::publish::tool::{Args, run};
+use beep_webrtc::tools::bites::{Args, run};
 use clap::Parser as _;
 
 fn main() -> anyhow::Result<()> {

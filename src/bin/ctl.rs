@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use beep_webrtc::ctl::{CtlError, ask, workers_table};
+use beep_webrtc::tools::ctl::{CtlError, ask, workers_table};
 use beep_webrtc::wire::admin::{AdminRequest, AdminResponse};
 use clap::{Parser, Subcommand};
 

@@ -1,7 +1,7 @@
 //! loadgen: many webrtc-rs clients against beep-webrtc, measured. `loadgen --help` for usage;
-//! the logic and the report format are in `beep_webrtc::loadtools::loadgen`.
+//! the logic and the report format are in `beep_webrtc::tools::load::loadgen`.
 
-use beep_webrtc::loadtools::loadgen::{self, Options};
+use beep_webrtc::tools::load::loadgen::{self, Options};
 
 #[tokio::main]
 async fn main() {

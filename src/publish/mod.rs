@@ -14,4 +14,3 @@ mod counters;
 pub mod nats;
 pub mod publisher;
 pub mod spool;
-pub mod tool;

@@ -1,6 +1,6 @@
 //! When an `rtc` connection's timer is next handled, for a driver that keeps every
 //! connection's deadline in one ordered set of `(deadline, key)`: the worker's engine and the
-//! light load client (`crate::loadtools::light`) both drive their connections this way.
+//! light load client (`crate::tools::load::light`) both drive their connections this way.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

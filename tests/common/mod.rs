@@ -319,8 +319,8 @@ pub async fn member(
     front: &Front,
     conversation: &str,
     user: &str,
-) -> beep_webrtc::loadtools::client::Client {
-    use beep_webrtc::loadtools::client::{Client, ClientOptions};
+) -> beep_webrtc::tools::load::client::Client {
+    use beep_webrtc::tools::load::client::{Client, ClientOptions};
     let c = Client::connect(ClientOptions::new(
         front.ws(&format!("?conversation={conversation}")),
         user,
@@ -356,7 +356,7 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
 }
 
 /// Packets of `speaker` that `listener` never got, between the first and last it got.
-pub fn lost(listener: &beep_webrtc::loadtools::client::Client, speaker: &str) -> u64 {
+pub fn lost(listener: &beep_webrtc::tools::load::client::Client, speaker: &str) -> u64 {
     listener
         .streams()
         .iter()

@@ -14,7 +14,7 @@ use super::report::{ChurnReport, JoinRecord, ProcDelta, Report, Snapshot, join_r
 use super::sample::ServerSample;
 use super::server::{Server, ws_url};
 use crate::front::procfs::{ProcSample, children_of};
-use crate::loadtools::client::Client;
+use crate::tools::load::client::Client;
 
 async fn snapshot(server: &Server) -> Snapshot {
     let s = server.sample().unwrap_or_default();

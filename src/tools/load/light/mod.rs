@@ -1,7 +1,7 @@
 //! The light load client: many `rtc` sans-I/O peer connections driven by ONE task, for
 //! `loadgen --client light`.
 //!
-//! The full client ([`crate::loadtools::client`]) is a webrtc-crate connection per client: a
+//! The full client ([`crate::tools::load::client`]) is a webrtc-crate connection per client: a
 //! driver task each, the crate's default interceptors (NACK, reports, TWCC), a jitter buffer
 //! per track and a task per incoming track. At ~75 000 packets/s loadgen's own core saturates
 //! before the SFU's does. This client does what the measurement needs and nothing else: it

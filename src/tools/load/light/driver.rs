@@ -32,8 +32,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Shared, lock};
-use crate::loadtools::probe::probe_payload;
-use crate::loadtools::ticks::SendTicks;
+use crate::tools::load::probe::probe_payload;
+use crate::tools::load::ticks::SendTicks;
 use crate::worker::timer::rearm;
 
 /// One probe every 20 ms, as an Opus sender of 20 ms frames.

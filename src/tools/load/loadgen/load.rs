@@ -17,8 +17,8 @@ use super::sample::ServerSample;
 use super::server::Server;
 use super::window::{self, Listener};
 use crate::front::procfs::proc_sample;
-use crate::loadtools::light::LightDriver;
-use crate::loadtools::ticks::SendTicks;
+use crate::tools::load::light::LightDriver;
+use crate::tools::load::ticks::SendTicks;
 
 /// After starting the hogs, before the hogged window: the scheduler and the SFU's queues
 /// settle into the contended state.

@@ -16,7 +16,7 @@ use super::report::{Dist, Forwarding, Loss, ServerReport, SfuDelay, WindowReport
 use super::sample::{ServerSample, cpu_count, cpu_jiffies};
 use super::server::Server;
 use crate::front::procfs::{ProcSample, proc_sample};
-use crate::loadtools::ticks::{SendTicks, TickSnapshot};
+use crate::tools::load::ticks::{SendTicks, TickSnapshot};
 use crate::wire::stats::{DELAY_BUCKETS_US, DelayHistogram};
 
 /// A member of the run as the window sees it.

@@ -12,7 +12,7 @@ use super::hog::HogTarget;
 use super::member::ClientKind;
 use super::sample::cpu_count;
 use crate::front::procfs::ProcSample;
-use crate::loadtools::ticks::TickLateness;
+use crate::tools::load::ticks::TickLateness;
 
 /// A distribution summary, in milliseconds.
 #[derive(Clone, Debug, Default, Serialize)]

@@ -1,10 +1,10 @@
-//! Load generator: many webrtc-rs clients ([`crate::loadtools::client`], or the light ones of
-//! [`crate::loadtools::light`]) in one process, against a running front or one it starts
+//! Load generator: many webrtc-rs clients ([`crate::tools::load::client`], or the light ones of
+//! [`crate::tools::load::light`]) in one process, against a running front or one it starts
 //! itself.
 //!
 //! *Load mode* puts N clients into M conversations (client `i` joins conversation `i % M`), the
 //! first S members of each conversation speak (probe payloads at 50 packets/s, see
-//! [`crate::loadtools::client::probe_payload`]), everyone offers K receive slots. Joins come in two phases:
+//! [`crate::tools::load::client::probe_payload`]), everyone offers K receive slots. Joins come in two phases:
 //! the first member of every conversation (its join starts the conversation's worker: a *spawn*
 //! join), then everyone else (the worker is up: a *warm* join), spread over the ramp-up time.
 //! After a warm-up it measures a steady-state window: forwarded packets/s at the listeners,

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use serde::Serialize;
 
-use crate::loadtools::client::{Client, ClientOptions, StreamStats};
-use crate::loadtools::light::{LightClient, LightDriver};
+use crate::tools::load::client::{Client, ClientOptions, StreamStats};
+use crate::tools::load::light::{LightClient, LightDriver};
 
 /// Which client loadgen runs (`--client`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize)]

@@ -10,7 +10,7 @@ use clap::{ArgGroup, CommandFactory, Parser};
 
 use super::hog::HogTarget;
 use super::member::ClientKind;
-use crate::loadtools::client::ClientOptions;
+use crate::tools::load::client::ClientOptions;
 
 const SERVER: &str = "Server (one of --spawn-front and --url)";
 const LOAD: &str = "Load (default mode)";
