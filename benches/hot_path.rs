@@ -363,7 +363,7 @@ fn bench_audit(c: &mut Criterion) {
         ("distrusted_every_packet_decoded", true),
     ] {
         let mut a = LevelAudit::new(1);
-        let mut budget = DecodeBudget::new(f32::MAX, f32::MAX);
+        let mut budget = DecodeBudget::new(u32::MAX, u32::MAX);
         let mut n = 0usize;
         g.bench_function(name, |b| {
             b.iter(|| {

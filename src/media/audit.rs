@@ -50,6 +50,7 @@ use ::opus as libopus;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::bucket::TokenBucket;
 use super::speech::{Loudness, SPEECH_THRESHOLD_DBOV};
 
 /// How much louder than its decoded level each packet of a check run may be credited, by its
@@ -61,7 +62,6 @@ use super::speech::{Loudness, SPEECH_THRESHOLD_DBOV};
 /// speech starts at 67 ([`SPEECH_THRESHOLD_DBOV`]); an honest packet early in a run is at
 /// worst credited a little less than it claims.
 pub const RUN_SLACK_DB: [f32; 5] = [35.0, 33.0, 30.0, 28.0, 25.0];
-/// The verdict on a run is taken on its last packet, where the decoder has caught up.
 /// Packets in one check of a trusted member.
 pub const RUN: u8 = RUN_SLACK_DB.len() as u8;
 /// Within a talk spurt, a check starts at a packet with probability 1 in this.
@@ -83,16 +83,17 @@ pub const DECODE_RATE: u32 = 8_000;
 const MAX_SAMPLES: usize = DECODE_RATE as usize * 120 / 1000;
 /// Decodes a room may spend per second (about 2–4 % of one core at libopus' 10–20 µs a frame),
 /// and as a burst.
-pub const DECODES_PER_SECOND: f32 = 1_500.0;
-pub const DECODE_BURST: f32 = 300.0;
+pub const DECODES_PER_SECOND: u32 = 1_500;
+pub const DECODE_BURST: u32 = 300;
 
-/// What one room may spend on decoding: a token bucket shared by its members' audits.
+/// What one room may spend on decoding: the code base's token bucket, shared by its members'
+/// audits, with its upper half kept for distrusted members.
 #[derive(Debug)]
 pub struct DecodeBudget {
-    tokens: f32,
+    bucket: TokenBucket,
+    /// Tokens a distrusted member's decode must leave: half the burst.
+    reserve: f64,
     last: Option<Instant>,
-    rate: f32,
-    burst: f32,
 }
 
 impl Default for DecodeBudget {
@@ -102,28 +103,35 @@ impl Default for DecodeBudget {
 }
 
 impl DecodeBudget {
-    pub fn new(rate: f32, burst: f32) -> DecodeBudget {
+    pub fn new(rate: u32, burst: u32) -> DecodeBudget {
         DecodeBudget {
-            tokens: burst,
+            bucket: TokenBucket::new(rate, burst),
+            reserve: f64::from(burst) / 2.0,
             last: None,
-            rate,
-            burst,
         }
     }
 
-    /// Takes one decode if the bucket holds more than `keep` of its burst.
-    fn take(&mut self, now: Instant, keep: f32) -> bool {
+    /// Takes one decode for a trusted member's check: any token will do.
+    fn take_for_check(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.bucket.try_take(1.0)
+    }
+
+    /// Takes one decode for a distrusted member: only above the reserve.
+    fn take_for_distrusted(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        let ok = self.bucket.has(self.reserve + 1.0);
+        if ok {
+            self.bucket.take(1.0);
+        }
+        ok
+    }
+
+    fn refill(&mut self, now: Instant) {
         if let Some(last) = self.last {
-            let dt = now.saturating_duration_since(last).as_secs_f32();
-            self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+            self.bucket.refill(now.saturating_duration_since(last));
         }
         self.last = Some(now);
-        if self.tokens - 1.0 >= keep {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -253,7 +261,7 @@ impl LevelAudit {
             Trust::Distrusted { since } => {
                 // Every packet, speech or not, keeps the decoder warm.
                 let judged = self.pending_claim.take();
-                let Some(level) = self.decode(payload, now, budget, DECODE_BURST / 2.0) else {
+                let Some(level) = self.decode(payload, budget.take_for_distrusted(now)) else {
                     self.previous = None;
                     return Checked {
                         loudness: Loudness::SILENT,
@@ -300,7 +308,7 @@ impl LevelAudit {
                     return believed;
                 }
                 // A run goes on through quiet claims: it must not end where a liar chooses.
-                let Some(level) = self.decode(payload, now, budget, 0.0) else {
+                let Some(level) = self.decode(payload, budget.take_for_check(now)) else {
                     // Unverifiable: fail closed, and try again at the next packet.
                     return Checked {
                         loudness: if speech { Loudness::SILENT } else { claim },
@@ -330,16 +338,9 @@ impl LevelAudit {
         }
     }
 
-    /// Decodes `payload` if the budget pays for it (above `keep`): its level in dB above
-    /// silence.
-    fn decode(
-        &mut self,
-        payload: &[u8],
-        now: Instant,
-        budget: &mut DecodeBudget,
-        keep: f32,
-    ) -> Option<f32> {
-        if !budget.take(now, keep) {
+    /// Decodes `payload` if the budget paid for it: its level in dB above silence.
+    fn decode(&mut self, payload: &[u8], paid: bool) -> Option<f32> {
+        if !paid {
             return None;
         }
         if self.decoder.is_none() {

@@ -233,7 +233,7 @@ fn a_lie_in_the_middle_of_a_spurt_is_found_and_paroled_after_honesty() {
 
 #[test]
 fn liars_cannot_spend_the_checks_of_honest_members() {
-    let mut budget = DecodeBudget::new(200.0, 100.0);
+    let mut budget = DecodeBudget::new(200, 100);
     let t0 = Instant::now();
     let silence = encode(&vec![0; FRAME * 50]);
     let voice = encode(&syllables(1.0));
@@ -300,7 +300,7 @@ fn fuzz_never_louder_than_claimed() {
         .with_iterations(iterations)
         .for_each(|packets: &Vec<(u8, u8, Vec<u8>)>| {
             let mut audit = LevelAudit::new(packets.len() as u64);
-            let mut budget = DecodeBudget::new(50.0, 20.0);
+            let mut budget = DecodeBudget::new(50, 20);
             let mut now = t0;
             for (dbov, gap_ms, payload) in packets {
                 now += Duration::from_millis(u64::from(*gap_ms));
