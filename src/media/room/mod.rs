@@ -352,10 +352,12 @@ impl Room {
         let mut level_byte = level_id
             .and_then(|id| pkt.header.get_extension(id))
             .and_then(|b| b.first().copied());
-        let loudness = match (admit, members.get_mut(&member)) {
-            // A member just over its caps is not speaking, whatever its packets say.
-            (Admit::Silenced, _) => Loudness::SILENT,
-            (_, Some(m)) => {
+        // The speaker's audit and bite cutter see the packet; the selection its checked level.
+        if let Some(m) = members.get_mut(&member) {
+            let loudness = if admit == Admit::Silenced {
+                // A member just over its caps is not speaking, whatever its packets say.
+                Loudness::SILENT
+            } else {
                 let claim = Loudness::of_packet(level_byte, pkt.payload.len());
                 let checked = m.audit.check(claim, &pkt.payload, now, decode_budget);
                 self.level_decodes += u64::from(checked.decoded);
@@ -365,23 +367,19 @@ impl Room {
                     level_byte = level_byte.and(checked.loudness.level_byte());
                 }
                 checked.loudness
-            }
-            (_, None) => Loudness::SILENT,
-        };
-        selector.on_audio(member, now, loudness);
-        if let Some(m) = members.get_mut(&member)
-            && let Some(cutter) = m.cutter.as_mut()
-        {
-            let speech = loudness.is_speech(selector.speech_threshold());
-            let audio = AudioPacket {
-                ssrc: pkt.header.ssrc,
-                seq: pkt.header.sequence_number,
-                timestamp: pkt.header.timestamp,
-                payload: pkt.payload.clone(),
-                speech,
             };
-            cutter.handle_packet(audio, now, unix_ms);
-            hold_bites(held, member, &m.identity, cutter);
+            selector.on_audio(member, now, loudness);
+            if let Some(cutter) = m.cutter.as_mut() {
+                let audio = AudioPacket {
+                    ssrc: pkt.header.ssrc,
+                    seq: pkt.header.sequence_number,
+                    timestamp: pkt.header.timestamp,
+                    payload: pkt.payload.clone(),
+                    speech: loudness.is_speech(selector.speech_threshold()),
+                };
+                cutter.handle_packet(audio, now, unix_ms);
+                hold_bites(held, member, &m.identity, cutter);
+            }
         }
         let before = out.len();
         for &(listener, slot) in selector.destinations(member) {
