@@ -170,18 +170,14 @@ impl Config {
                 _ => String::new(),
             })
         };
-        let flag = |name: &'static str| -> Result<bool, ConfigError> {
-            let v = text(name);
-            parse_bool(&v).ok_or_else(|| ConfigError {
-                var: name,
-                value: v.clone(),
-                reason: "expected 1/0, true/false, on/off".into(),
-            })
-        };
         let err = |var: &'static str, value: &str, reason: String| ConfigError {
             var,
             value: value.to_string(),
             reason,
+        };
+        let flag = |name: &'static str| -> Result<bool, ConfigError> {
+            let v = text(name);
+            parse_bool(&v).ok_or_else(|| err(name, &v, "expected 1/0, true/false, on/off".into()))
         };
         let dev_mode = flag("DEV_MODE")?;
         let listen_s = text("LISTEN");

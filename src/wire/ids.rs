@@ -87,18 +87,6 @@ impl std::ops::Deref for ConversationId {
     }
 }
 
-impl std::borrow::Borrow<str> for ConversationId {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl AsRef<str> for ConversationId {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
 impl AsRef<std::path::Path> for ConversationId {
     fn as_ref(&self) -> &std::path::Path {
         self.0.as_ref()
