@@ -322,6 +322,7 @@ impl Config {
                 first_connect_ms: num("WORKER_FIRST_CONNECT_MS")?,
                 socket_recv_buffer: num("RTC_RECV_BUFFER_BYTES")? as u32,
                 socket_send_buffer: num("RTC_SEND_BUFFER_BYTES")? as u32,
+                fanout_threads: num("RTC_FANOUT_THREADS")? as u32,
             },
             runtime_dir,
             state_dir,

@@ -71,6 +71,7 @@ pub const SETTINGS: &[Setting] = &[
         0,
         1 << 30,
     ),
+    number("RTC_FANOUT_THREADS", 0, 0, 64),
     derived("PUBLIC_IP"),
     number("MAX_SLOTS", 3, 1, 16),
     derived("RUNTIME_DIR"),

@@ -192,6 +192,11 @@ struct Rig {
 
 impl Rig {
     fn new() -> Rig {
+        Rig::with_fanout(1)
+    }
+
+    /// A rig whose engine writes a big packet's copies from `threads` threads.
+    fn with_fanout(threads: u32) -> Rig {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -203,6 +208,7 @@ impl Rig {
             media: MediaConfig {
                 member_packets_per_s: 120,
                 member_bytes_per_s: 64 * 1024,
+                fanout_threads: threads,
                 ..MediaConfig::for_tests("127.0.0.1", (20_000, 29_999))
             },
             cutter: None,
@@ -311,9 +317,11 @@ impl Rig {
         self.take_told();
     }
 
-    /// Steps until every client and its server side are connected (5 s at most).
+    /// Steps until every client and its server side are connected (5 s, and 100 ms more
+    /// per client, at most).
     fn connect(&mut self, clients: &mut [&mut Client]) {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let limit = Duration::from_secs(5) + Duration::from_millis(100) * clients.len() as u32;
+        let deadline = Instant::now() + limit;
         loop {
             self.step(clients);
             let done = clients.iter().all(|c| {
@@ -328,7 +336,10 @@ impl Rig {
             if done {
                 return;
             }
-            assert!(Instant::now() < deadline, "clients did not connect in 5 s");
+            assert!(
+                Instant::now() < deadline,
+                "clients did not connect in {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -506,6 +517,81 @@ fn a_packets_copies_to_all_listeners_leave_in_one_system_call() {
         (1, 4),
         "one system call for the 4 copies"
     );
+}
+
+/// In a big room one packet's copies are written and sent from several threads: every
+/// listener gets its copy (decrypted by its own connection, so SRTP and the rewriting are
+/// right), each thread sends what it wrote in one system call, and a listener whose
+/// connection panics on whichever thread wrote to it loses its session alone.
+#[test]
+fn a_big_rooms_copies_leave_from_several_threads() {
+    let listeners = super::fanout::PARALLEL_MIN + 11;
+    let mut rig = Rig::with_fanout(3);
+    let mut clients: Vec<Client> = (0..=listeners).map(|_| rig.join()).collect();
+    {
+        let mut all: Vec<&mut Client> = clients.iter_mut().collect();
+        rig.connect(&mut all);
+        rig.talk(0, 30, &mut all);
+    }
+    assert!(
+        clients[1..].iter().all(|c| c.received > 10),
+        "the listeners hear the speaker"
+    );
+    let port = |rig: &Rig| {
+        let p = rig.engine.port.as_ref().expect("a port");
+        (p.send_calls, p.datagrams_sent)
+    };
+    let heard: Vec<usize> = clients.iter().map(|c| c.received).collect();
+    let before = port(&rig);
+    clients[0].speak();
+    let sent = clients[0].outgoing();
+    assert_eq!(sent.len(), 1);
+    let from = clients[0].addr;
+    rig.inject(from, sent[0].clone());
+    let after = port(&rig);
+    let (calls, copies) = (after.0 - before.0, after.1 - before.1);
+    assert_eq!(copies, listeners as u64, "one copy per listener");
+    assert!(
+        (1..=3).contains(&calls),
+        "one system call per thread that took a piece: {calls}"
+    );
+    assert!(
+        rig.engine.fanout.has_threads(),
+        "the copies left in parallel"
+    );
+    let now = Instant::now();
+    for (c, heard) in clients[1..].iter_mut().zip(&heard[1..]) {
+        c.receive(now);
+        assert_eq!(c.received, heard + 1, "each listener decrypts its one copy");
+    }
+
+    // A listener's connection panics while a thread writes its copy: its session ends,
+    // every other listener still gets the packet.
+    let victim = clients.len() / 2;
+    let key = rig.key(&clients[victim]);
+    rig.engine
+        .peers
+        .get_mut(&key)
+        .expect("the victim's peer")
+        .panic_on_write = true;
+    let heard: Vec<usize> = clients.iter().map(|c| c.received).collect();
+    clients[0].speak();
+    let sent = clients[0].outgoing();
+    rig.inject(from, sent[0].clone());
+    rig.take_told();
+    assert!(!rig.engine.sessions.contains_key(&clients[victim].session));
+    assert_eq!(rig.engine.panics, 1);
+    assert!(rig.told.iter().any(|m| matches!(
+        m,
+        ToFront::Closed { session, reason: CloseReason::Error } if *session == clients[victim].session
+    )));
+    let now = Instant::now();
+    for (i, c) in clients.iter_mut().enumerate().skip(1) {
+        c.receive(now);
+        if i != victim {
+            assert_eq!(c.received, heard[i] + 1, "listener {i} still hears");
+        }
+    }
 }
 
 /// A flood from addresses no check came from is dropped at the port, one table lookup each,
