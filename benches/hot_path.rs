@@ -31,6 +31,7 @@ use beep_webrtc::wire::frame;
 use beep_webrtc::wire::identity::Identity;
 use beep_webrtc::wire::ids::SessionId;
 use beep_webrtc::wire::ipc::{ToFront, ToWorker};
+use beep_webrtc::wire::signal::{Event, SlotInfo};
 use beep_webrtc::wire::stats::{
     BiteStats, DELAY_BUCKETS_US, DelayHistogram, LATENCY_BUCKETS_MS, WorkerStats,
 };
@@ -287,9 +288,21 @@ fn bench_ipc(c: &mut Criterion) {
         },
         ..WorkerStats::default()
     });
+    let slot = |slot: u32, who: Option<(&str, &str)>| SlotInfo {
+        clientid: who.map(|w| w.1.to_string()),
+        mid: slot.to_string(),
+        slot,
+        userid: who.map(|w| w.0.to_string()),
+    };
     let event = ToFront::Event {
         session: SessionId(42),
-        json: r#"{"type":"slots","slots":[{"slot":0,"mid":"0","userid":"alice","clientid":"a1"},{"slot":1,"mid":"1","userid":"bob","clientid":"b1"},{"slot":2,"mid":"2","userid":null,"clientid":null}]}"#.into(),
+        event: Event::Slots {
+            slots: vec![
+                slot(0, Some(("alice", "a1"))),
+                slot(1, Some(("bob", "b1"))),
+                slot(2, None),
+            ],
+        },
     };
     let offer_frame = frame::encode(&offer).unwrap();
     let stats_frame = frame::encode(&stats).unwrap();

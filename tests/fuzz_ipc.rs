@@ -18,7 +18,7 @@ use beep_webrtc::wire::ids::{ConversationId, Generation, SessionId};
 use beep_webrtc::wire::ipc::{
     Adoption, BiteConfig, CloseReason, MediaConfig, PROTOCOL_VERSION, ToFront, ToWorker,
 };
-use beep_webrtc::wire::signal::ErrorCode;
+use beep_webrtc::wire::signal::{ErrorCode, Event, ReconnectReason, SlotInfo};
 use beep_webrtc::wire::stats::{BiteStats, DelayHistogram, WorkerStats};
 use bolero::{TypeGenerator, check};
 
@@ -288,7 +288,7 @@ enum GenToFront {
     },
     Event {
         session: u64,
-        json: String,
+        event: GenEvent,
     },
     Rejected {
         session: u64,
@@ -322,6 +322,62 @@ struct GenStats {
     latency_ms: u32,
     latency_count: u64,
     latency_buckets: Vec<u64>,
+}
+
+/// A client event as a worker (or, for the other kinds, front) makes one.
+#[derive(Debug, TypeGenerator)]
+enum GenEvent {
+    Slots(Vec<GenSlot>),
+    Reconnect(u8),
+    Bite {
+        userid: String,
+        clientid: String,
+        start: u64,
+        duration_ms: u64,
+        url: String,
+    },
+}
+
+#[derive(Debug, TypeGenerator)]
+struct GenSlot {
+    clientid: Option<String>,
+    mid: String,
+    slot: u32,
+    userid: Option<String>,
+}
+
+impl GenEvent {
+    fn to_event(&self) -> Event {
+        match self {
+            GenEvent::Slots(slots) => Event::Slots {
+                slots: slots
+                    .iter()
+                    .map(|s| SlotInfo {
+                        clientid: s.clientid.clone(),
+                        mid: s.mid.clone(),
+                        slot: s.slot,
+                        userid: s.userid.clone(),
+                    })
+                    .collect(),
+            },
+            GenEvent::Reconnect(reason) => Event::Reconnect {
+                reason: variant(*reason, ReconnectReason::WorkerExited),
+            },
+            GenEvent::Bite {
+                userid,
+                clientid,
+                start,
+                duration_ms,
+                url,
+            } => Event::Bite {
+                userid: userid.clone(),
+                clientid: clientid.clone(),
+                start: *start,
+                duration_ms: *duration_ms,
+                url: url.clone(),
+            },
+        }
+    }
 }
 
 /// One of the enum's variants, whichever exist (postcard encodes a unit variant as its index).
@@ -388,9 +444,9 @@ impl GenToFront {
                 session: SessionId(*session),
                 sdp: sdp.clone(),
             },
-            GenToFront::Event { session, json } => ToFront::Event {
+            GenToFront::Event { session, event } => ToFront::Event {
                 session: SessionId(*session),
-                json: json.clone(),
+                event: event.to_event(),
             },
             GenToFront::Rejected {
                 session,

@@ -25,6 +25,7 @@ use beep_webrtc::media::rewrite::{Rewritten, SlotRewriter, SourceKey};
 use beep_webrtc::media::room::{Forward, MemberLimits, Room, RoomEvent, SlotOutput};
 use beep_webrtc::wire::identity::Identity;
 use beep_webrtc::wire::ids::SessionId;
+use beep_webrtc::wire::signal::Event;
 use bolero::{TypeGenerator, check, produce};
 use bytes::Bytes;
 use rtc::rtp;
@@ -712,8 +713,9 @@ impl RoomHarness<'_> {
     fn drain_events(&mut self) {
         while let Some(e) = self.room.poll_event() {
             match e {
-                RoomEvent::Slots { listener, json } => {
+                RoomEvent::Slots { listener, slots } => {
                     assert!(self.members.iter().any(|m| m.id == listener));
+                    let json = Event::Slots { slots }.to_json();
                     let v: serde_json::Value = serde_json::from_str(&json).expect("slots JSON");
                     assert_eq!(v["type"], "slots");
                 }

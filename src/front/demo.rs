@@ -39,6 +39,7 @@ use super::state::Front;
 use crate::publish::nats::{HEADER_CLIENT, HEADER_DURATION, HEADER_USER};
 use crate::wire::bite as proto;
 use crate::wire::ids::ConversationId;
+use crate::wire::signal::Event;
 
 /// Bites kept per conversation (the page lists as many).
 pub const PER_CONVERSATION: usize = 20;
@@ -91,8 +92,8 @@ pub enum Skip {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Announce {
     pub conversation: ConversationId,
-    /// The `event::` frame.
-    pub frame: String,
+    /// The `bite` event.
+    pub event: Event,
 }
 
 impl DemoBites {
@@ -126,7 +127,7 @@ impl DemoBites {
             tracing::info!(subject, "demo bite list: listening to published bites");
             while let Some(msg) = sub.next().await {
                 match this.accept(msg.headers.as_ref(), &msg.payload) {
-                    Ok(a) => front.send_to_conversation(&a.conversation, &a.frame),
+                    Ok(a) => front.send_to_conversation(&a.conversation, &a.event),
                     Err(skip) => tracing::debug!(%msg.subject, "demo bite list: skipped: {skip}"),
                 }
             }
@@ -169,17 +170,15 @@ impl DemoBites {
         }
         self.keep(&bite.key, bite.start, bite.data)?;
         let url = format!("/bites/{}/{}.ogg", bite.key, bite.start);
-        let event = serde_json::json!({
-            "type": "bite",
-            "userid": userid,
-            "clientid": clientid,
-            "start": bite.start,
-            "duration_ms": duration_ms,
-            "url": url,
-        });
         Ok(Announce {
             conversation,
-            frame: format!("event::{event}"),
+            event: Event::Bite {
+                userid,
+                clientid,
+                start: bite.start,
+                duration_ms,
+                url,
+            },
         })
     }
 
@@ -332,6 +331,7 @@ fn byte_range(value: &str, len: usize) -> Range {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::signal::ServerFrame;
 
     fn headers(user: Option<&str>, client: Option<&str>, duration: Option<&str>) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -376,8 +376,9 @@ mod tests {
             )
             .unwrap();
         assert_eq!(a.conversation.as_str(), "room1");
+        let frame = ServerFrame::Event(a.event.clone()).to_text();
         let json: serde_json::Value =
-            serde_json::from_str(a.frame.strip_prefix("event::").unwrap()).unwrap();
+            serde_json::from_str(frame.strip_prefix("event::").unwrap()).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"type": "bite", "userid": "alice", "clientid": "tab-1",

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use super::conversation::{Control, Conversation, CrashHistory, Kill, WorkerState};
 use super::procfs;
-use super::state::{Client, Front, Live, Out, current, reconnect_event};
+use super::state::{Client, Front, Live, Out, current};
 use super::supervisor::{self, Ending, Link, WorkerEvents};
 use crate::wire::admin::WorkerRow;
 use crate::wire::ids::{ConversationId, Generation};
-use crate::wire::ipc::{Adoption, CloseReason, ToFront};
-use crate::wire::signal::SignalError;
+use crate::wire::ipc::{Adoption, ToFront};
+use crate::wire::signal::{Event, ReconnectReason, ServerFrame, SignalError};
 use crate::wire::stats::WorkerStats;
 
 /// How long a worker may take to answer an offer before it is killed as hung.
@@ -69,13 +69,13 @@ impl WorkerEvents for Front {
                 if let Some(l) = c.session.as_mut() {
                     l.answered = true;
                 }
-                c.send(Out::Text(format!("answer::{sdp}")));
+                c.send(Out::Frame(ServerFrame::Answer { sdp }));
             }
-            ToFront::Event { json, .. } => {
-                if json.contains(r#""type":"slots""#) {
-                    c.last_slots = Some(json.clone());
+            ToFront::Event { event, .. } => {
+                if let Event::Slots { slots } = &event {
+                    c.last_slots = Some(slots.clone());
                 }
-                c.send(Out::Text(format!("event::{json}")));
+                c.send(Out::event(event));
             }
             ToFront::Rejected { code, message, .. } => {
                 conv.remove_session(session, Instant::now());
@@ -88,8 +88,8 @@ impl WorkerEvents for Front {
                 c.session = None;
                 // Still signalling: the client can get its media back with a new offer.
                 // (One that closed its connection itself knows, and is not told.)
-                if reason != CloseReason::ByClient {
-                    c.send(Out::Text(reconnect_event(reason.as_str())));
+                if let Some(reason) = reason.reconnect() {
+                    c.send(Out::event(Event::Reconnect { reason }));
                 }
             }
             ToFront::Stats(_) | ToFront::Ready { .. } | ToFront::Hello { .. } => {}
@@ -153,9 +153,9 @@ impl WorkerEvents for Front {
             }
         }
         let reason = if restarted {
-            "worker-restarted"
+            ReconnectReason::WorkerRestarted
         } else {
-            "worker-exited"
+            ReconnectReason::WorkerExited
         };
         for (session, who) in conv.sessions {
             if let Some(c) = st.clients.get_mut(&who)
@@ -163,7 +163,7 @@ impl WorkerEvents for Front {
             {
                 c.session = None;
                 c.last_slots = None;
-                c.send(Out::Text(reconnect_event(reason)));
+                c.send(Out::event(Event::Reconnect { reason }));
                 if c.socket.is_none() {
                     st.clients.remove(&who);
                 }

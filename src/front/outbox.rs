@@ -11,14 +11,22 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use crate::wire::signal::SignalError;
+use crate::wire::signal::{Event, ServerFrame, SignalError};
 
-/// What front sends down one signalling socket.
+/// What front sends down one signalling socket. Frames stay typed until the socket writes
+/// them, which is where a seed-era client's answer becomes raw SDP.
 #[derive(Debug)]
 pub enum Out {
-    Text(String),
+    Frame(ServerFrame),
     /// Send `error::` and close the socket.
     Fail(SignalError),
+}
+
+impl Out {
+    /// An `event::` frame.
+    pub fn event(event: Event) -> Out {
+        Out::Frame(ServerFrame::Event(event))
+    }
 }
 
 /// The sending half of one socket's outbound queue.
@@ -62,14 +70,18 @@ mod tests {
 
     use super::*;
 
+    fn frame(text: &str) -> Out {
+        Out::Frame(ServerFrame::Answer { sdp: text.into() })
+    }
+
     #[tokio::test]
     async fn the_outbound_queue_is_bounded_and_overflow_is_told() {
         let (tx, mut rx, overflow) = SocketTx::channel(4);
         for i in 0..4 {
-            assert!(tx.send(Out::Text(format!("{i}"))).is_ok());
+            assert!(tx.send(frame(&format!("{i}"))).is_ok());
         }
         // Full: dropped, and the session is told (a permit waits for it).
-        assert!(tx.send(Out::Text("5".into())).is_err());
+        assert!(tx.send(frame("5")).is_err());
         tokio::time::timeout(Duration::from_secs(1), overflow.notified())
             .await
             .expect("overflow notified");
@@ -79,6 +91,6 @@ mod tests {
         }
         assert_eq!(n, 4, "never more than the capacity queued");
         // Drained: room again.
-        assert!(tx.send(Out::Text("6".into())).is_ok());
+        assert!(tx.send(frame("6")).is_ok());
     }
 }

@@ -24,7 +24,7 @@ use crate::media::bucket::TokenBucket;
 use crate::media::sdp::Offer;
 use crate::wire::identity::Identity;
 use crate::wire::ids::ConversationId;
-use crate::wire::signal::{ClientFrame, ErrorCode, SignalError, parse_client_frame};
+use crate::wire::signal::{ClientFrame, ErrorCode, ServerFrame, SignalError, parse_client_frame};
 
 /// `ice::` frames dropped for the rate, after which a socket is taken to be flooding and is
 /// closed with `rate-limited`. A client that trickles normally never has one dropped.
@@ -240,11 +240,11 @@ pub async fn signalling(
                 }
             }
             out = rx.recv() => match out {
-                Some(Out::Text(t)) => {
-                    let t = match (legacy, t.strip_prefix("answer::")) {
-                        (true, Some(sdp)) => sdp.to_string(),
-                        (true, None) => continue,
-                        (false, _) => t,
+                Some(Out::Frame(frame)) => {
+                    let t = match (legacy, frame) {
+                        (true, ServerFrame::Answer { sdp }) => sdp,
+                        (true, _) => continue,
+                        (false, frame) => frame.to_text(),
                     };
                     match tokio::time::timeout(send_timeout, socket.send(Message::Text(t.into()))).await {
                         Ok(Ok(())) => {}

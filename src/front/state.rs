@@ -33,7 +33,7 @@ use crate::config::Config;
 use crate::wire::identity::Identity;
 use crate::wire::ids::{ConversationId, Generation, SessionId};
 use crate::wire::ipc::ToWorker;
-use crate::wire::signal::{ErrorCode, SignalError};
+use crate::wire::signal::{ErrorCode, Event, ReconnectReason, SignalError, SlotInfo};
 use crate::wire::stats::WorkerStats;
 
 pub use super::outbox::{Out, SocketTx};
@@ -105,7 +105,7 @@ pub(super) struct Client {
     /// (every later one does, see [`super::session`]).
     pub join_covers_offer: bool,
     /// The last `slots` event of its session, for a socket that reconnects.
-    pub last_slots: Option<String>,
+    pub last_slots: Option<Vec<SlotInfo>>,
 }
 
 impl Client {
@@ -283,7 +283,9 @@ impl Front {
         if client.session.as_ref().is_some_and(|l| l.answered)
             && let Some(slots) = &client.last_slots
         {
-            client.send(Out::Text(format!("event::{slots}")));
+            client.send(Out::event(Event::Slots {
+                slots: slots.clone(),
+            }));
         }
         Ok(id)
     }
@@ -362,7 +364,9 @@ impl Front {
                 .is_some_and(|s| s.conversation != *conversation)
             {
                 end_session(&mut st.conversations, client);
-                client.send(Out::Text(reconnect_event("conversation-changed")));
+                client.send(Out::event(Event::Reconnect {
+                    reason: ReconnectReason::ConversationChanged,
+                }));
             }
             client.conversation = Some(conversation.clone());
         }
@@ -586,13 +590,13 @@ impl Front {
         self.lock().clients.values().filter(|c| c.active()).count()
     }
 
-    /// Sends `text` down the signalling socket of every client in `conversation`.
+    /// Sends `event` down the signalling socket of every client in `conversation`.
     #[cfg(feature = "demo")]
-    pub fn send_to_conversation(&self, conversation: &ConversationId, text: &str) {
+    pub fn send_to_conversation(&self, conversation: &ConversationId, event: &Event) {
         let st = self.lock();
         for c in st.clients.values() {
             if c.conversation.as_deref() == Some(conversation) {
-                c.send(Out::Text(text.to_owned()));
+                c.send(Out::event(event.clone()));
             }
         }
     }
@@ -680,12 +684,4 @@ pub(super) fn end_session(convs: &mut HashMap<ConversationId, Conversation>, cli
         conv.remove_session(live.id, Instant::now());
         conv.send(ToWorker::Leave { session: live.id });
     }
-}
-
-/// The `event::` frame that asks a client to offer again.
-pub fn reconnect_event(reason: &str) -> String {
-    format!(
-        "event::{}",
-        serde_json::json!({"type": "reconnect", "reason": reason})
-    )
 }

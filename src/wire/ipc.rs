@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::identity::Identity;
 use super::ids::{ConversationId, Generation, SessionId};
-use super::signal::ErrorCode;
+use super::signal::{ErrorCode, Event, ReconnectReason};
 use super::stats::WorkerStats;
 
 pub const PROTOCOL_VERSION: u16 = 8;
@@ -157,10 +157,10 @@ pub enum ToFront {
         session: SessionId,
         sdp: String,
     },
-    /// A JSON event for the client (`slots`), passed through verbatim.
+    /// An event for the client (`slots`); front writes its `event::` frame.
     Event {
         session: SessionId,
-        json: String,
+        event: Event,
     },
     /// The offer could not be answered.
     Rejected {
@@ -202,13 +202,19 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// The `reason` of the `reconnect` event the client gets.
-    pub fn as_str(self) -> &'static str {
+    /// Why the client is asked to offer again; `None` when it closed the connection itself.
+    pub fn reconnect(self) -> Option<ReconnectReason> {
         match self {
-            CloseReason::ByClient => "closed-by-client",
-            CloseReason::Failed => "peer-connection-failed",
-            CloseReason::Closed => "peer-connection-closed",
-            CloseReason::Error => "peer-connection-error",
+            CloseReason::ByClient => None,
+            CloseReason::Failed => Some(ReconnectReason::PeerConnectionFailed),
+            CloseReason::Closed => Some(ReconnectReason::PeerConnectionClosed),
+            CloseReason::Error => Some(ReconnectReason::PeerConnectionError),
         }
+    }
+
+    /// In words, for the log: the reason the client is given, if it is given one.
+    pub fn as_str(self) -> &'static str {
+        self.reconnect()
+            .map_or("closed-by-client", ReconnectReason::as_str)
     }
 }

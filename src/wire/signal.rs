@@ -1,5 +1,10 @@
-//! The Beep client framing on `/connect`: text frames `<type>::<payload>`. Parsing is pure so
-//! every odd frame a client can send has a unit test and a named error code.
+//! The Beep client framing on `/connect`: text frames `<type>::<payload>`, both ways.
+//!
+//! Client frames are parsed here, purely, so every odd frame a client can send has a unit test
+//! and a named error code. Server frames are typed values ([`ServerFrame`]) from where they
+//! arise (a worker's slots, front's reconnect and error) to the socket, and are written as
+//! text once, by [`ServerFrame::to_text`], so the bytes clients depend on come from one place
+//! and their tests pin them.
 
 use serde::{Deserialize, Serialize};
 
@@ -74,18 +79,22 @@ impl SignalError {
         }
     }
 
+    /// Its `error::` frame.
     pub fn frame(&self) -> String {
+        format!("error::{}", self.json())
+    }
+
+    /// `{"code":"...","message":"..."}`.
+    fn json(&self) -> String {
         #[derive(Serialize)]
         struct E<'a> {
             code: &'a str,
             message: &'a str,
         }
-        let body = serde_json::to_string(&E {
+        to_json(&E {
             code: self.code.as_str(),
             message: &self.message,
         })
-        .unwrap_or_else(|_| "{}".into());
-        format!("error::{body}")
     }
 }
 
@@ -145,6 +154,156 @@ fn parse_ice(payload: &str) -> Result<Option<String>, SignalError> {
             "ice payload has no \"candidate\" string",
         )),
     }
+}
+
+/// A frame for the client; [`ServerFrame::to_text`] writes it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServerFrame {
+    /// `answer::<sdp>`.
+    Answer { sdp: String },
+    /// `event::<json>`.
+    Event(Event),
+    /// `error::<json>`, sent before the server closes the socket.
+    Error(SignalError),
+}
+
+impl ServerFrame {
+    /// The text frame, exactly as clients read it.
+    pub fn to_text(&self) -> String {
+        match self {
+            ServerFrame::Answer { sdp } => format!("answer::{sdp}"),
+            ServerFrame::Event(e) => format!("event::{}", e.to_json()),
+            ServerFrame::Error(e) => e.frame(),
+        }
+    }
+}
+
+/// What an `event::` frame tells the client. The serde derive is the IPC form (a worker's
+/// events cross to front as this value, in postcard); the client's JSON is
+/// [`Event::to_json`], which keeps the keys in the order clients have always seen: sorted,
+/// as the `serde_json::json!` maps that used to write them sorted them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// `{"slots":[<SlotInfo>...],"type":"slots"}`: who is on each of the client's slots now,
+    /// every slot it negotiated, in order.
+    Slots { slots: Vec<SlotInfo> },
+    /// `{"reason":"...","type":"reconnect"}`: the client's session is gone; offer again.
+    Reconnect { reason: ReconnectReason },
+    /// `{"clientid":..,"duration_ms":..,"start":..,"type":"bite","url":..,"userid":..}`: a
+    /// bite of the conversation was published (the development demo page's list).
+    Bite {
+        userid: String,
+        clientid: String,
+        /// Unix ms.
+        start: u64,
+        duration_ms: u64,
+        /// Where front serves its audio.
+        url: String,
+    },
+}
+
+impl Event {
+    /// The event's JSON: each kind through a struct whose fields are in wire order.
+    pub fn to_json(&self) -> String {
+        match self {
+            Event::Slots { slots } => {
+                #[derive(Serialize)]
+                struct Slots<'a> {
+                    slots: &'a [SlotInfo],
+                    r#type: &'static str,
+                }
+                to_json(&Slots {
+                    slots,
+                    r#type: "slots",
+                })
+            }
+            Event::Reconnect { reason } => {
+                #[derive(Serialize)]
+                struct Reconnect {
+                    reason: &'static str,
+                    r#type: &'static str,
+                }
+                to_json(&Reconnect {
+                    reason: reason.as_str(),
+                    r#type: "reconnect",
+                })
+            }
+            Event::Bite {
+                userid,
+                clientid,
+                start,
+                duration_ms,
+                url,
+            } => {
+                #[derive(Serialize)]
+                struct Bite<'a> {
+                    clientid: &'a str,
+                    duration_ms: u64,
+                    start: u64,
+                    r#type: &'static str,
+                    url: &'a str,
+                    userid: &'a str,
+                }
+                to_json(&Bite {
+                    clientid,
+                    duration_ms: *duration_ms,
+                    start: *start,
+                    r#type: "bite",
+                    url,
+                    userid,
+                })
+            }
+        }
+    }
+}
+
+/// One slot of a `slots` event: `{"clientid":..,"mid":"0","slot":0,"userid":..}`, the
+/// occupant's ids `null` when nobody is on it. The fields are declared in wire order (sorted)
+/// because this derive writes both the client's JSON and the IPC form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotInfo {
+    pub clientid: Option<String>,
+    /// The slot's m-line in the client's offer.
+    pub mid: String,
+    /// Its index among the client's slots.
+    pub slot: u32,
+    pub userid: Option<String>,
+}
+
+/// Why a client is asked to offer again: the `reason` of a `reconnect` event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReconnectReason {
+    /// It joined another conversation while it had a session in this one.
+    ConversationChanged,
+    /// Its conversation's worker exited (or was killed as hung).
+    WorkerExited,
+    /// `ctl restart` restarted its conversation's worker.
+    WorkerRestarted,
+    /// ICE consent or DTLS failed.
+    PeerConnectionFailed,
+    /// The connection reports itself closed (not by the client).
+    PeerConnectionClosed,
+    /// Handling its connection failed inside the worker (a contained panic).
+    PeerConnectionError,
+}
+
+impl ReconnectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReconnectReason::ConversationChanged => "conversation-changed",
+            ReconnectReason::WorkerExited => "worker-exited",
+            ReconnectReason::WorkerRestarted => "worker-restarted",
+            ReconnectReason::PeerConnectionFailed => "peer-connection-failed",
+            ReconnectReason::PeerConnectionClosed => "peer-connection-closed",
+            ReconnectReason::PeerConnectionError => "peer-connection-error",
+        }
+    }
+}
+
+/// JSON of a value that always has some (string keys, no maps): the `{}` fallback is never
+/// taken, and keeps a frame well formed if it ever were.
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
 }
 
 fn truncate(s: &str, n: usize) -> &str {
@@ -210,5 +369,119 @@ mod tests {
                 .frame()
                 .starts_with(r#"error::{"code":"bad-sdp""#)
         );
+    }
+
+    // The server frames' exact bytes: clients parse them, so a change here is a change of
+    // the contract (SPEC §3), not a refactoring.
+
+    #[test]
+    fn an_answer_frame_is_the_sdp_after_its_prefix() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n";
+        assert_eq!(
+            ServerFrame::Answer { sdp: sdp.into() }.to_text(),
+            "answer::v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n"
+        );
+    }
+
+    #[test]
+    fn a_slots_event_has_sorted_keys_and_null_ids_on_an_empty_slot() {
+        let slots = vec![
+            SlotInfo {
+                clientid: Some("tab-1".into()),
+                mid: "0".into(),
+                slot: 0,
+                userid: Some("alice".into()),
+            },
+            SlotInfo {
+                clientid: None,
+                mid: "1".into(),
+                slot: 1,
+                userid: None,
+            },
+        ];
+        assert_eq!(
+            ServerFrame::Event(Event::Slots { slots }).to_text(),
+            r#"event::{"slots":[{"clientid":"tab-1","mid":"0","slot":0,"userid":"alice"},{"clientid":null,"mid":"1","slot":1,"userid":null}],"type":"slots"}"#
+        );
+        assert_eq!(
+            ServerFrame::Event(Event::Slots { slots: vec![] }).to_text(),
+            r#"event::{"slots":[],"type":"slots"}"#
+        );
+    }
+
+    #[test]
+    fn a_reconnect_event_names_its_reason() {
+        let text = |reason| ServerFrame::Event(Event::Reconnect { reason }).to_text();
+        assert_eq!(
+            text(ReconnectReason::WorkerExited),
+            r#"event::{"reason":"worker-exited","type":"reconnect"}"#
+        );
+        let reasons = [
+            (ReconnectReason::ConversationChanged, "conversation-changed"),
+            (ReconnectReason::WorkerExited, "worker-exited"),
+            (ReconnectReason::WorkerRestarted, "worker-restarted"),
+            (
+                ReconnectReason::PeerConnectionFailed,
+                "peer-connection-failed",
+            ),
+            (
+                ReconnectReason::PeerConnectionClosed,
+                "peer-connection-closed",
+            ),
+            (
+                ReconnectReason::PeerConnectionError,
+                "peer-connection-error",
+            ),
+        ];
+        for (reason, words) in reasons {
+            assert_eq!(
+                text(reason),
+                format!(r#"event::{{"reason":"{words}","type":"reconnect"}}"#)
+            );
+        }
+    }
+
+    #[test]
+    fn a_bite_event_has_sorted_keys() {
+        let bite = Event::Bite {
+            userid: "alice".into(),
+            clientid: "tab-1".into(),
+            start: 1_700_000_000_123,
+            duration_ms: 1980,
+            url: "/bites/room1/1700000000123.ogg".into(),
+        };
+        assert_eq!(
+            ServerFrame::Event(bite).to_text(),
+            r#"event::{"clientid":"tab-1","duration_ms":1980,"start":1700000000123,"type":"bite","url":"/bites/room1/1700000000123.ogg","userid":"alice"}"#
+        );
+    }
+
+    #[test]
+    fn an_error_frame_is_code_then_message() {
+        let e = SignalError::new(ErrorCode::TooManySessions, r#"a "quoted" limit"#);
+        let text = r#"error::{"code":"too-many-sessions","message":"a \"quoted\" limit"}"#;
+        assert_eq!(ServerFrame::Error(e.clone()).to_text(), text);
+        assert_eq!(e.frame(), text);
+    }
+
+    #[test]
+    fn events_cross_ipc_as_they_went() {
+        let events = [
+            Event::Slots {
+                slots: vec![SlotInfo {
+                    clientid: None,
+                    mid: "0".into(),
+                    slot: 0,
+                    userid: Some("u".into()),
+                }],
+            },
+            Event::Reconnect {
+                reason: ReconnectReason::PeerConnectionFailed,
+            },
+        ];
+        for e in events {
+            let bytes = postcard::to_stdvec(&e).expect("encodes");
+            assert_eq!(postcard::from_bytes::<Event>(&bytes).expect("decodes"), e);
+        }
     }
 }

@@ -76,7 +76,7 @@ use crate::media::sdp::{Offer, unify_bundle_ice};
 use crate::wire::identity::Identity;
 use crate::wire::ids::{ConversationId, Generation, SessionId};
 use crate::wire::ipc::{CloseReason, MediaConfig, ToFront, ToWorker};
-use crate::wire::signal::ErrorCode;
+use crate::wire::signal::{ErrorCode, Event};
 use crate::wire::stats::{DelayHistogram, DropStats, WorkerStats};
 
 /// How often the speaker selection re-runs.
@@ -355,10 +355,10 @@ impl Engine {
     fn drain_room_events(&mut self) {
         while let Some(ev) = self.room.poll_event() {
             match ev {
-                RoomEvent::Slots { listener, json } => {
+                RoomEvent::Slots { listener, slots } => {
                     let _ = self.to_front.send(ToFront::Event {
                         session: listener,
-                        json,
+                        event: Event::Slots { slots },
                     });
                 }
                 RoomEvent::Bite { identity, bite, .. } => {

@@ -28,6 +28,7 @@ use super::selector::{Selector, SelectorConfig, SlotChange};
 use super::speech::Loudness;
 use crate::wire::identity::Identity;
 use crate::wire::ids::SessionId;
+use crate::wire::signal::SlotInfo;
 use crate::wire::stats::{DropStats, WorkerStats};
 pub use limit::{Admit, MemberLimits, RateGate};
 
@@ -47,8 +48,11 @@ struct HeldBite {
 /// What the room has to hand out besides forwards.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RoomEvent {
-    /// The `slots` event JSON for `listener`: who is on each of its slots now.
-    Slots { listener: SessionId, json: String },
+    /// The `slots` event for `listener`: who is on each of its slots now.
+    Slots {
+        listener: SessionId,
+        slots: Vec<SlotInfo>,
+    },
     /// A finished bite of `speaker`; its `start` is already unique and increasing within the
     /// conversation.
     Bite {
@@ -174,10 +178,10 @@ impl Room {
                 audit: LevelAudit::new(self.audit_seeds ^ session.0),
             },
         );
-        if let Some(json) = slots_event(&self.members, session, &mapping) {
+        if let Some(slots) = slots_event(&self.members, session, &mapping) {
             self.events.push_back(RoomEvent::Slots {
                 listener: session,
-                json,
+                slots,
             });
         }
     }
@@ -217,9 +221,11 @@ impl Room {
     /// conversation over and must tell reconnecting clients where they stand).
     pub fn announce_slots(&mut self) {
         for (&id, m) in &self.members {
-            if let Some(json) = slots_event(&self.members, id, &m.mapping) {
-                self.events
-                    .push_back(RoomEvent::Slots { listener: id, json });
+            if let Some(slots) = slots_event(&self.members, id, &m.mapping) {
+                self.events.push_back(RoomEvent::Slots {
+                    listener: id,
+                    slots,
+                });
             }
         }
     }
@@ -292,10 +298,10 @@ impl Room {
                 }
             }
             m.mapping = c.slots.clone();
-            if let Some(json) = slots_event(&self.members, c.listener, &c.slots) {
+            if let Some(slots) = slots_event(&self.members, c.listener, &c.slots) {
                 self.events.push_back(RoomEvent::Slots {
                     listener: c.listener,
-                    json,
+                    slots,
                 });
             }
         }
@@ -478,14 +484,14 @@ fn hold_bites(
     }
 }
 
-/// `{"type":"slots","slots":[{"slot":0,"mid":"0","userid":..,"clientid":..}]}`.
+/// What `listener`'s `slots` event says: every slot it negotiated, and who is on it.
 fn slots_event(
     members: &FxHashMap<MemberId, Member>,
     listener: MemberId,
     mapping: &[Option<MemberId>],
-) -> Option<String> {
+) -> Option<Vec<SlotInfo>> {
     let m = members.get(&listener)?;
-    let slots: Vec<_> = m
+    let slots = m
         .slots
         .iter()
         .enumerate()
@@ -496,15 +502,15 @@ fn slots_event(
                 .flatten()
                 .and_then(|id| members.get(&id))
                 .map(|o| &o.identity);
-            serde_json::json!({
-                "slot": i,
-                "mid": s.mid,
-                "userid": who.map(|w| w.userid.as_str()),
-                "clientid": who.map(|w| w.clientid.as_str()),
-            })
+            SlotInfo {
+                clientid: who.map(|w| w.clientid.clone()),
+                mid: s.mid.clone(),
+                slot: u32::try_from(i).unwrap_or(u32::MAX),
+                userid: who.map(|w| w.userid.clone()),
+            }
         })
         .collect();
-    Some(serde_json::json!({"type": "slots", "slots": slots}).to_string())
+    Some(slots)
 }
 
 #[cfg(test)]

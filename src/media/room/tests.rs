@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::wire::signal::Event;
 
 const LEVEL_ID: u8 = 1;
 
@@ -49,12 +50,14 @@ fn events(room: &mut Room) -> Vec<RoomEvent> {
     std::iter::from_fn(|| room.poll_event()).collect()
 }
 
-/// The `slots` events waiting: (listener, json).
+/// The `slots` events waiting: (listener, the JSON the client gets).
 fn slot_events(room: &mut Room) -> Vec<(SessionId, String)> {
     events(room)
         .into_iter()
         .filter_map(|e| match e {
-            RoomEvent::Slots { listener, json } => Some((listener, json)),
+            RoomEvent::Slots { listener, slots } => {
+                Some((listener, Event::Slots { slots }.to_json()))
+            }
             RoomEvent::Bite { .. } => None,
         })
         .collect()

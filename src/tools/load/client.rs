@@ -32,10 +32,11 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    RTCIceConnectionState, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription, SettingEngineBuilder,
 };
 
+use super::frames::Incoming;
 use super::ticks::SendTicks;
 use crate::media::opus;
 use crate::wire::identity::Identity;
@@ -314,43 +315,25 @@ impl Client {
                         }
                         continue;
                     };
-                    // A seed-era client gets the answer as a bare SDP frame.
-                    let (kind, payload) = if text.starts_with("v=0") {
-                        ("answer", text.as_str())
-                    } else if legacy {
-                        // The seed-era JavaScript hands every frame to setRemoteDescription:
-                        // anything but a raw SDP would break it.
-                        ("error", "a framed message was sent to a raw-SDP client")
-                    } else {
-                        text.split_once("::").unwrap_or(("", ""))
-                    };
-                    match kind {
-                        "answer" => {
+                    match Incoming::read(text.as_str(), legacy) {
+                        Incoming::Answer(sdp) => {
                             if let Some(tx) = answer_tx.take() {
-                                let _ = tx.send(Ok(payload.to_string()));
+                                let _ = tx.send(Ok(sdp));
                             }
                         }
-                        "ice" => {
-                            if let Ok(init) = serde_json::from_str::<RTCIceCandidateInit>(payload)
-                                && !init.candidate.is_empty()
-                            {
-                                let _ = pc.add_ice_candidate(init).await;
-                            }
+                        Incoming::Ice(init) => {
+                            let _ = pc.add_ice_candidate(init).await;
                         }
-                        "event" | "error" => {
-                            let v = serde_json::from_str(payload)
-                                .unwrap_or(serde_json::Value::String(payload.into()));
+                        Incoming::Event(v) => lock(&shared).events.push(v),
+                        Incoming::Error(v) => {
+                            // Under the lock: whoever the refusal wakes finds it in `errors`.
                             let mut s = lock(&shared);
-                            if kind == "event" {
-                                s.events.push(v);
-                            } else {
-                                if let Some(tx) = answer_tx.take() {
-                                    let _ = tx.send(Err(v.to_string()));
-                                }
-                                s.errors.push(v);
+                            if let Some(tx) = answer_tx.take() {
+                                let _ = tx.send(Err(v.to_string()));
                             }
+                            s.errors.push(v);
                         }
-                        _ => {}
+                        Incoming::Ignored => {}
                     }
                 }
                 lock(&shared).closed = true;

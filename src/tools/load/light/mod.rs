@@ -46,6 +46,7 @@ pub use driver::LightDriver;
 use driver::{Mic, NewPeer};
 
 use super::client::{ClientOptions, StreamStats, ssrcs_by_mid};
+use super::frames::Incoming;
 use crate::media::sdp::Offer;
 use crate::worker::peer::{audio_media_engine, opus_media_track};
 
@@ -147,34 +148,23 @@ impl LightClient {
                         Message::Close(_) => break,
                         _ => continue,
                     };
-                    let (kind, payload) = text.split_once("::").unwrap_or(("", ""));
-                    match kind {
-                        "answer" => {
+                    match Incoming::read(text.as_str(), false) {
+                        Incoming::Answer(sdp) => {
                             if let Some(tx) = answer_tx.take() {
-                                let _ = tx.send(Ok(payload.to_string()));
+                                let _ = tx.send(Ok(sdp));
                             }
                         }
-                        "ice" => {
-                            if let Ok(init) = serde_json::from_str::<RTCIceCandidateInit>(payload)
-                                && !init.candidate.is_empty()
-                            {
-                                driver.add_remote_candidate(key, init);
-                            }
-                        }
-                        "event" | "error" => {
-                            let v = serde_json::from_str(payload)
-                                .unwrap_or(serde_json::Value::String(payload.into()));
+                        Incoming::Ice(init) => driver.add_remote_candidate(key, init),
+                        Incoming::Event(v) => lock(&shared).events.push(v),
+                        Incoming::Error(v) => {
+                            // Under the lock: whoever the refusal wakes finds it in `errors`.
                             let mut s = lock(&shared);
-                            if kind == "event" {
-                                s.events.push(v);
-                            } else {
-                                if let Some(tx) = answer_tx.take() {
-                                    let _ = tx.send(Err(v.to_string()));
-                                }
-                                s.errors.push(v);
+                            if let Some(tx) = answer_tx.take() {
+                                let _ = tx.send(Err(v.to_string()));
                             }
+                            s.errors.push(v);
                         }
-                        _ => {}
+                        Incoming::Ignored => {}
                     }
                 }
                 lock(&shared).closed = true;
