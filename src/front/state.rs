@@ -29,6 +29,7 @@ use super::metrics::Metrics;
 use super::permissions::{PermissionClient, Verdict};
 use super::rates::over_rate;
 use super::supervisor::{self, Pending, WorkerEvents, WorkerSpec};
+use super::tasks::Tasks;
 use crate::config::Config;
 use crate::wire::identity::Identity;
 use crate::wire::ids::{ConversationId, Generation, SessionId};
@@ -194,10 +195,16 @@ pub struct Front {
     pub drained: tokio::sync::Notify,
     /// Replays of dead workers' spools, and front's NATS connection; `None` with bites off.
     pub bites: Option<Arc<BiteReplays>>,
+    /// Every task front spawns (but the supervisors), stopped together at exit.
+    pub tasks: Tasks,
 }
 
 impl Front {
-    pub fn new(cfg: Config, bites: Option<Arc<BiteReplays>>) -> Result<Arc<Front>, reqwest::Error> {
+    pub fn new(
+        cfg: Config,
+        bites: Option<Arc<BiteReplays>>,
+        tasks: Tasks,
+    ) -> Result<Arc<Front>, reqwest::Error> {
         let permissions = PermissionClient::new(
             cfg.permissions.clone(),
             cfg.permissions_timeout,
@@ -232,6 +239,7 @@ impl Front {
             draining: AtomicBool::new(false),
             drained: tokio::sync::Notify::new(),
             bites,
+            tasks,
         }))
     }
 
