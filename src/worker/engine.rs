@@ -623,35 +623,6 @@ impl Engine {
     }
 }
 
-/// Writes one forwarded copy into its listener's connection and queues what that makes to
-/// send: `Ok(false)` if the connection refused it (counted), `Err` with what a panic said.
-/// The listener's connection, not the speaker's: a panic here is the listener's.
-fn write_copy(
-    peer: &mut Peer,
-    packet: rtp::Packet,
-    now: Instant,
-    outbox: &mut Vec<Transmit>,
-    drops: &mut DropStats,
-) -> Result<bool, String> {
-    let msg = TaggedRTCMessage {
-        now,
-        message: RTCMessage::RtpPacket(String::new(), packet),
-    };
-    std::panic::catch_unwind(AssertUnwindSafe(|| {
-        #[cfg(test)]
-        if std::mem::take(&mut peer.panic_on_write) {
-            panic!("injected by a test");
-        }
-        if peer.pc.handle_write(msg).is_err() {
-            drops.connection_refused += 1;
-            return false;
-        }
-        flush(peer, outbox);
-        true
-    }))
-    .map_err(|panic| panic_text(&panic))
-}
-
 /// What woke the engine's loop.
 // `Front` carries an offer at most: moved once, not worth a box.
 #[allow(clippy::large_enum_variant)]
@@ -694,7 +665,7 @@ mod tests;
 use super::timer::rearm;
 pub use bites::BiteSink;
 use bites::unix_ms_now;
-use connection::{closed_by_client, flush, selected_remote};
+use connection::{closed_by_client, flush, selected_remote, write_copy};
 use demux::{Demux, Verdict, is_stun};
 use fanout::Fanout;
 use guard::panic_text;

@@ -25,8 +25,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
+use super::connection::write_copy;
 use super::port::{SendCounts, send_all};
-use super::{Engine, Peer, PeerKey, Transmit, Transport, write_copy};
+use super::{Engine, Peer, PeerKey, Transmit, Transport};
 use crate::media::room::Forward;
 use crate::wire::stats::DropStats;
 
