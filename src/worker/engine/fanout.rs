@@ -21,7 +21,7 @@
 //! included (1: no pool).
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::ops::Range;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -170,9 +170,11 @@ impl Engine {
         }
         // The threads take pieces in turn until none is left: one the scheduler holds back
         // (the machine is busy) delays the pass by the piece it is on, never by pieces it has
-        // not started, which the others take.
+        // not started, which the others take. The engine's thread takes from the front, the
+        // pool's from the back, so a connection is written from the same core packet after
+        // packet when the threads keep pace (its state stays in that core's cache).
         let pieces: Vec<Mutex<&mut [Job<'_>]>> = jobs.chunks_mut(PIECE).map(Mutex::new).collect();
-        let next = AtomicUsize::new(0);
+        let left = Mutex::new(0..pieces.len());
         let mut outcomes: Vec<ThreadOutcome> = Vec::new();
         outcomes.resize_with((*threads).min(pieces.len()), ThreadOutcome::default);
         pool.in_place_scope(|scope| {
@@ -180,10 +182,10 @@ impl Engine {
                 return;
             };
             for outcome in helpers {
-                let (pieces, next) = (&pieces, &next);
-                scope.spawn(move |_| take_pieces(pieces, next, fd, now, outcome));
+                let (pieces, left) = (&pieces, &left);
+                scope.spawn(move |_| take_pieces(pieces, left, End::Back, fd, now, outcome));
             }
-            take_pieces(&pieces, &next, fd, now, own);
+            take_pieces(&pieces, &left, End::Front, fd, now, own);
         });
         drop(pieces);
         drop(jobs);
@@ -203,17 +205,32 @@ impl Engine {
     }
 }
 
+/// Which end of the pieces left a thread takes from.
+#[derive(Clone, Copy)]
+enum End {
+    Front,
+    Back,
+}
+
 /// One thread's part of the pass: pieces taken until none is left, their connections'
 /// copies written, and what they queued sent in batches.
 fn take_pieces(
     pieces: &[Mutex<&mut [Job<'_>]>],
-    next: &AtomicUsize,
+    left: &Mutex<Range<usize>>,
+    end: End,
     fd: RawFd,
     now: Instant,
     outcome: &mut ThreadOutcome,
 ) {
     let mut outbox: Vec<Transmit> = Vec::new();
-    while let Some(piece) = pieces.get(next.fetch_add(1, Ordering::Relaxed)) {
+    let take = || {
+        let mut left = left.lock().unwrap_or_else(PoisonError::into_inner);
+        match end {
+            End::Front => left.next(),
+            End::Back => left.next_back(),
+        }
+    };
+    while let Some(piece) = take().and_then(|i| pieces.get(i)) {
         // Each piece is taken by one thread: the lock is never contended. A panic cannot
         // happen while it is held (each write is caught), but if one did, the piece is ours.
         let mut jobs = piece.lock().unwrap_or_else(PoisonError::into_inner);
