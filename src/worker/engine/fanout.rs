@@ -6,8 +6,8 @@
 //! other on the engine's thread, the last of 245 copies left ~3.7 ms after the first, and the
 //! packets of speakers who talk at once queued behind each other: p99 ≤ 10 ms inside the SFU
 //! at half a core. Here one packet's copies are grouped by listener connection into pieces of
-//! [`PIECE`] connections; the engine's thread and the pool's threads take pieces in turn until
-//! none is left, each writing its pieces' copies and sending them (its own `sendmmsg` on the
+//! [`PIECE`] connections; the engine's thread (from the front) and the pool's threads (from the
+//! back) take pieces in turn until none is left, each writing its pieces' copies and sending them (its own `sendmmsg` on the
 //! shared socket), and the pass ends when every thread has: fork and join per packet. Taking
 //! pieces in turn, rather than a fixed share each, means a pool thread the scheduler holds back
 //! (the machine is busy) costs the pass at most the piece it is on: the others take the rest.
@@ -20,8 +20,8 @@
 //! a room of 10 never has them. `RTC_FANOUT_THREADS` says how many threads, the engine's
 //! included (1: no pool).
 
-use std::os::fd::RawFd;
 use std::ops::Range;
+use std::os::fd::RawFd;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
