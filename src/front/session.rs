@@ -315,30 +315,7 @@ async fn admit_offer(
     sdp: &str,
     ice: &mut IceLimiter,
 ) -> Result<(), SignalError> {
-    let joined = {
-        let mut st = front.lock();
-        match st.clients.get_mut(who) {
-            None => None,
-            Some(c) => {
-                let now = std::time::Instant::now();
-                if let Some(e) = c.offer_rate_refusal(front.cfg.offers_per_minute, now) {
-                    return Err(e);
-                }
-                // The first offer after a join rides on the join's own check, if it comes
-                // within JOIN_TIMEOUT_MS of it: an older answer of the permissions service is
-                // not trusted (access may have been removed since), so a later offer is
-                // checked afresh.
-                let fresh = c
-                    .joined_at
-                    .is_some_and(|t| now.duration_since(t) <= front.cfg.join_timeout);
-                if std::mem::take(&mut c.join_covers_offer) && fresh {
-                    None
-                } else {
-                    c.conversation.clone()
-                }
-            }
-        }
-    };
+    let joined = front.admit_offer(who)?;
     ice.offer(sdp)?;
     let Some(conversation) = joined else {
         return Ok(());
@@ -347,15 +324,7 @@ async fn admit_offer(
         Ok(()) => Ok(()),
         Err(e) => {
             if let JoinError::Forbidden(_) = e {
-                let mut st = front.lock();
-                let st = &mut *st;
-                if let Some(c) = st.clients.get_mut(who)
-                    && c.conversation.as_deref() == Some(conversation.as_str())
-                {
-                    super::state::end_session(&mut st.conversations, c);
-                    c.conversation = None;
-                    c.joined_at = None;
-                }
+                front.forbidden(who, &conversation);
             }
             Err(e.signal())
         }

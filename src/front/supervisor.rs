@@ -27,6 +27,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
 
+pub use super::conversation::Ending;
 use super::conversation::{Control, Kill};
 use super::{notify, procfs};
 use crate::wire::frame::{self, FrameError};
@@ -93,23 +94,6 @@ impl Pending {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Generation, oneshot::Sender<Link>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// How a worker ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Ending {
-    /// It went by itself (exited, or closed its channel), or never came up.
-    Exited(String),
-    /// Front killed it.
-    Killed(Kill, String),
-}
-
-impl std::fmt::Display for Ending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Ending::Exited(why) | Ending::Killed(_, why) => f.write_str(why),
-        }
     }
 }
 
