@@ -222,7 +222,10 @@ pub async fn signalling(
                         },
                     }
                     .map(|state| {
-                        offer_deadline = (state == OfferState::WaitingForJoin).then(|| Instant::now() + join_timeout);
+                        offer_deadline = match state {
+                            OfferState::WaitingForJoin { until } => Some(Instant::from_std(until)),
+                            OfferState::Dispatched => None,
+                        };
                     }),
                     Ok(ClientFrame::Ice(candidate)) => {
                         if candidate.is_none() || ice.candidate() {

@@ -273,7 +273,7 @@ impl Front {
     /// Called when the join deadline of an offer passes: true if it is still waiting (and
     /// now dropped).
     pub fn offer_expired(&self, who: &Identity) -> bool {
-        self.with_core(|core| core.offer_expired(who))
+        self.with_core(|core| core.offer_expired(who, Instant::now()))
     }
 
     /// A trickled candidate from the client (None = end of candidates).

@@ -163,7 +163,7 @@ impl Core {
         client.joined_at = Some(now);
         tracing::info!(%who, %conversation, "joined");
         client.join_covers_offer = true;
-        if let Some(sdp) = client.pending_offer.take() {
+        if let Some((sdp, _)) = client.pending_offer.take() {
             client.join_covers_offer = false;
             self.dispatch(who, sdp, now);
         }
@@ -231,15 +231,21 @@ impl Core {
             self.dispatch(who, sdp, now);
             Ok(OfferState::Dispatched)
         } else {
-            client.pending_offer = Some(sdp);
-            Ok(OfferState::WaitingForJoin)
+            let until = now + self.limits.join_timeout;
+            client.pending_offer = Some((sdp, until));
+            Ok(OfferState::WaitingForJoin { until })
         }
     }
 
-    /// The join deadline of an offer passed: true if it is still waiting (and now dropped).
-    pub fn offer_expired(&mut self, who: &Identity) -> bool {
+    /// Whether `who`'s offer still waits for its join past its deadline (it is then dropped,
+    /// and the shell tells the client `join-timeout`).
+    pub fn offer_expired(&mut self, who: &Identity, now: Instant) -> bool {
         match self.clients.get_mut(who) {
-            Some(c) if c.pending_offer.is_some() => {
+            Some(c)
+                if c.pending_offer
+                    .as_ref()
+                    .is_some_and(|(_, until)| now >= *until) =>
+            {
                 c.forget_pending();
                 true
             }

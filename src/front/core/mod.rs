@@ -76,7 +76,11 @@ pub enum Tally {
 #[derive(Debug, PartialEq)]
 pub enum OfferState {
     Dispatched,
-    WaitingForJoin,
+    /// No join yet: the offer waits for one until `until`, when the shell asks
+    /// [`Core::offer_expired`].
+    WaitingForJoin {
+        until: Instant,
+    },
 }
 
 /// Why a join was refused; maps to an HTTP status or an `error::` frame.

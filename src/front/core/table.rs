@@ -30,7 +30,8 @@ pub struct Client {
     pub joined_at: Option<Instant>,
     /// Its signalling socket, by the id the shell gave it.
     pub socket: Option<u64>,
-    pub pending_offer: Option<String>,
+    /// Its offer waiting for its join, and until when it may wait (`JOIN_TIMEOUT_MS`).
+    pub pending_offer: Option<(String, Instant)>,
     pub pending_ice: Vec<String>,
     /// Bytes in `pending_ice`.
     pub pending_ice_bytes: usize,

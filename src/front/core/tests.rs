@@ -177,7 +177,12 @@ fn an_offer_before_the_join_waits_for_it_with_its_candidates() {
     let (a, c) = (client("a"), conv("room"));
     r.socket(&a, 0);
     let state = r.core.offer(&a, "v=0".into(), r.at(0)).unwrap();
-    assert_eq!(state, OfferState::WaitingForJoin);
+    assert_eq!(
+        state,
+        OfferState::WaitingForJoin {
+            until: r.at(0) + JOIN_TIMEOUT
+        }
+    );
     r.core.ice(&a, Some("candidate:1".into()));
     r.core.ice(&a, None);
     assert!(r.take().is_empty(), "nothing goes anywhere before the join");
@@ -199,11 +204,30 @@ fn an_offer_waiting_past_the_join_timeout_is_dropped() {
     let (a, c) = (client("a"), conv("room"));
     r.socket(&a, 0);
     r.core.offer(&a, "v=0".into(), r.at(0)).unwrap();
-    // The shell's deadline fires: the offer was still waiting, so it gets join-timeout.
-    assert!(r.core.offer_expired(&a));
-    assert!(!r.core.offer_expired(&a), "only once");
-    r.core.join(&a, &c, r.at(2_500));
+    r.core.ice(&a, Some("candidate:1".into()));
+    let timeout = JOIN_TIMEOUT.as_millis() as u64;
+    assert!(!r.core.offer_expired(&a, r.at(timeout - 1)), "still within");
+    // The deadline passes: the offer was still waiting, so the client gets join-timeout.
+    assert!(r.core.offer_expired(&a, r.at(timeout)));
+    assert!(!r.core.offer_expired(&a, r.at(timeout + 1)), "only once");
+    r.core.join(&a, &c, r.at(timeout + 500));
     assert_eq!(offered(&r.take()), None, "a join after it sends nothing");
+}
+
+#[test]
+fn a_second_waiting_offer_gets_a_deadline_of_its_own() {
+    let mut r = Rig::new();
+    let (a, c) = (client("a"), conv("room"));
+    r.core.offer(&a, "v=0".into(), r.at(0)).unwrap();
+    r.core.offer(&a, "v=0".into(), r.at(1_500)).unwrap();
+    let timeout = JOIN_TIMEOUT.as_millis() as u64;
+    assert!(
+        !r.core.offer_expired(&a, r.at(timeout)),
+        "the first deadline"
+    );
+    r.core.join(&a, &c, r.at(timeout + 100));
+    assert!(offered(&r.take()).is_some(), "the second offer went out");
+    assert!(!r.core.offer_expired(&a, r.at(1_500 + timeout)));
 }
 
 #[test]
