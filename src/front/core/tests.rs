@@ -504,3 +504,68 @@ fn an_offer_admitted_while_its_join_is_checked_uses_up_the_join_credit() {
     // So the next offer is checked, not waved through on the join's credit.
     assert_eq!(r.core.admit_offer(&a, r.at(3)), Ok(Some(c)));
 }
+
+#[test]
+fn a_user_past_its_session_limit_gets_no_socket_and_a_second_socket_replaces_the_first() {
+    let mut r = Rig::new();
+    let user = |k: usize| Identity {
+        userid: "u".into(),
+        clientid: format!("c{k}"),
+    };
+    let first = r.socket(&user(0), 0);
+    for k in 1..4 {
+        r.socket(&user(k), 0);
+    }
+    let e = r.core.attach_socket(&user(4), 99, r.at(0)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::TooManySessions);
+    // A reloaded tab: the same client's new socket replaces its first, which is told why.
+    let again = r.socket(&user(0), 10);
+    assert_ne!(again, first);
+    assert!(matches!(
+        to_socket(&r.take(), first)[..],
+        [Out::Fail(e)] if e.code == ErrorCode::TooManySessions
+    ));
+}
+
+#[test]
+fn past_max_workers_only_running_conversations_take_joins() {
+    let mut r = Rig::new();
+    r.core.limits.max_workers = 2;
+    r.join_and_offer(&client("a"), &conv("one"), 0);
+    r.join_and_offer(&client("b"), &conv("two"), 0);
+    let e = r
+        .core
+        .admit_join(&client("c"), &conv("three"), r.at(10))
+        .unwrap_err();
+    assert!(
+        matches!(&e, JoinError::Unavailable(m) if m.contains("MAX_WORKERS=2")),
+        "{e}"
+    );
+    assert!(
+        r.core
+            .admit_join(&client("c"), &conv("two"), r.at(10))
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_user_starting_conversations_too_fast_is_rate_limited_for_the_minute() {
+    let mut r = Rig::new();
+    r.core.limits.new_conversations_per_minute = 2;
+    let a = client("a");
+    r.join_and_offer(&a, &conv("one"), 0);
+    r.join_and_offer(&a, &conv("two"), 1_000);
+    let e = r
+        .core
+        .admit_join(&a, &conv("three"), r.at(2_000))
+        .unwrap_err();
+    let JoinError::RateLimited { retry_after, .. } = e else {
+        panic!("{e}")
+    };
+    assert_eq!(retry_after, Duration::from_secs(58));
+    assert!(
+        r.core.admit_join(&a, &conv("one"), r.at(2_000)).is_ok(),
+        "not a new one"
+    );
+    assert!(r.core.admit_join(&a, &conv("three"), r.at(61_000)).is_ok());
+}
