@@ -569,3 +569,99 @@ fn a_user_starting_conversations_too_fast_is_rate_limited_for_the_minute() {
     );
     assert!(r.core.admit_join(&a, &conv("three"), r.at(61_000)).is_ok());
 }
+
+#[test]
+fn what_the_worker_says_of_a_session_reaches_its_client_and_ends_it_when_it_should() {
+    let mut r = Rig::new();
+    let (a, c) = (client("a"), conv("room"));
+    let sock = r.socket(&a, 0);
+    // Rejected: the client hears why, the session is over, the worker's idle clock starts.
+    let d = r.join_and_offer(&a, &c, 0);
+    let msg = ToFront::Rejected {
+        session: d.session,
+        code: ErrorCode::BadSdp,
+        message: "no audio".into(),
+    };
+    r.core.worker_message(&c, d.generation, msg, r.at(10));
+    assert!(matches!(
+        to_socket(&r.take(), sock)[..],
+        [Out::Fail(e)] if e.code == ErrorCode::BadSdp
+    ));
+    assert!(r.core.sessions.is_empty());
+    assert_eq!(r.core.workers[&c].empty_since, Some(r.at(10)));
+    // Closed by a failure: told to reconnect; closed by the client itself: told nothing.
+    for (reason, told) in [
+        (
+            CloseReason::Failed,
+            Some(ReconnectReason::PeerConnectionFailed),
+        ),
+        (CloseReason::ByClient, None),
+    ] {
+        let d = r.join_and_offer(&a, &c, 20);
+        r.answer(&c, &d, 30);
+        r.take();
+        let msg = ToFront::Closed {
+            session: d.session,
+            reason,
+        };
+        r.core.worker_message(&c, d.generation, msg, r.at(40));
+        let got: Vec<_> = to_socket(&r.take(), sock)
+            .into_iter()
+            .filter_map(reconnect)
+            .collect();
+        assert_eq!(got, told.into_iter().collect::<Vec<_>>(), "{reason:?}");
+        assert!(r.core.sessions.is_empty());
+    }
+}
+
+#[test]
+fn a_refused_offer_ends_its_session_and_a_refused_candidate_does_not() {
+    let mut r = Rig::new();
+    let (a, c) = (client("a"), conv("room"));
+    let sock = r.socket(&a, 0);
+    let d = r.join_and_offer(&a, &c, 0);
+    let ice = ToWorker::Ice {
+        session: d.session,
+        candidate: "x".repeat(10),
+    };
+    r.core
+        .worker_refused(&c, d.generation, &ice, 2 << 20, r.at(10));
+    assert!(matches!(
+        to_socket(&r.take(), sock)[..],
+        [Out::Fail(e)] if e.code == ErrorCode::TooLarge
+    ));
+    assert!(r.core.current(d.session).is_some(), "the session goes on");
+    let offer = ToWorker::Offer {
+        session: d.session,
+        identity: a.clone(),
+        sdp: "v=0".into(),
+    };
+    r.core
+        .worker_refused(&c, d.generation, &offer, 2 << 20, r.at(20));
+    assert_eq!(to_socket(&r.take(), sock).len(), 1);
+    assert!(
+        r.core.current(d.session).is_none(),
+        "the offer never reached the worker"
+    );
+}
+
+#[test]
+fn a_client_without_a_socket_is_forgotten_with_its_dead_worker() {
+    let mut r = Rig::new();
+    let (a, b, c) = (client("a"), client("b"), conv("room"));
+    let sock = r.socket(&a, 0);
+    let da = r.join_and_offer(&a, &c, 0);
+    let db = r.join_and_offer(&b, &c, 0);
+    r.answer(&c, &da, 10);
+    r.answer(&c, &db, 10);
+    // a's socket goes; its answered session (its media) goes on.
+    r.core.detach_socket(&a, sock, r.at(20));
+    assert!(r.core.current(da.session).is_some());
+    r.core
+        .worker_gone(&c, da.generation, &Ending::Exited("gone".into()), r.at(30));
+    // Neither has a socket to be told to reconnect on: both are forgotten.
+    for who in [&a, &b] {
+        assert!(!r.core.clients.contains_key(who), "{who}");
+    }
+    assert_eq!(r.core.client_count(), 0);
+}
