@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::signal::error_of;
 use common::{Front, Permissions, claim};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -62,15 +63,8 @@ impl WsConn {
                 Err(_) => panic!("no error frame within 15 s; so far {err:?}"),
             };
             match msg {
-                Message::Text(t) => {
-                    if let Some(p) = t.strip_prefix("error::") {
-                        let v: serde_json::Value =
-                            serde_json::from_str(p).expect("error payload is JSON");
-                        err = Some((
-                            v["code"].as_str().unwrap_or("").to_string(),
-                            v["message"].as_str().unwrap_or("").to_string(),
-                        ));
-                    }
+                Message::Text(t) if t.starts_with("error::") => {
+                    err = Some(error_of(&t).expect("error payload is the error JSON"));
                 }
                 Message::Close(frame) => {
                     let (code, message) = err.expect("an error:: frame before the close");

@@ -11,21 +11,14 @@ use std::time::{Duration, Instant};
 
 use beep_webrtc::tools::load::client::Client;
 use beep_webrtc::wire::frame::{MAX_FRAME, MAX_SIGNAL_FRAME};
-use common::signal::{OFFER, Signal};
+use common::signal::{self, OFFER, Signal};
 use common::{Front, Permissions, claim, eventually, member};
 
 const T: Duration = Duration::from_secs(20);
 
 /// The `error::` frame's code and message.
 fn error_of(frame: &str) -> (String, String) {
-    let body = frame
-        .strip_prefix("error::")
-        .unwrap_or_else(|| panic!("not an error frame: {frame}"));
-    let v: serde_json::Value = serde_json::from_str(body).expect("error JSON");
-    (
-        v["code"].as_str().unwrap_or_default().to_string(),
-        v["message"].as_str().unwrap_or_default().to_string(),
-    )
+    signal::error_of(frame).unwrap_or_else(|| panic!("not an error frame: {frame}"))
 }
 
 /// `listener` keeps hearing `speaker`: at least `n` more packets within 5 s.

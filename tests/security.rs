@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use common::signal::{OFFER, Signal};
+use common::signal::{OFFER, Signal, error_of};
 use common::{Front, claim, eventually, free_tcp_port, lost, member};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -341,12 +341,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// The `error::` frame (code, message) a socket gets before it closes, within `within`.
 async fn error_frame(s: &mut Signal, within: Duration) -> Option<(String, String)> {
-    let frame = s.wait_for("error::", within).await?;
-    let v: serde_json::Value = serde_json::from_str(frame.strip_prefix("error::")?).ok()?;
-    Some((
-        v["code"].as_str()?.to_string(),
-        v["message"].as_str()?.to_string(),
-    ))
+    error_of(&s.wait_for("error::", within).await?)
 }
 
 async fn ws_status(front: &Front, query: &str, headers: &[(&str, &str)]) -> (u16, String) {

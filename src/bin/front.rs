@@ -14,7 +14,7 @@ fn main() {
     // Taken before anything can replace the file: a reload re-executes whatever binary is at
     // this path then (an upgrade), not the deleted one still running.
     let exe = std::env::current_exe().ok();
-    let cfg = match Config::load() {
+    let cfg = match Config::load().and_then(Config::prepare) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

@@ -4,15 +4,16 @@
 //! startup with one line naming the variable, because a half-configured SFU fails later in
 //! ways that are much harder to read.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::wire::ipc::{BiteConfig, MediaConfig};
 
+mod lookup;
 pub mod settings;
-use settings::{DefaultValue, setting};
+use lookup::{Lookup, err};
 
 /// Where permission checks go.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,7 +63,10 @@ pub struct Config {
     pub trusted_proxies: crate::wire::identity::TrustedProxies,
     /// `Origin`s accepted on `/connect` and `/join` (lower case); `None` = no check.
     pub allowed_origins: Option<Vec<String>>,
-    /// CA certificates for an https:// permissions service (only these are trusted then).
+    /// `PERMISSIONS_CA_FILE`: where the certificates below come from.
+    pub permissions_ca_file: Option<PathBuf>,
+    /// CA certificates for an https:// permissions service (only these are trusted then);
+    /// read from the file by [`Config::prepare`].
     pub permissions_ca: Vec<reqwest::Certificate>,
     /// ICE candidates one peer connection may bring (its offer's and trickled ones together).
     pub max_candidates: usize,
@@ -160,211 +164,189 @@ impl Config {
     }
 
     /// Reads the configuration through `get`, so tests can feed it without touching the
-    /// process environment.
+    /// process environment. It parses values and checks them against each other, and looks at
+    /// nothing but `get` (and the running executable's path, the default of `WORKER_BIN`):
+    /// what depends on the machine is [`Config::prepare`], which front runs.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let var = |name: &'static str| get(name).filter(|v| !v.trim().is_empty());
-        // A text setting, or its default from the table.
-        let text = |name: &'static str| -> String {
-            var(name).unwrap_or_else(|| match setting(name).map(|s| s.default) {
-                Some(DefaultValue::Text(d)) => d.to_string(),
-                _ => String::new(),
-            })
-        };
-        let err = |var: &'static str, value: &str, reason: String| ConfigError {
-            var,
-            value: value.to_string(),
-            reason,
-        };
-        let flag = |name: &'static str| -> Result<bool, ConfigError> {
-            let v = text(name);
-            parse_bool(&v).ok_or_else(|| err(name, &v, "expected 1/0, true/false, on/off".into()))
-        };
-        let dev_mode = flag("DEV_MODE")?;
-        let listen_s = text("LISTEN");
-        let listen = parse_listen(&listen_s).map_err(|r| err("LISTEN", &listen_s, r))?;
-        // Development mode opens identity by query string and allow-all: loopback only.
-        if dev_mode && !listen.ip().is_loopback() {
-            return Err(err(
-                "DEV_MODE",
-                "1",
-                format!(
-                    "development mode is refused unless LISTEN is a loopback address (LISTEN={listen_s} listens on {}); set LISTEN=127.0.0.1:PORT or turn DEV_MODE off",
-                    listen.ip()
-                ),
-            ));
-        }
-        let nats = text("NATS");
-        let perm_s = text("PERMISSIONS_HOST");
-        let permissions = if perm_s == "allow-all" {
-            if !dev_mode {
-                return Err(err(
-                    "PERMISSIONS_HOST",
-                    &perm_s,
-                    "allow-all is only accepted with DEV_MODE=1".into(),
-                ));
-            }
-            Permissions::AllowAll
-        } else if perm_s.starts_with("http://") || perm_s.starts_with("https://") {
-            Permissions::Http(perm_s.trim_end_matches('/').to_string())
-        } else {
-            return Err(err(
-                "PERMISSIONS_HOST",
-                &perm_s,
-                "expected an http(s):// URL".into(),
-            ));
-        };
-        let ip = |name: &'static str| -> Result<Option<IpAddr>, ConfigError> {
-            match var(name) {
-                None => Ok(None),
-                Some(v) => v
-                    .parse()
-                    .map(Some)
-                    .map_err(|e| err(name, &v, format!("not an IP address ({e})"))),
-            }
-        };
-        let bind_ip = ip("RTC_BIND_IP")?;
-        let public_ip = ip("PUBLIC_IP")?;
-        let ports_s = text("RTC_PORTS");
-        let ports = parse_port_range(&ports_s).map_err(|r| err("RTC_PORTS", &ports_s, r))?;
-        // ICE-TCP: by default the same numbers as RTC_PORTS (a worker takes its UDP port's
-        // number for TCP when it is free); `off` offers no TCP candidate.
-        let tcp_ports = match var("RTC_TCP_PORTS") {
-            Some(v) if matches!(v.trim(), "off" | "0" | "false" | "no") => None,
-            Some(v) => {
-                let r = parse_port_range(&v).map_err(|r| err("RTC_TCP_PORTS", &v, r))?;
-                Some((*r.start(), *r.end()))
-            }
-            None => Some((*ports.start(), *ports.end())),
-        };
-        // Defaults and ranges come from the table (`settings`), and from nowhere else.
-        let num = |name: &'static str| -> Result<u64, ConfigError> {
-            let Some(DefaultValue::Number { default, min, max }) = setting(name).map(|s| s.default)
-            else {
-                return Err(err(
-                    name,
-                    "",
-                    "not a number setting of SETTINGS (a bug)".into(),
-                ));
-            };
-            match var(name) {
-                None => Ok(default),
-                Some(v) => match v.trim().parse::<u64>() {
-                    Ok(n) if (min..=max).contains(&n) => Ok(n),
-                    _ => Err(err(
-                        name,
-                        &v,
-                        format!("expected a whole number from {min} to {max}"),
-                    )),
-                },
-            }
-        };
-        let max_slots = num("MAX_SLOTS")? as usize;
-        let runtime_dir = runtime_dir(&get);
-        crate::wire::socket::check_socket_dir(&runtime_dir)
-            .map_err(|r| err("RUNTIME_DIR", &runtime_dir.display().to_string(), r))?;
-        let state_dir = match var("STATE_DIR") {
-            Some(d) => PathBuf::from(d),
-            None => match var("STATE_DIRECTORY") {
-                // systemd's StateDirectory= may list several, separated by colons.
-                Some(x) => PathBuf::from(x.split(':').next().unwrap_or(&x)),
-                None => PathBuf::from("/var/lib/beep-webrtc"),
-            },
-        };
-        let bites_on = flag("BITES")?;
-        let subject = |name: &'static str| -> Result<String, ConfigError> {
-            let v = text(name);
-            let valid = !v.is_empty()
-                && v.split('.').all(|t| {
-                    !t.is_empty() && t.bytes().all(|b| b > b' ' && b != b'*' && b != b'>')
-                });
-            if valid {
-                Ok(v)
-            } else {
-                Err(err(
-                    name,
-                    &v,
-                    "expected a NATS subject without wildcards".into(),
-                ))
-            }
-        };
-        let bites = if bites_on {
-            Some(Bites {
-                bite_subject: subject("BITE_SUBJECT")?,
-                store_subject: subject("STORE_SUBJECT")?,
-                silence_ms: num("BITE_SILENCE_MS")?,
-                max_ms: num("BITE_MAX_MS")?,
-                spool_max_bytes: num("SPOOL_MAX_BYTES")?,
-            })
-        } else {
-            None
-        };
-        let worker_bin = match var("WORKER_BIN") {
-            Some(p) => PathBuf::from(p),
-            None => std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(|d| d.join("worker")))
-                .unwrap_or_else(|| PathBuf::from("worker")),
-        };
+        let l = Lookup { get };
+        let (listen, dev_mode) = listen_and_mode(&l)?;
+        let permissions = permissions(&l, dev_mode)?;
+        let media = media(&l)?;
         Ok(Config {
             listen,
-            nats,
+            nats: l.text("NATS"),
             permissions,
-            media: MediaConfig {
-                bind_ip,
-                ports: (*ports.start(), *ports.end()),
-                tcp_ports,
-                public_ip,
-                max_slots,
-                ice_disconnected_ms: num("ICE_DISCONNECTED_MS")?,
-                ice_failed_ms: num("ICE_FAILED_MS")?,
-                member_packets_per_s: num("MEMBER_PACKETS_PER_S")? as u32,
-                member_bytes_per_s: num("MEMBER_BYTES_PER_S")? as u32,
-                first_connect_ms: num("WORKER_FIRST_CONNECT_MS")?,
-                socket_recv_buffer: num("RTC_RECV_BUFFER_BYTES")? as u32,
-                socket_send_buffer: num("RTC_SEND_BUFFER_BYTES")? as u32,
-            },
-            runtime_dir,
-            state_dir,
-            bites,
+            media,
+            runtime_dir: runtime_dir(&l.get),
+            state_dir: state_dir(&l),
+            bites: bites(&l)?,
             dev_mode,
-            join_timeout: Duration::from_millis(num("JOIN_TIMEOUT_MS")?),
-            worker_idle: Duration::from_millis(num("WORKER_IDLE_MS")?),
-            worker_orphan_grace: Duration::from_millis(num("WORKER_ORPHAN_GRACE_MS")?),
-            worker_heartbeat: Duration::from_millis(num("WORKER_HEARTBEAT_MS")?),
-            drain_timeout: Duration::from_millis(num("DRAIN_TIMEOUT_MS")?),
-            permissions_timeout: Duration::from_millis(num("PERMISSIONS_TIMEOUT_MS")?),
-            max_sessions_per_user: num("MAX_SESSIONS_PER_USER")? as usize,
-            max_frame_bytes: max_frame_bytes(num("MAX_FRAME_BYTES")?)
+            join_timeout: l.millis("JOIN_TIMEOUT_MS")?,
+            worker_idle: l.millis("WORKER_IDLE_MS")?,
+            worker_orphan_grace: l.millis("WORKER_ORPHAN_GRACE_MS")?,
+            worker_heartbeat: l.millis("WORKER_HEARTBEAT_MS")?,
+            drain_timeout: l.millis("DRAIN_TIMEOUT_MS")?,
+            permissions_timeout: l.millis("PERMISSIONS_TIMEOUT_MS")?,
+            max_sessions_per_user: l.num("MAX_SESSIONS_PER_USER")? as usize,
+            max_frame_bytes: max_frame_bytes(l.num("MAX_FRAME_BYTES")?)
                 .map_err(|(v, r)| err("MAX_FRAME_BYTES", &v, r))?,
-            offers_per_minute: num("OFFERS_PER_MINUTE")? as u32,
-            joins_per_minute: num("JOINS_PER_MINUTE")? as u32,
-            max_workers: num("MAX_WORKERS")? as usize,
-            new_conversations_per_minute: num("NEW_CONVERSATIONS_PER_MINUTE")? as u32,
-            worker_bin,
-            trusted_proxies: match var("TRUSTED_PROXIES") {
+            offers_per_minute: l.num("OFFERS_PER_MINUTE")? as u32,
+            joins_per_minute: l.num("JOINS_PER_MINUTE")? as u32,
+            max_workers: l.num("MAX_WORKERS")? as usize,
+            new_conversations_per_minute: l.num("NEW_CONVERSATIONS_PER_MINUTE")? as u32,
+            worker_bin: worker_bin(&l),
+            trusted_proxies: match l.var("TRUSTED_PROXIES") {
                 None => Default::default(),
                 Some(v) => crate::wire::identity::TrustedProxies::parse(&v)
                     .map_err(|r| err("TRUSTED_PROXIES", &v, r))?,
             },
-            allowed_origins: match var("ALLOWED_ORIGINS") {
+            allowed_origins: match l.var("ALLOWED_ORIGINS") {
                 None => None,
                 Some(v) => Some(parse_origins(&v).map_err(|r| err("ALLOWED_ORIGINS", &v, r))?),
             },
-            permissions_ca: match var("PERMISSIONS_CA_FILE") {
-                None => Vec::new(),
-                Some(v) => load_ca_file(std::path::Path::new(&v))
-                    .map_err(|r| err("PERMISSIONS_CA_FILE", &v, r))?,
-            },
-            max_candidates: num("MAX_CANDIDATES")? as usize,
-            ice_per_second: num("ICE_PER_SECOND")? as u32,
-            ice_burst: num("ICE_BURST")? as u32,
-            http_header_timeout: Duration::from_millis(num("HTTP_HEADER_TIMEOUT_MS")?),
-            max_connections: num("MAX_CONNECTIONS")? as usize,
-            ws_ping: Duration::from_millis(num("WS_PING_MS")?),
-            ws_idle: Duration::from_millis(num("WS_IDLE_MS")?),
-            ws_send_queue: num("WS_SEND_QUEUE")? as usize,
-            ws_send_timeout: Duration::from_millis(num("WS_SEND_TIMEOUT_MS")?),
+            permissions_ca_file: l.var("PERMISSIONS_CA_FILE").map(PathBuf::from),
+            permissions_ca: Vec::new(),
+            max_candidates: l.num("MAX_CANDIDATES")? as usize,
+            ice_per_second: l.num("ICE_PER_SECOND")? as u32,
+            ice_burst: l.num("ICE_BURST")? as u32,
+            http_header_timeout: l.millis("HTTP_HEADER_TIMEOUT_MS")?,
+            max_connections: l.num("MAX_CONNECTIONS")? as usize,
+            ws_ping: l.millis("WS_PING_MS")?,
+            ws_idle: l.millis("WS_IDLE_MS")?,
+            ws_send_queue: l.num("WS_SEND_QUEUE")? as usize,
+            ws_send_timeout: l.millis("WS_SEND_TIMEOUT_MS")?,
         })
+    }
+
+    /// What front checks on the machine before it uses the configuration: that its sockets'
+    /// paths under `RUNTIME_DIR` fit a Unix socket address, and the `PERMISSIONS_CA_FILE`
+    /// certificates, read here. Kept out of [`Config::from_lookup`] so that reading a
+    /// configuration (tests, tools) never depends on the file system.
+    pub fn prepare(mut self) -> Result<Config, ConfigError> {
+        crate::wire::socket::check_socket_dir(&self.runtime_dir)
+            .map_err(|r| err("RUNTIME_DIR", &self.runtime_dir.display().to_string(), r))?;
+        if let Some(path) = &self.permissions_ca_file {
+            self.permissions_ca = load_ca_file(path)
+                .map_err(|r| err("PERMISSIONS_CA_FILE", &path.display().to_string(), r))?;
+        }
+        Ok(self)
+    }
+}
+
+/// `LISTEN` and `DEV_MODE`, which go together: development mode opens identity by query
+/// string and allow-all, so it is refused unless front listens on loopback only.
+fn listen_and_mode<F: Fn(&str) -> Option<String>>(
+    l: &Lookup<F>,
+) -> Result<(SocketAddr, bool), ConfigError> {
+    let dev_mode = l.flag("DEV_MODE")?;
+    let listen_s = l.text("LISTEN");
+    let listen = parse_listen(&listen_s).map_err(|r| err("LISTEN", &listen_s, r))?;
+    if dev_mode && !listen.ip().is_loopback() {
+        return Err(err(
+            "DEV_MODE",
+            "1",
+            format!(
+                "development mode is refused unless LISTEN is a loopback address (LISTEN={listen_s} listens on {}); set LISTEN=127.0.0.1:PORT or turn DEV_MODE off",
+                listen.ip()
+            ),
+        ));
+    }
+    Ok((listen, dev_mode))
+}
+
+/// `PERMISSIONS_HOST`: an http(s) base URL, or `allow-all` in development mode.
+fn permissions<F: Fn(&str) -> Option<String>>(
+    l: &Lookup<F>,
+    dev_mode: bool,
+) -> Result<Permissions, ConfigError> {
+    let perm_s = l.text("PERMISSIONS_HOST");
+    if perm_s == "allow-all" {
+        if !dev_mode {
+            return Err(err(
+                "PERMISSIONS_HOST",
+                &perm_s,
+                "allow-all is only accepted with DEV_MODE=1".into(),
+            ));
+        }
+        Ok(Permissions::AllowAll)
+    } else if perm_s.starts_with("http://") || perm_s.starts_with("https://") {
+        Ok(Permissions::Http(perm_s.trim_end_matches('/').to_string()))
+    } else {
+        Err(err(
+            "PERMISSIONS_HOST",
+            &perm_s,
+            "expected an http(s):// URL".into(),
+        ))
+    }
+}
+
+/// What the workers are told about media: addresses, ports, slots, ICE timers, caps.
+fn media<F: Fn(&str) -> Option<String>>(l: &Lookup<F>) -> Result<MediaConfig, ConfigError> {
+    let bind_ip = l.ip("RTC_BIND_IP")?;
+    let public_ip = l.ip("PUBLIC_IP")?;
+    let ports_s = l.text("RTC_PORTS");
+    let ports = parse_port_range(&ports_s).map_err(|r| err("RTC_PORTS", &ports_s, r))?;
+    // ICE-TCP: by default the same numbers as RTC_PORTS (a worker takes its UDP port's
+    // number for TCP when it is free); `off` offers no TCP candidate.
+    let tcp_ports = match l.var("RTC_TCP_PORTS") {
+        Some(v) if matches!(v.trim(), "off" | "0" | "false" | "no") => None,
+        Some(v) => {
+            let r = parse_port_range(&v).map_err(|r| err("RTC_TCP_PORTS", &v, r))?;
+            Some((*r.start(), *r.end()))
+        }
+        None => Some((*ports.start(), *ports.end())),
+    };
+    Ok(MediaConfig {
+        bind_ip,
+        ports: (*ports.start(), *ports.end()),
+        tcp_ports,
+        public_ip,
+        max_slots: l.num("MAX_SLOTS")? as usize,
+        ice_disconnected_ms: l.num("ICE_DISCONNECTED_MS")?,
+        ice_failed_ms: l.num("ICE_FAILED_MS")?,
+        member_packets_per_s: l.num("MEMBER_PACKETS_PER_S")? as u32,
+        member_bytes_per_s: l.num("MEMBER_BYTES_PER_S")? as u32,
+        first_connect_ms: l.num("WORKER_FIRST_CONNECT_MS")?,
+        socket_recv_buffer: l.num("RTC_RECV_BUFFER_BYTES")? as u32,
+        socket_send_buffer: l.num("RTC_SEND_BUFFER_BYTES")? as u32,
+        fanout_threads: l.num("RTC_FANOUT_THREADS")? as u32,
+    })
+}
+
+/// `STATE_DIR`, else systemd's `STATE_DIRECTORY`, else `/var/lib/beep-webrtc`.
+fn state_dir<F: Fn(&str) -> Option<String>>(l: &Lookup<F>) -> PathBuf {
+    match l.var("STATE_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => match l.var("STATE_DIRECTORY") {
+            // systemd's StateDirectory= may list several, separated by colons.
+            Some(x) => PathBuf::from(x.split(':').next().unwrap_or(&x)),
+            None => PathBuf::from("/var/lib/beep-webrtc"),
+        },
+    }
+}
+
+/// The bite settings, `None` when `BITES` is off (the others are then not read).
+fn bites<F: Fn(&str) -> Option<String>>(l: &Lookup<F>) -> Result<Option<Bites>, ConfigError> {
+    if !l.flag("BITES")? {
+        return Ok(None);
+    }
+    Ok(Some(Bites {
+        bite_subject: l.subject("BITE_SUBJECT")?,
+        store_subject: l.subject("STORE_SUBJECT")?,
+        silence_ms: l.num("BITE_SILENCE_MS")?,
+        max_ms: l.num("BITE_MAX_MS")?,
+        spool_max_bytes: l.num("SPOOL_MAX_BYTES")?,
+    }))
+}
+
+/// `WORKER_BIN`, else the `worker` binary beside the running executable.
+fn worker_bin<F: Fn(&str) -> Option<String>>(l: &Lookup<F>) -> PathBuf {
+    match l.var("WORKER_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("worker")))
+            .unwrap_or_else(|| PathBuf::from("worker")),
     }
 }
 
@@ -609,8 +591,23 @@ mod tests {
             ("PERMISSIONS_CA_FILE", "/nonexistent/ca.pem"),
             ("RUNTIME_DIR", &format!("/tmp/{}", "x".repeat(120))),
         ] {
-            let e = load(&[(k, v)]).expect_err(k);
+            let e = load(&[(k, v)]).and_then(Config::prepare).expect_err(k);
             assert_eq!(e.var, k, "{e}");
         }
+    }
+
+    #[test]
+    fn reading_the_configuration_touches_no_file() {
+        let c = load(&[
+            ("PERMISSIONS_CA_FILE", "/nonexistent/ca.pem"),
+            ("RUNTIME_DIR", &format!("/tmp/{}", "x".repeat(120))),
+        ])
+        .expect("read without looking at the file system");
+        assert_eq!(
+            c.permissions_ca_file.as_deref(),
+            Some(std::path::Path::new("/nonexistent/ca.pem"))
+        );
+        assert!(c.permissions_ca.is_empty());
+        assert!(load(&[]).and_then(Config::prepare).is_ok());
     }
 }

@@ -15,7 +15,8 @@ use crate::wire::socket;
 
 /// Serves `ctl` until the listener fails.
 pub async fn serve(listener: UnixListener, front: Arc<Front>) {
-    accept_each(listener, "admin", move |stream| {
+    let tasks = front.tasks.clone();
+    accept_each(listener, "admin", &tasks, move |stream| {
         answer(stream, front.clone())
     })
     .await

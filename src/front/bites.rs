@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::tasks::Tasks;
+
 use crate::config::Config;
 use crate::publish::nats::{NatsState, PublisherSettings};
 use crate::publish::publisher::{PublishError, replay_dir_with_client};
@@ -28,11 +30,13 @@ pub struct BiteReplays {
     busy: Mutex<HashSet<ConversationId>>,
     /// Bites front replayed (published and deleted from a dead worker's spool).
     pub replayed: AtomicU64,
+    /// Front's tasks: a replay is one of them.
+    tasks: Tasks,
 }
 
 impl BiteReplays {
     /// Connects to NATS in the background. `None` when bites are off.
-    pub async fn start(cfg: &Config) -> Option<Arc<BiteReplays>> {
+    pub async fn start(cfg: &Config, tasks: Tasks) -> Option<Arc<BiteReplays>> {
         let bites = cfg.bites.as_ref()?;
         let settings = PublisherSettings {
             nats_url: cfg.nats.clone(),
@@ -60,6 +64,7 @@ impl BiteReplays {
             nats,
             busy: Mutex::new(HashSet::new()),
             replayed: AtomicU64::new(0),
+            tasks,
         }))
     }
 
@@ -86,7 +91,7 @@ impl BiteReplays {
         }
         let this = self.clone();
         let conversation = conversation.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let dir = this.root.join(&conversation);
             let result = replay_dir_with_client(this.nats.clone(), &dir, &this.settings).await;
             match result {

@@ -115,7 +115,7 @@ impl DemoBites {
         let nats = front.bites.as_ref()?.nats().clone();
         let demo = Arc::new(DemoBites::new(PER_CONVERSATION, MAX_BYTES));
         let (this, front) = (demo.clone(), front.clone());
-        tokio::spawn(async move {
+        front.tasks.clone().spawn(async move {
             // Queued while NATS is down; the client subscribes again after each reconnect.
             let mut sub = match nats.subscribe(subject.clone()).await {
                 Ok(s) => s,

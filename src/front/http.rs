@@ -24,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::session::signalling;
 use super::state::{Front, JoinError};
+use super::tasks::Tasks;
 use crate::publish::nats::NatsState;
 use crate::wire::identity::{CLAIM_HEADER, ClaimError, Identity, claim_from, parse_claim};
 use crate::wire::ids::ConversationId;
@@ -213,6 +214,7 @@ pub async fn serve(
     app: Router,
     header_timeout: Duration,
     max_connections: usize,
+    tasks: &Tasks,
     stop: impl std::future::Future<Output = ()>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -268,7 +270,7 @@ pub async fn serve(
             },
         );
         let http = http.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             if let Err(e) = http
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()

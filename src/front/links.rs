@@ -11,6 +11,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::state::Front;
 use super::supervisor::Link;
+use super::tasks::Tasks;
 use crate::wire::frame;
 use crate::wire::ipc::ToFront;
 use crate::wire::socket;
@@ -20,7 +21,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepts workers until the listener fails.
 pub async fn serve(listener: UnixListener, front: Arc<Front>) {
-    accept_each(listener, "worker", move |stream| {
+    let tasks = front.tasks.clone();
+    accept_each(listener, "worker", &tasks, move |stream| {
         handshake(stream, front.clone())
     })
     .await
@@ -28,16 +30,18 @@ pub async fn serve(listener: UnixListener, front: Arc<Front>) {
 
 /// Accepts connections on one of front's Unix sockets until it fails, each handled in a task
 /// of its own, so one slow peer never holds up the next.
-pub(super) async fn accept_each<F, Fut>(listener: UnixListener, what: &str, handle: F)
-where
+pub(super) async fn accept_each<F, Fut>(
+    listener: UnixListener,
+    what: &str,
+    tasks: &Tasks,
+    handle: F,
+) where
     F: Fn(UnixStream) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(handle(stream));
-            }
+            Ok((stream, _)) => tasks.spawn(handle(stream)),
             Err(e) => {
                 // EMFILE and the like: never spin on it.
                 tracing::error!("{what} socket accept: {e}");

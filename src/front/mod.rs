@@ -20,6 +20,7 @@
 //! | [`metrics`] | `/metrics`: front's counters and the workers' totals, via prometheus-client |
 //! | [`notify`] | systemd notifications (`READY=1`, `RELOADING=1`, `STOPPING=1`, watchdog); no-ops outside systemd |
 //! | [`process`] | front's process from start to exit: startup, its tasks, signals, drain, re-exec |
+//! | [`tasks`] | every task front spawns, and the one stop they honour at exit |
 //! | [`procfs`] | CPU and memory of a process from `/proc` |
 
 pub mod admin;
@@ -41,3 +42,4 @@ mod rates;
 pub mod session;
 pub mod state;
 pub mod supervisor;
+pub mod tasks;

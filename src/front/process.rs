@@ -16,11 +16,15 @@ use crate::config::Config;
 use crate::front::bites::BiteReplays;
 use crate::front::state::Front;
 use crate::front::supervisor::{self, LISTEN_FD_ENV};
+use crate::front::tasks::Tasks;
 use crate::front::{admin, http, links, notify};
 use crate::wire::socket;
 
 /// How long front waits at exit for its workers to be reaped.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+/// How long front waits at exit for its tasks to end once stopped (each ends at its next
+/// await: this bounds a stuck one).
+const TASKS_WAIT: Duration = Duration::from_secs(2);
 /// How long a starting front waits for the workers its predecessor left running.
 const ADOPT_WAIT: Duration = Duration::from_secs(5);
 
@@ -47,8 +51,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<Exit> {
         socket::private_dir(&cfg.spool_root())
             .with_context(|| format!("STATE_DIR {}", cfg.state_dir.display()))?;
     }
-    let bites = BiteReplays::start(&cfg).await;
-    let front = Front::new(cfg, bites).context("permissions HTTP client")?;
+    let tasks = Tasks::default();
+    let bites = BiteReplays::start(&cfg, tasks.clone()).await;
+    let front = Front::new(cfg, bites, tasks.clone()).context("permissions HTTP client")?;
 
     // Workers connect to this socket; those a previous front left running come back to it.
     let expected: Vec<_> = supervisor::running_orphans(&front.cfg.pid_dir())
@@ -57,13 +62,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<Exit> {
         .collect();
     let workers_socket = socket::bind_private(&front.cfg.worker_socket())
         .with_context(|| format!("worker socket {}", front.cfg.worker_socket().display()))?;
-    tokio::spawn(links::serve(workers_socket, front.clone()));
+    tasks.spawn(links::serve(workers_socket, front.clone()));
     wait_for_adoption(&front, &expected).await;
     let admin_socket = socket::bind_private(&front.cfg.admin_socket())
         .with_context(|| format!("admin socket {}", front.cfg.admin_socket().display()))?;
-    tokio::spawn(admin::serve(admin_socket, front.clone()));
+    tasks.spawn(admin::serve(admin_socket, front.clone()));
 
-    spawn_periodic_tasks(&front);
+    spawn_periodic_tasks(&front, &tasks);
 
     #[cfg_attr(not(feature = "demo"), allow(unused_mut))]
     let mut app = http::router(front.clone());
@@ -78,29 +83,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<Exit> {
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let (header_timeout, max_connections) =
         (front.cfg.http_header_timeout, front.cfg.max_connections);
+    let http_tasks = tasks.clone();
+    // Not one of `tasks`: the select below watches it end, and a re-exec leaves it running
+    // (its listener passes to the next image).
     let server = tokio::spawn(async move {
-        http::serve(listener, app, header_timeout, max_connections, async {
-            // Only an explicit stop: on a re-exec the sender is simply dropped, and the
-            // listener must stay open for the next image.
-            if http_stopped.await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        })
+        http::serve(
+            listener,
+            app,
+            header_timeout,
+            max_connections,
+            &http_tasks,
+            async {
+                // Only an explicit stop: on a re-exec the sender is simply dropped, and the
+                // listener must stay open for the next image.
+                if http_stopped.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            },
+        )
         .await;
         Ok::<(), std::io::Error>(())
     });
-    tracing::info!(%addr, "front listening");
-    if cfg!(feature = "demo") && front.cfg.dev_mode {
-        let host = if addr.ip().is_unspecified() {
-            "localhost".to_string()
-        } else {
-            addr.ip().to_string()
-        };
-        tracing::info!(
-            "demo page: open http://{host}:{}/ in two tabs and talk",
-            addr.port()
-        );
-    }
+    announce(&front, addr);
     notify::ready();
 
     let mut term = signal(SignalKind::terminate())?;
@@ -125,6 +129,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<Exit> {
     stop(&front, stop_http).await;
     tracing::info!("front stopped");
     Ok(Exit::Done)
+}
+
+/// Says where front listens, and in development where the demo page is.
+fn announce(front: &Front, addr: std::net::SocketAddr) {
+    tracing::info!(%addr, "front listening");
+    if cfg!(feature = "demo") && front.cfg.dev_mode {
+        let host = if addr.ip().is_unspecified() {
+            "localhost".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        tracing::info!(
+            "demo page: open http://{host}:{}/ in two tabs and talk",
+            addr.port()
+        );
+    }
 }
 
 /// Warns at startup about settings that are allowed but risky.
@@ -178,10 +198,10 @@ async fn wait_for_adoption(front: &Front, expected: &[crate::wire::ids::Generati
 
 /// The periodic tasks: housekeeping (with the systemd watchdog after it) and, with bites on,
 /// the replays of spools left by dead workers.
-fn spawn_periodic_tasks(front: &Arc<Front>) {
+fn spawn_periodic_tasks(front: &Arc<Front>, tasks: &Tasks) {
     {
         let front = front.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
@@ -195,7 +215,7 @@ fn spawn_periodic_tasks(front: &Arc<Front>) {
         // Spools left by workers that died (before a restart of front, or while NATS was
         // down): published once NATS takes them.
         let front = front.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
                 tick.tick().await;
@@ -219,6 +239,12 @@ async fn stop(front: &Front, stop_http: tokio::sync::oneshot::Sender<()>) {
     // normally ends well within the bound.
     if !front.shutdown_workers(SHUTDOWN_WAIT).await {
         tracing::warn!("workers still running after {SHUTDOWN_WAIT:?}; exiting anyway");
+    }
+    // Then everything else: the sockets' accept loops and their connections, HTTP
+    // connections, housekeeping, replays.
+    match front.tasks.stop(TASKS_WAIT).await {
+        0 => tracing::debug!("every task ended"),
+        n => tracing::warn!("{n} tasks still running after {TASKS_WAIT:?}; exiting anyway"),
     }
     for path in [front.cfg.worker_socket(), front.cfg.admin_socket()] {
         let _ = std::fs::remove_file(path);

@@ -141,8 +141,8 @@ pub async fn signalling(
     };
     tracing::debug!(%who, "signalling socket open");
     if let Some(conversation) = conversation {
-        let (front, who, tx) = (front.clone(), who.clone(), tx.clone());
-        tokio::spawn(async move {
+        let (tasks, front, who, tx) = (front.tasks.clone(), front.clone(), who.clone(), tx.clone());
+        tasks.spawn(async move {
             if let Err(e) = front.authorize_and_join(&who, &conversation).await {
                 let _ = tx.send(Out::Fail(e.signal()));
             }

@@ -23,6 +23,7 @@ use super::core::{Command, Core, Limits, Tally};
 use super::metrics::Metrics;
 use super::permissions::{PermissionClient, Verdict};
 use super::supervisor::{self, Pending, WorkerEvents, WorkerSpec};
+use super::tasks::Tasks;
 use crate::config::Config;
 use crate::wire::identity::Identity;
 use crate::wire::ids::{ConversationId, Generation};
@@ -57,10 +58,16 @@ pub struct Front {
     pub bites: Option<Arc<BiteReplays>>,
     /// Itself, for the supervisors it starts (they report back to it).
     me: Weak<Front>,
+    /// Every task front spawns (but the supervisors), stopped together at exit.
+    pub tasks: Tasks,
 }
 
 impl Front {
-    pub fn new(cfg: Config, bites: Option<Arc<BiteReplays>>) -> Result<Arc<Front>, reqwest::Error> {
+    pub fn new(
+        cfg: Config,
+        bites: Option<Arc<BiteReplays>>,
+        tasks: Tasks,
+    ) -> Result<Arc<Front>, reqwest::Error> {
         let permissions = PermissionClient::new(
             cfg.permissions.clone(),
             cfg.permissions_timeout,
@@ -98,6 +105,7 @@ impl Front {
             drained: tokio::sync::Notify::new(),
             bites,
             me: me.clone(),
+            tasks,
         }))
     }
 

@@ -127,6 +127,7 @@ mod tests {
                     first_connect_ms: 5,
                     socket_recv_buffer: 6,
                     socket_send_buffer: 7,
+                    fanout_threads: 2,
                 },
                 bites: None,
                 orphan_grace_ms: 60_000,

@@ -48,6 +48,9 @@ pub struct MediaConfig {
     /// `net.core.rmem_max`/`wmem_max` they take effect only with `CAP_NET_ADMIN`.
     pub socket_recv_buffer: u32,
     pub socket_send_buffer: u32,
+    /// How many threads one packet's copies to a big room's listeners are written and sent
+    /// from (0: one per core, at most 4; 1: the engine's thread only).
+    pub fanout_threads: u32,
 }
 
 #[cfg(test)]
@@ -68,6 +71,7 @@ impl MediaConfig {
             first_connect_ms: 0,
             socket_recv_buffer: 0,
             socket_send_buffer: 0,
+            fanout_threads: 1,
         }
     }
 }

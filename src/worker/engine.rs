@@ -30,6 +30,7 @@
 //! | this file | the engine's loop, its connections and the room, the forwarding pass |
 //! | [`port`] | the worker's one UDP port: batched reads and sends, buffer sizes, kernel drops |
 //! | [`demux`] | which connection a datagram is for; unauthenticated STUN stops there |
+//! | [`fanout`] | a big room's copies of one packet written and sent from several threads |
 //! | [`connection`] | what the engine asks of one `rtc` connection beyond `poll_*` |
 //! | [`guard`] | panic containment per connection |
 //! | [`from_front`] | front's messages: offers, candidates, leaves, adoption, retiring |
@@ -140,6 +141,9 @@ struct Peer {
     /// Test hook: the next datagram's handling panics.
     #[cfg(test)]
     panic_on_read: bool,
+    /// Test hook: the next copy written to it panics.
+    #[cfg(test)]
+    panic_on_write: bool,
 }
 
 pub struct Engine {
@@ -184,6 +188,8 @@ pub struct Engine {
     ever_connected: bool,
     /// Sessions whose handling panicked, and what it said: ended after the current pass.
     poisoned: Vec<(SessionId, String)>,
+    /// A big room's copies of one packet, written and sent from several threads.
+    fanout: Fanout,
 }
 
 impl Engine {
@@ -315,6 +321,7 @@ impl Engine {
             packets_per_s: cap(settings.media.member_packets_per_s),
             bytes_per_s: cap(settings.media.member_bytes_per_s),
         };
+        let fanout = Fanout::new(settings.media.fanout_threads);
         Engine {
             conversation: settings.conversation,
             generation: settings.generation,
@@ -340,6 +347,7 @@ impl Engine {
             bites,
             ever_connected: false,
             poisoned: Vec::new(),
+            fanout,
         }
     }
 
@@ -441,6 +449,8 @@ impl Engine {
                 broken: false,
                 #[cfg(test)]
                 panic_on_read: false,
+                #[cfg(test)]
+                panic_on_write: false,
             },
         );
         self.sessions.insert(session, key);
@@ -565,6 +575,10 @@ impl Engine {
     /// the negotiation already fixed (SSRC, payload type, extension ids: the room writes each
     /// slot's own) and allocates the track id the pipeline then ignores.
     fn send_forwards(&mut self, now: Instant) {
+        // A packet with hundreds of copies goes out from several threads ([`fanout`]).
+        if self.fanout.wants(self.forwards.len()) && self.send_forwards_parallel(now) {
+            return;
+        }
         let mut forwards = std::mem::take(&mut self.forwards);
         for f in forwards.drain(..) {
             let Some(&key) = self.sessions.get(&f.listener) else {
@@ -573,24 +587,10 @@ impl Engine {
             let Some(peer) = self.peers.get_mut(&key).filter(|p| !p.broken) else {
                 continue;
             };
-            let msg = TaggedRTCMessage {
-                now,
-                message: RTCMessage::RtpPacket(String::new(), f.packet),
-            };
-            // The listener's connection, not the speaker's: a panic here is the listener's.
-            let (drops, outbox) = (&mut self.drops, &mut self.outbox);
-            let sent = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                if peer.pc.handle_write(msg).is_err() {
-                    drops.connection_refused += 1;
-                    return false;
-                }
-                flush(peer, outbox);
-                true
-            }));
-            match sent {
+            match write_copy(peer, f.packet, now, &mut self.outbox, &mut self.drops) {
                 Ok(true) => self.copies_pending += 1,
                 Ok(false) => {}
-                Err(panic) => self.poison(key, panic_text(&panic)),
+                Err(why) => self.poison(key, why),
             }
         }
         // The buffer is kept for the next packet.
@@ -653,6 +653,7 @@ async fn port_readable(port: &Option<Port>) {
 mod bites;
 mod connection;
 mod demux;
+mod fanout;
 mod from_front;
 mod guard;
 mod io;
@@ -664,8 +665,9 @@ mod tests;
 use super::timer::rearm;
 pub use bites::BiteSink;
 use bites::unix_ms_now;
-use connection::{closed_by_client, flush, selected_remote};
+use connection::{closed_by_client, flush, selected_remote, write_copy};
 use demux::{Demux, Verdict, is_stun};
+use fanout::Fanout;
 use guard::panic_text;
 use port::{Port, RECV_BATCH, Received, Transmit, Transport};
 use tcp::{TcpEvent, TcpPort};

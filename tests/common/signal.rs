@@ -16,6 +16,16 @@ a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
 a=fingerprint:sha-256 AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89\r\n\
 a=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n";
 
+/// The code and message of an `error::` frame; `None` for another frame, or an error body
+/// that is not `{"code":"...","message":"..."}`.
+pub fn error_of(frame: &str) -> Option<(String, String)> {
+    let v: serde_json::Value = serde_json::from_str(frame.strip_prefix("error::")?).ok()?;
+    Some((
+        v["code"].as_str()?.to_string(),
+        v["message"].as_str()?.to_string(),
+    ))
+}
+
 pub struct Signal(
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 );

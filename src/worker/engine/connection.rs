@@ -1,5 +1,6 @@
 //! What the engine asks of one `rtc` peer connection beyond its `poll_*` loop: whether the
-//! client closed it, the pair ICE selected, and taking what it has queued to send.
+//! client closed it, the pair ICE selected, taking what it has queued to send, and writing a
+//! forwarded copy into it.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -9,7 +10,15 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
 use rtc::shared::TransportProtocol;
 
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::rtp;
+
+use super::guard::panic_text;
 use super::{Peer, Transmit, Transport};
+use crate::wire::stats::DropStats;
 
 /// Whether the client closed the connection (its DTLS close_notify arrived).
 pub(super) fn closed_by_client(pc: &mut RTCPeerConnection) -> bool {
@@ -64,4 +73,33 @@ pub(super) fn flush(peer: &mut Peer, outbox: &mut Vec<Transmit>) {
             data: msg.message,
         });
     }
+}
+
+/// Writes one forwarded copy into its listener's connection and queues what that makes to
+/// send: `Ok(false)` if the connection refused it (counted), `Err` with what a panic said.
+/// The listener's connection, not the speaker's: a panic here is the listener's.
+pub(super) fn write_copy(
+    peer: &mut Peer,
+    packet: rtp::Packet,
+    now: Instant,
+    outbox: &mut Vec<Transmit>,
+    drops: &mut DropStats,
+) -> Result<bool, String> {
+    let msg = TaggedRTCMessage {
+        now,
+        message: RTCMessage::RtpPacket(String::new(), packet),
+    };
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        #[cfg(test)]
+        if std::mem::take(&mut peer.panic_on_write) {
+            panic!("injected by a test");
+        }
+        if peer.pc.handle_write(msg).is_err() {
+            drops.connection_refused += 1;
+            return false;
+        }
+        flush(peer, outbox);
+        true
+    }))
+    .map_err(|panic| panic_text(&panic))
 }

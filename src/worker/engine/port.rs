@@ -18,7 +18,7 @@
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -177,52 +177,104 @@ impl Port {
     /// Sends `out` (and empties it), [`SEND_BATCH`] datagrams per system call. Every entry
     /// must be [`Transport::Udp`].
     pub(super) fn send(&mut self, out: &mut Vec<Transmit>, drops: &mut DropStats) {
-        let fd = self.socket.as_raw_fd();
-        let mut next = 0;
-        while next < out.len() {
-            let chunk = &out[next..out.len().min(next + SEND_BATCH)];
-            let addrs: Vec<Option<SockaddrStorage>> = chunk
-                .iter()
-                .map(|t| Some(SockaddrStorage::from(t.to)))
-                .collect();
-            let slices: Vec<[IoSlice<'_>; 1]> =
-                chunk.iter().map(|t| [IoSlice::new(&t.data)]).collect();
-            let no_cmsgs: [nix::sys::socket::ControlMessage<'_>; 0] = [];
-            self.send_calls += 1;
-            match sendmmsg(
-                fd,
-                &mut self.send_headers,
-                slices.iter(),
-                &addrs,
-                no_cmsgs,
-                MsgFlags::MSG_DONTWAIT,
-            ) {
-                Ok(results) => {
-                    let sent = results.count();
-                    if sent == 0 {
-                        // Nothing taken and no error: count the rest as refused rather than spin.
-                        drops.socket_send_buffer += (out.len() - next) as u64;
-                        break;
-                    }
-                    next += sent;
-                    self.datagrams_sent += sent as u64;
-                }
-                Err(nix::errno::Errno::EAGAIN) => {
-                    // The send buffer is full: what is left of this batch is dropped.
+        let counts = send_batch(
+            self.raw_fd(),
+            &mut self.send_headers,
+            SEND_BATCH,
+            out,
+            drops,
+        );
+        self.count(counts);
+    }
+
+    /// The socket, for sends from the fan-out's threads ([`super::fanout`]): a UDP socket
+    /// takes `sendmmsg` from several threads at once. Valid while the port is.
+    pub(super) fn raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Adds sends made outside [`Port::send`] to its counters.
+    pub(super) fn count(&mut self, counts: SendCounts) {
+        self.send_calls += counts.calls;
+        self.datagrams_sent += counts.datagrams;
+    }
+}
+
+/// `sendmmsg` calls made and the datagrams they took.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct SendCounts {
+    pub calls: u64,
+    pub datagrams: u64,
+}
+
+/// Sends `out` (and empties it) from a thread that has no headers of its own (the fan-out's
+/// threads): headers for as many datagrams as `out` holds, [`SEND_BATCH`] at most per call.
+pub(super) fn send_all(fd: RawFd, out: &mut Vec<Transmit>, drops: &mut DropStats) -> SendCounts {
+    let batch = out.len().clamp(1, SEND_BATCH);
+    send_batch(
+        fd,
+        &mut MultiHeaders::preallocate(batch, None),
+        batch,
+        out,
+        drops,
+    )
+}
+
+/// Sends `out` (and empties it) on the UDP socket `fd`, `batch` datagrams per system call
+/// (`headers` has room for that many). Every entry must be [`Transport::Udp`]. The socket is
+/// non-blocking: what the kernel will not take is dropped and counted.
+fn send_batch(
+    fd: RawFd,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    batch: usize,
+    out: &mut Vec<Transmit>,
+    drops: &mut DropStats,
+) -> SendCounts {
+    let mut counts = SendCounts::default();
+    let mut next = 0;
+    while next < out.len() {
+        let chunk = &out[next..out.len().min(next + batch)];
+        let addrs: Vec<Option<SockaddrStorage>> = chunk
+            .iter()
+            .map(|t| Some(SockaddrStorage::from(t.to)))
+            .collect();
+        let slices: Vec<[IoSlice<'_>; 1]> = chunk.iter().map(|t| [IoSlice::new(&t.data)]).collect();
+        let no_cmsgs: [nix::sys::socket::ControlMessage<'_>; 0] = [];
+        counts.calls += 1;
+        match sendmmsg(
+            fd,
+            headers,
+            slices.iter(),
+            &addrs,
+            no_cmsgs,
+            MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(results) => {
+                let sent = results.count();
+                if sent == 0 {
+                    // Nothing taken and no error: count the rest as refused rather than spin.
                     drops.socket_send_buffer += (out.len() - next) as u64;
                     break;
                 }
-                Err(e) => {
-                    // The first datagram of the chunk failed (say, an address this socket cannot
-                    // reach); the others may not.
-                    tracing::trace!(to = %out[next].to, "send: {e}");
-                    drops.send_error += 1;
-                    next += 1;
-                }
+                next += sent;
+                counts.datagrams += sent as u64;
+            }
+            Err(nix::errno::Errno::EAGAIN) => {
+                // The send buffer is full: what is left of this batch is dropped.
+                drops.socket_send_buffer += (out.len() - next) as u64;
+                break;
+            }
+            Err(e) => {
+                // The first datagram of the chunk failed (say, an address this socket cannot
+                // reach); the others may not.
+                tracing::trace!(to = %out[next].to, "send: {e}");
+                drops.send_error += 1;
+                next += 1;
             }
         }
-        out.clear();
     }
+    out.clear();
+    counts
 }
 
 fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
