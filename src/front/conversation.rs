@@ -1,22 +1,12 @@
-//! One conversation's worker as front sees it, and the crash policy that decides when a
-//! conversation whose workers keep dying is given a rest.
-//!
-//! A worker that exits while it has members is a *crash*. Its clients are told to reconnect
-//! and re-offer, which starts a fresh worker, after a backoff that doubles with each crash in
-//! the window. A conversation with too many crashes in the window (a crash loop: 3 in 30 s by
-//! default) is *unavailable* for a cool-down: joins get 503 and offers `unavailable`, with the
-//! reason in words, instead of spawning workers that die. Other conversations see nothing.
-//! The policy is plain data and time, unit-tested without processes.
+//! What front asks of a worker's supervisor ([`Control`], [`Kill`]), how a worker ended
+//! ([`Ending`]), where a worker stands ([`WorkerState`]), and the crash policy that decides
+//! when a conversation whose workers keep dying is given a rest. (The worker record itself is
+//! the core's, [`super::core::table`].)
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::UnboundedSender;
-
-use crate::wire::identity::Identity;
-use crate::wire::ids::{Generation, SessionId};
 use crate::wire::ipc::ToWorker;
-use crate::wire::stats::WorkerStats;
 
 /// What front asks of a worker's supervisor.
 #[derive(Debug, PartialEq)]
@@ -42,6 +32,23 @@ pub enum Kill {
     Stuck,
 }
 
+/// How a worker ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// It went by itself (exited, or closed its channel), or never came up.
+    Exited(String),
+    /// Front killed it.
+    Killed(Kill, String),
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::Exited(why) | Ending::Killed(_, why) => f.write_str(why),
+        }
+    }
+}
+
 /// Where a worker stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerState {
@@ -58,46 +65,6 @@ impl WorkerState {
             WorkerState::Starting => "starting",
             WorkerState::Running => "running",
             WorkerState::Stopping => "stopping",
-        }
-    }
-}
-
-/// One conversation's worker.
-pub struct Conversation {
-    pub generation: Generation,
-    pub tx: UnboundedSender<Control>,
-    pub sessions: HashMap<SessionId, Identity>,
-    pub empty_since: Option<Instant>,
-    pub pid: Option<u32>,
-    pub started: Instant,
-    pub state: WorkerState,
-    pub stats: WorkerStats,
-}
-
-impl Conversation {
-    pub fn new(generation: Generation, tx: UnboundedSender<Control>, now: Instant) -> Self {
-        Conversation {
-            generation,
-            tx,
-            sessions: HashMap::new(),
-            empty_since: None,
-            pid: None,
-            started: now,
-            state: WorkerState::Starting,
-            stats: WorkerStats::default(),
-        }
-    }
-
-    /// Passes a message to the worker.
-    pub fn send(&self, msg: ToWorker) {
-        let _ = self.tx.send(Control::Send(msg));
-    }
-
-    /// Forgets a session; the idle clock starts when the last one goes.
-    pub fn remove_session(&mut self, session: SessionId, now: Instant) {
-        self.sessions.remove(&session);
-        if self.sessions.is_empty() {
-            self.empty_since = Some(now);
         }
     }
 }

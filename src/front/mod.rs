@@ -3,9 +3,10 @@
 //!
 //! | module | what it is |
 //! |---|---|
-//! | [`state`] | clients, their sessions, and which worker owns which conversation |
-//! | [`lifecycle`] | the workers' lives on that state: reports, crashes, housekeeping, adoption, drain |
-//! | [`conversation`] | one conversation's worker as front sees it; the crash policy |
+//! | [`core`] | the rules of clients, sessions, joins and workers: a plain state machine, inputs and time in, commands out |
+//! | [`state`] | `Front`, the thin shell around the core: its lock, the sockets' and workers' channels, permission checks |
+//! | [`lifecycle`] | the shell's workers' side: supervisors' reports into the core, housekeeping, adoption, drain, shutdown |
+//! | [`conversation`] | what front asks of a worker's supervisor, worker states, and the crash policy |
 //! | [`admin`] | the admin socket `ctl` talks to |
 //! | [`links`] | front's socket for workers: routes each `Hello` to its supervisor, or adopts |
 //! | [`http`] | the axum routes: `/connect`, `/join/{id}`, `/healthz`, `/metrics`, the demo page |
@@ -25,6 +26,7 @@
 pub mod admin;
 pub mod bites;
 pub mod conversation;
+pub mod core;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod http;

@@ -6,6 +6,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -35,33 +36,7 @@ pub enum Exit {
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<Exit> {
-    if cfg.trusted_proxies == crate::wire::identity::TrustedProxies::Any {
-        tracing::warn!(
-            "TRUSTED_PROXIES=*: X-User-Claim is believed from any peer; LISTEN must be reachable by the auth proxy alone"
-        );
-    }
-    if let Ok((soft, _)) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        && soft < cfg.max_connections as u64 + 256
-    {
-        tracing::warn!(
-            "MAX_CONNECTIONS={} but front may open only {soft} files (RLIMIT_NOFILE): connections will fail before the cap; raise LimitNOFILE or lower MAX_CONNECTIONS",
-            cfg.max_connections
-        );
-    }
-    if cfg.dev_mode {
-        tracing::warn!(
-            "DEV_MODE is on: ?userid=&clientid= is accepted as identity{}",
-            if cfg!(feature = "demo") {
-                ", and the demo page is served at /"
-            } else {
-                " (this build has no demo page: built without the `demo` feature)"
-            }
-        );
-        if cfg.permissions == crate::config::Permissions::AllowAll {
-            tracing::warn!("PERMISSIONS_HOST=allow-all: every user may join every conversation");
-        }
-    }
+    warn_about_settings(&cfg);
     for dir in [cfg.runtime_dir.clone(), cfg.pid_dir()] {
         socket::private_dir(&dir)
             .with_context(|| format!("RUNTIME_DIR {}", cfg.runtime_dir.display()))?;
@@ -88,46 +63,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<Exit> {
     let workers_socket = socket::bind_private(&front.cfg.worker_socket())
         .with_context(|| format!("worker socket {}", front.cfg.worker_socket().display()))?;
     tasks.spawn(links::serve(workers_socket, front.clone()));
-    if !expected.is_empty() {
-        let t0 = Instant::now();
-        while front.adopted_of(&expected) < expected.len() && t0.elapsed() < ADOPT_WAIT {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tracing::info!(
-            adopted = front.adopted_of(&expected),
-            expected = expected.len(),
-            "took back the workers of the previous front in {:?}",
-            t0.elapsed()
-        );
-    }
+    wait_for_adoption(&front, &expected).await;
     let admin_socket = socket::bind_private(&front.cfg.admin_socket())
         .with_context(|| format!("admin socket {}", front.cfg.admin_socket().display()))?;
     tasks.spawn(admin::serve(admin_socket, front.clone()));
 
-    {
-        let front = front.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            loop {
-                tick.tick().await;
-                front.housekeeping(Instant::now());
-                // After the state lock was taken: a stuck lock stops the pings.
-                notify::watchdog();
-            }
-        });
-    }
-    if let Some(bites) = front.bites.clone() {
-        // Spools left by workers that died (before a restart of front, or while NATS was
-        // down): published once NATS takes them.
-        let front = front.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            loop {
-                tick.tick().await;
-                bites.replay_orphans(|c| front.has_worker(c));
-            }
-        });
-    }
+    spawn_periodic_tasks(&front, &tasks);
 
     #[cfg_attr(not(feature = "demo"), allow(unused_mut))]
     let mut app = http::router(front.clone());
@@ -163,18 +104,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Exit> {
         .await;
         Ok::<(), std::io::Error>(())
     });
-    tracing::info!(%addr, "front listening");
-    if cfg!(feature = "demo") && front.cfg.dev_mode {
-        let host = if addr.ip().is_unspecified() {
-            "localhost".to_string()
-        } else {
-            addr.ip().to_string()
-        };
-        tracing::info!(
-            "demo page: open http://{host}:{}/ in two tabs and talk",
-            addr.port()
-        );
-    }
+    announce(&front, addr);
     notify::ready();
 
     let mut term = signal(SignalKind::terminate())?;
@@ -196,6 +126,108 @@ pub async fn run(cfg: Config) -> anyhow::Result<Exit> {
             anyhow::bail!("the HTTP server stopped");
         }
     }
+    stop(&front, stop_http).await;
+    tracing::info!("front stopped");
+    Ok(Exit::Done)
+}
+
+/// Says where front listens, and in development where the demo page is.
+fn announce(front: &Front, addr: std::net::SocketAddr) {
+    tracing::info!(%addr, "front listening");
+    if cfg!(feature = "demo") && front.cfg.dev_mode {
+        let host = if addr.ip().is_unspecified() {
+            "localhost".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        tracing::info!(
+            "demo page: open http://{host}:{}/ in two tabs and talk",
+            addr.port()
+        );
+    }
+}
+
+/// Warns at startup about settings that are allowed but risky.
+fn warn_about_settings(cfg: &Config) {
+    if cfg.trusted_proxies == crate::wire::identity::TrustedProxies::Any {
+        tracing::warn!(
+            "TRUSTED_PROXIES=*: X-User-Claim is believed from any peer; LISTEN must be reachable by the auth proxy alone"
+        );
+    }
+    if let Ok((soft, _)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        && soft < cfg.max_connections as u64 + 256
+    {
+        tracing::warn!(
+            "MAX_CONNECTIONS={} but front may open only {soft} files (RLIMIT_NOFILE): connections will fail before the cap; raise LimitNOFILE or lower MAX_CONNECTIONS",
+            cfg.max_connections
+        );
+    }
+    if cfg.dev_mode {
+        tracing::warn!(
+            "DEV_MODE is on: ?userid=&clientid= is accepted as identity{}",
+            if cfg!(feature = "demo") {
+                ", and the demo page is served at /"
+            } else {
+                " (this build has no demo page: built without the `demo` feature)"
+            }
+        );
+        if cfg.permissions == crate::config::Permissions::AllowAll {
+            tracing::warn!("PERMISSIONS_HOST=allow-all: every user may join every conversation");
+        }
+    }
+}
+
+/// Waits (at most `ADOPT_WAIT`) until the workers a previous front left running have come
+/// back, so front says it is ready only with their conversations in hand.
+async fn wait_for_adoption(front: &Front, expected: &[crate::wire::ids::Generation]) {
+    if expected.is_empty() {
+        return;
+    }
+    let t0 = Instant::now();
+    while front.adopted_of(expected) < expected.len() && t0.elapsed() < ADOPT_WAIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(
+        adopted = front.adopted_of(expected),
+        expected = expected.len(),
+        "took back the workers of the previous front in {:?}",
+        t0.elapsed()
+    );
+}
+
+/// The periodic tasks: housekeeping (with the systemd watchdog after it) and, with bites on,
+/// the replays of spools left by dead workers.
+fn spawn_periodic_tasks(front: &Arc<Front>, tasks: &Tasks) {
+    {
+        let front = front.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                front.housekeeping(Instant::now());
+                // After the state lock was taken: a stuck lock stops the pings.
+                notify::watchdog();
+            }
+        });
+    }
+    if let Some(bites) = front.bites.clone() {
+        // Spools left by workers that died (before a restart of front, or while NATS was
+        // down): published once NATS takes them.
+        let front = front.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                bites.replay_orphans(|c| front.has_worker(c));
+            }
+        });
+    }
+}
+
+/// SIGTERM, SIGINT or a finished drain: no new conversations, wait up to `DRAIN_TIMEOUT_MS`
+/// for those going on, stop HTTP, stop every worker, remove the sockets.
+async fn stop(front: &Front, stop_http: tokio::sync::oneshot::Sender<()>) {
     notify::stopping();
     if front.drain() > 0 {
         let deadline = front.cfg.drain_timeout;
@@ -210,15 +242,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<Exit> {
     }
     // Then everything else: the sockets' accept loops and their connections, HTTP
     // connections, housekeeping, replays.
-    match tasks.stop(TASKS_WAIT).await {
+    match front.tasks.stop(TASKS_WAIT).await {
         0 => tracing::debug!("every task ended"),
         n => tracing::warn!("{n} tasks still running after {TASKS_WAIT:?}; exiting anyway"),
     }
     for path in [front.cfg.worker_socket(), front.cfg.admin_socket()] {
         let _ = std::fs::remove_file(path);
     }
-    tracing::info!("front stopped");
-    Ok(Exit::Done)
 }
 
 /// Raises the soft limit of open files to the hard limit: every WebSocket is a descriptor in

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use tokio::time::Instant;
 
 use super::outbox::{Out, SocketTx};
@@ -119,6 +119,20 @@ impl IceLimiter {
     }
 }
 
+impl IceLimiter {
+    /// Says, once the socket is closed, how many `ice::` frames it had dropped, if any.
+    fn log_dropped(&self, who: &Identity) {
+        if self.dropped_rate + self.dropped_cap > 0 {
+            tracing::info!(
+                %who,
+                over_rate = self.dropped_rate,
+                over_cap = self.dropped_cap,
+                "ice:: frames dropped on this socket"
+            );
+        }
+    }
+}
+
 /// `a=candidate:` lines in an SDP.
 pub fn sdp_candidates(sdp: &str) -> usize {
     sdp.lines()
@@ -169,90 +183,26 @@ pub async fn signalling(
         tokio::select! {
             incoming = socket.recv() => {
                 last_heard = Instant::now();
-                let text = match incoming {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(_))) => {
-                        fail(&mut socket, &SignalError::new(ErrorCode::BadFrame, "binary frames are not part of the protocol; send text <type>::<payload>"), send_timeout).await;
-                        break;
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Err(e)) => {
-                        // A message past 4x MAX_FRAME_BYTES is refused by the WebSocket layer
-                        // itself (tungstenite's capacity error) before we see it; the client
-                        // still hears why rather than finding the socket closed.
-                        let text = e.to_string();
-                        if text.contains("Message too long") || text.contains("Space limit exceeded") {
-                            fail(&mut socket, &SignalError::new(ErrorCode::TooLarge, format!("frame exceeds the limit of {limit} bytes")), send_timeout).await;
-                        }
-                        tracing::debug!(%who, "socket error: {e}");
-                        break;
-                    }
-                };
-                if text.len() > limit {
-                    fail(&mut socket, &SignalError::new(ErrorCode::TooLarge, format!("frame of {} bytes exceeds the limit of {limit}", text.len())), send_timeout).await;
-                    break;
-                }
-                // The rate of ice:: frames is checked before anything is parsed.
-                if text.as_str().starts_with("ice::") {
-                    match ice.frame(Instant::now()) {
-                        IceVerdict::Pass => {}
-                        IceVerdict::Drop => {
-                            if ice.dropped_rate == 1 {
-                                tracing::info!(%who, "ice:: frames over the rate: dropping them");
-                            }
-                            continue;
-                        }
-                        IceVerdict::Close(e) => {
+                let text = match classify(incoming, limit, &who) {
+                    Incoming::Text(t) => t,
+                    Incoming::Skip => continue,
+                    Incoming::End(e) => {
+                        if let Some(e) = e {
                             fail(&mut socket, &e, send_timeout).await;
-                            break;
                         }
+                        break;
                     }
-                }
-                let result = match parse_client_frame(text.as_str()) {
-                    // Offers that can never work are refused here, before a worker is involved.
-                    Ok(ClientFrame::Offer { sdp, legacy: raw }) => match Offer::parse(&sdp) {
-                        Err(e) => Err(SignalError::new(ErrorCode::BadSdp, e.to_string())),
-                        Ok(_) => match admit_offer(&front, &who, &sdp, &mut ice).await {
-                            Err(e) => Err(e),
-                            Ok(()) => {
-                                legacy = raw;
-                                front.offer(&who, sdp)
-                            }
-                        },
-                    }
-                    .map(|state| {
-                        offer_deadline = (state == OfferState::WaitingForJoin).then(|| Instant::now() + join_timeout);
-                    }),
-                    Ok(ClientFrame::Ice(candidate)) => {
-                        if candidate.is_none() || ice.candidate() {
-                            front.ice(&who, candidate);
-                        } else if ice.dropped_cap == 1 {
-                            tracing::info!(%who, "more than {} ICE candidates for one peer connection: dropping the rest", cfg.max_candidates);
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
                 };
-                if let Err(e) = result {
+                let handled = on_text(&front, &who, text.as_str(), limit, &mut ice, &mut legacy, &mut offer_deadline).await;
+                if let Err(e) = handled {
                     fail(&mut socket, &e, send_timeout).await;
                     break;
                 }
             }
             out = rx.recv() => match out {
                 Some(Out::Frame(frame)) => {
-                    let t = match (legacy, frame) {
-                        (true, ServerFrame::Answer { sdp }) => sdp,
-                        (true, _) => continue,
-                        (false, frame) => frame.to_text(),
-                    };
-                    match tokio::time::timeout(send_timeout, socket.send(Message::Text(t.into()))).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => break,
-                        Err(_) => {
-                            tracing::info!(%who, "disconnecting a client that took no frame for {send_timeout:?} (not reading)");
-                            break;
-                        }
+                    if !send_frame(&mut socket, frame, legacy, send_timeout, &who).await {
+                        break;
                     }
                 }
                 Some(Out::Fail(e)) => {
@@ -273,12 +223,7 @@ pub async fn signalling(
                 }
             }
             _ = tokio::time::sleep_until(last_heard + cfg.ws_idle) => {
-                tracing::info!(%who, "closing a signalling socket silent for {:?} (no pong)", cfg.ws_idle);
-                let close = Message::Close(Some(CloseFrame {
-                    code: 1001,
-                    reason: format!("nothing received for {} s, not even a pong", cfg.ws_idle.as_secs_f32()).into(),
-                }));
-                let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(close)).await;
+                close_idle(&mut socket, cfg.ws_idle, &who).await;
                 break;
             }
             _ = tokio::time::sleep_until(deadline), if offer_deadline.is_some() => {
@@ -292,15 +237,140 @@ pub async fn signalling(
         }
     }
     front.detach_socket(&who, socket_id);
-    if ice.dropped_rate + ice.dropped_cap > 0 {
-        tracing::info!(
-            %who,
-            over_rate = ice.dropped_rate,
-            over_cap = ice.dropped_cap,
-            "ice:: frames dropped on this socket"
-        );
-    }
+    ice.log_dropped(&who);
     tracing::debug!(%who, "signalling socket closed");
+}
+
+/// What a message from the socket calls for.
+enum Incoming {
+    /// A text frame to handle.
+    Text(Utf8Bytes),
+    /// Nothing (a ping or a pong).
+    Skip,
+    /// The socket is done, with the error the client is told first, if any.
+    End(Option<SignalError>),
+}
+
+fn classify(
+    incoming: Option<Result<Message, axum::Error>>,
+    limit: usize,
+    who: &Identity,
+) -> Incoming {
+    match incoming {
+        Some(Ok(Message::Text(t))) => Incoming::Text(t),
+        Some(Ok(Message::Binary(_))) => Incoming::End(Some(SignalError::new(
+            ErrorCode::BadFrame,
+            "binary frames are not part of the protocol; send text <type>::<payload>",
+        ))),
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Incoming::Skip,
+        Some(Ok(Message::Close(_))) | None => Incoming::End(None),
+        Some(Err(e)) => {
+            // A message past 4x MAX_FRAME_BYTES is refused by the WebSocket layer itself
+            // (tungstenite's capacity error) before we see it; the client still hears why
+            // rather than finding the socket closed.
+            let text = e.to_string();
+            tracing::debug!(%who, "socket error: {e}");
+            let too_long =
+                text.contains("Message too long") || text.contains("Space limit exceeded");
+            Incoming::End(too_long.then(|| {
+                SignalError::new(
+                    ErrorCode::TooLarge,
+                    format!("frame exceeds the limit of {limit} bytes"),
+                )
+            }))
+        }
+    }
+}
+
+/// Writes one frame to the socket (a seed-era client gets its answer as raw SDP, and
+/// nothing else); false when the socket is to be closed: it failed, or the client took
+/// nothing for `within` (it is not reading).
+async fn send_frame(
+    socket: &mut WebSocket,
+    frame: ServerFrame,
+    legacy: bool,
+    within: Duration,
+    who: &Identity,
+) -> bool {
+    let t = match (legacy, frame) {
+        (true, ServerFrame::Answer { sdp }) => sdp,
+        (true, _) => return true,
+        (false, frame) => frame.to_text(),
+    };
+    match tokio::time::timeout(within, socket.send(Message::Text(t.into()))).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::info!(%who, "disconnecting a client that took no frame for {within:?} (not reading)");
+            false
+        }
+    }
+}
+
+/// Closes a socket that sent nothing, not even a pong, for `idle`, saying so.
+async fn close_idle(socket: &mut WebSocket, idle: Duration, who: &Identity) {
+    tracing::info!(%who, "closing a signalling socket silent for {idle:?} (no pong)");
+    let close = Message::Close(Some(CloseFrame {
+        code: 1001,
+        reason: format!(
+            "nothing received for {} s, not even a pong",
+            idle.as_secs_f32()
+        )
+        .into(),
+    }));
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(close)).await;
+}
+
+/// One text frame from the client: its size, the rate of `ice::` frames (checked before
+/// anything is parsed), then the offer or candidate it carries. An error closes the socket
+/// with that error; an `ice::` frame over the rate is dropped without one.
+async fn on_text(
+    front: &Arc<Front>,
+    who: &Identity,
+    text: &str,
+    limit: usize,
+    ice: &mut IceLimiter,
+    legacy: &mut bool,
+    offer_deadline: &mut Option<Instant>,
+) -> Result<(), SignalError> {
+    if text.len() > limit {
+        return Err(SignalError::new(
+            ErrorCode::TooLarge,
+            format!("frame of {} bytes exceeds the limit of {limit}", text.len()),
+        ));
+    }
+    if text.starts_with("ice::") {
+        match ice.frame(Instant::now()) {
+            IceVerdict::Pass => {}
+            IceVerdict::Drop => {
+                if ice.dropped_rate == 1 {
+                    tracing::info!(%who, "ice:: frames over the rate: dropping them");
+                }
+                return Ok(());
+            }
+            IceVerdict::Close(e) => return Err(e),
+        }
+    }
+    match parse_client_frame(text)? {
+        // Offers that can never work are refused here, before a worker is involved.
+        ClientFrame::Offer { sdp, legacy: raw } => {
+            Offer::parse(&sdp).map_err(|e| SignalError::new(ErrorCode::BadSdp, e.to_string()))?;
+            admit_offer(front, who, &sdp, ice).await?;
+            *legacy = raw;
+            *offer_deadline = match front.offer(who, sdp)? {
+                OfferState::WaitingForJoin { until } => Some(Instant::from_std(until)),
+                OfferState::Dispatched => None,
+            };
+        }
+        ClientFrame::Ice(candidate) => {
+            if candidate.is_none() || ice.candidate() {
+                front.ice(who, candidate);
+            } else if ice.dropped_cap == 1 {
+                tracing::info!(%who, "more than {} ICE candidates for one peer connection: dropping the rest", front.cfg.max_candidates);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What an offer must pass before it reaches front's state: the candidate cap, the offer
@@ -315,30 +385,7 @@ async fn admit_offer(
     sdp: &str,
     ice: &mut IceLimiter,
 ) -> Result<(), SignalError> {
-    let joined = {
-        let mut st = front.lock();
-        match st.clients.get_mut(who) {
-            None => None,
-            Some(c) => {
-                let now = std::time::Instant::now();
-                if let Some(e) = c.offer_rate_refusal(front.cfg.offers_per_minute, now) {
-                    return Err(e);
-                }
-                // The first offer after a join rides on the join's own check, if it comes
-                // within JOIN_TIMEOUT_MS of it: an older answer of the permissions service is
-                // not trusted (access may have been removed since), so a later offer is
-                // checked afresh.
-                let fresh = c
-                    .joined_at
-                    .is_some_and(|t| now.duration_since(t) <= front.cfg.join_timeout);
-                if std::mem::take(&mut c.join_covers_offer) && fresh {
-                    None
-                } else {
-                    c.conversation.clone()
-                }
-            }
-        }
-    };
+    let joined = front.admit_offer(who)?;
     ice.offer(sdp)?;
     let Some(conversation) = joined else {
         return Ok(());
@@ -347,15 +394,7 @@ async fn admit_offer(
         Ok(()) => Ok(()),
         Err(e) => {
             if let JoinError::Forbidden(_) = e {
-                let mut st = front.lock();
-                let st = &mut *st;
-                if let Some(c) = st.clients.get_mut(who)
-                    && c.conversation.as_deref() == Some(conversation.as_str())
-                {
-                    super::state::end_session(&mut st.conversations, c);
-                    c.conversation = None;
-                    c.joined_at = None;
-                }
+                front.forbidden(who, &conversation);
             }
             Err(e.signal())
         }

@@ -27,6 +27,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
 
+pub use super::conversation::Ending;
 use super::conversation::{Control, Kill};
 use super::{notify, procfs};
 use crate::wire::frame::{self, FrameError};
@@ -93,23 +94,6 @@ impl Pending {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Generation, oneshot::Sender<Link>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// How a worker ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Ending {
-    /// It went by itself (exited, or closed its channel), or never came up.
-    Exited(String),
-    /// Front killed it.
-    Killed(Kill, String),
-}
-
-impl std::fmt::Display for Ending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Ending::Exited(why) | Ending::Killed(_, why) => f.write_str(why),
-        }
     }
 }
 
@@ -354,7 +338,7 @@ async fn supervise(
 ) -> Ending {
     let pid = process.pid().unwrap_or(0);
     let Link {
-        reader: mut r,
+        reader: r,
         writer: mut w,
         ..
     } = link;
@@ -362,23 +346,7 @@ async fn supervise(
     let t0 = Instant::now();
     let last_heard = Arc::new(AtomicU64::new(0));
     // Reading is its own task: read_frame is not cancel-safe, so it must not sit in a select.
-    let reader = {
-        let events = events.clone();
-        let conversation = conversation.clone();
-        let last_heard = last_heard.clone();
-        tokio::spawn(async move {
-            let mut buf = Vec::new();
-            loop {
-                match frame::read_frame::<_, ToFront>(&mut r, &mut buf).await {
-                    Ok(msg) => {
-                        last_heard.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
-                        events.message(&conversation, generation, msg);
-                    }
-                    Err(e) => return e,
-                }
-            }
-        })
-    };
+    let reader = spawn_reader(events, conversation, generation, r, t0, last_heard.clone());
     tokio::pin!(reader);
     let mut pulse = tokio::time::interval(Duration::from_millis(500));
     let mut stopping = false;
@@ -416,25 +384,7 @@ async fn supervise(
             },
             ended = &mut reader => {
                 reader_done = true;
-                match ended {
-                    Ok(FrameError::Closed) => {
-                        // A worker that closed its channel is leaving; one that did so and
-                        // lingers is not ours any more.
-                        if tokio::time::timeout(EXIT_GRACE, process.exited()).await.is_err() {
-                            process.kill().await;
-                        }
-                        break Ending::Exited("worker closed its channel".into());
-                    }
-                    Ok(e) => {
-                        tracing::error!(%conversation, pid, "worker sent garbage, killing it: {e}");
-                        process.kill().await;
-                        break Ending::Killed(Kill::Protocol, format!("protocol error: {e}"));
-                    }
-                    Err(e) => {
-                        process.kill().await;
-                        break Ending::Exited(format!("reader task: {e}"));
-                    }
-                }
+                break reader_ended(ended, &mut process, conversation, pid).await;
             }
             why = process.exited() => break Ending::Exited(why),
             _ = pulse.tick() => {
@@ -456,7 +406,75 @@ async fn supervise(
     if stopping && matches!(ending, Ending::Exited(_)) {
         return ending;
     }
-    // Told to stop but still there: killed after the grace period.
+    wind_up(ending, &mut process, conversation, pid).await
+}
+
+/// The task that reads the worker's frames, passes them to front and notes when the worker
+/// was last heard (its heartbeat); it ends with the error that ended reading.
+fn spawn_reader(
+    events: &Arc<dyn WorkerEvents>,
+    conversation: &ConversationId,
+    generation: Generation,
+    mut r: OwnedReadHalf,
+    t0: Instant,
+    last_heard: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<FrameError> {
+    let events = events.clone();
+    let conversation = conversation.clone();
+    tokio::spawn(async move {
+        let mut buf = Vec::new();
+        loop {
+            match frame::read_frame::<_, ToFront>(&mut r, &mut buf).await {
+                Ok(msg) => {
+                    last_heard.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    events.message(&conversation, generation, msg);
+                }
+                Err(e) => return e,
+            }
+        }
+    })
+}
+
+/// How the worker ended once its reader did: it closed its channel (and exits), or sent
+/// garbage (and is killed: a worker that breaks protocol is never trusted again).
+async fn reader_ended(
+    ended: Result<FrameError, tokio::task::JoinError>,
+    process: &mut Process,
+    conversation: &ConversationId,
+    pid: u32,
+) -> Ending {
+    match ended {
+        Ok(FrameError::Closed) => {
+            // A worker that closed its channel is leaving; one that did so and lingers is
+            // not ours any more.
+            if tokio::time::timeout(EXIT_GRACE, process.exited())
+                .await
+                .is_err()
+            {
+                process.kill().await;
+            }
+            Ending::Exited("worker closed its channel".into())
+        }
+        Ok(e) => {
+            tracing::error!(%conversation, pid, "worker sent garbage, killing it: {e}");
+            process.kill().await;
+            Ending::Killed(Kill::Protocol, format!("protocol error: {e}"))
+        }
+        Err(e) => {
+            process.kill().await;
+            Ending::Exited(format!("reader task: {e}"))
+        }
+    }
+}
+
+/// A worker that should be gone by now: told to stop but still there, it is killed after
+/// the grace period.
+async fn wind_up(
+    ending: Ending,
+    process: &mut Process,
+    conversation: &ConversationId,
+    pid: u32,
+) -> Ending {
     if tokio::time::timeout(EXIT_GRACE, process.exited())
         .await
         .is_err()
