@@ -236,6 +236,15 @@ impl WorkersCollector {
 
 impl Collector for WorkersCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_gauges(&mut encoder)?;
+        self.encode_counters(&mut encoder)?;
+        self.encode_histograms(&mut encoder)
+    }
+}
+
+impl WorkersCollector {
+    /// Sessions, peers, spools, and workers by state.
+    fn encode_gauges(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let gauges = [
             (
                 "beep_sessions",
@@ -269,6 +278,11 @@ impl Collector for WorkersCollector {
             ConstGauge::new(*n).encode(family.encode_family(&[("state", *state)])?)?;
         }
 
+        Ok(())
+    }
+
+    /// The workers' totals: packets, level checks, bites, and drops by reason.
+    fn encode_counters(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let all = &self.all;
         let b = &all.bites;
         // Names without `_total`: the encoder appends it to counters.
@@ -333,6 +347,11 @@ impl Collector for WorkersCollector {
             ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
         }
 
+        Ok(())
+    }
+
+    /// Forwarding delay and bite publishing latency.
+    fn encode_histograms(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let histograms = [
             (
                 "beep_forward_delay",
