@@ -131,43 +131,10 @@ impl Offer {
             let ext = line.strip_prefix("a=extmap:");
             let audio_part = cur.as_ref().is_none_or(|(is_audio, ..)| *is_audio);
             if let Some(ext) = ext.filter(|_| audio_part) {
-                let id = ext.split_whitespace().next().unwrap_or("");
-                let number = id.split('/').next().unwrap_or("");
-                if !number.parse::<u8>().is_ok_and(|n| EXTMAP_IDS.contains(&n)) {
-                    return Err(SdpError::BadExtmapId(id.chars().take(16).collect()));
-                }
+                check_extmap_id(ext)?;
             }
-            let Some((is_audio, sec, opus)) = cur.as_mut() else {
-                continue;
-            };
-            if !*is_audio {
-                continue;
-            }
-            if let Some(mid) = line.strip_prefix("a=mid:") {
-                sec.mid = mid.to_string();
-            } else if let Some(rtpmap) = line.strip_prefix("a=rtpmap:") {
-                let mut it = rtpmap.splitn(2, ' ');
-                let pt = it.next().and_then(|p| p.parse::<u8>().ok());
-                let codec = it.next().unwrap_or("");
-                if opus.is_none() && codec.to_ascii_lowercase().starts_with("opus/48000") {
-                    *opus = pt;
-                }
-            } else if let Some(ext) = line.strip_prefix("a=extmap:") {
-                let mut it = ext.split_whitespace();
-                let id = it
-                    .next()
-                    .and_then(|i| i.split('/').next()?.parse::<u8>().ok());
-                if it.next() == Some(AUDIO_LEVEL_URI) && audio_level_id.is_none() {
-                    audio_level_id = id;
-                }
-            } else {
-                sec.direction = match line {
-                    "a=sendrecv" => Direction::SendRecv,
-                    "a=sendonly" => Direction::SendOnly,
-                    "a=recvonly" => Direction::RecvOnly,
-                    "a=inactive" => Direction::Inactive,
-                    _ => continue,
-                };
+            if let Some((true, sec, opus)) = cur.as_mut() {
+                audio_attribute(line, sec, opus, &mut audio_level_id);
             }
         }
         flush(&mut cur, &mut audio)?;
@@ -271,6 +238,54 @@ pub fn unify_bundle_ice(sdp: &str) -> String {
     }
     flush(&mut section, &mut out);
     out
+}
+
+/// An `a=extmap:` line of the session part or an audio m-line: its id must fit the one-byte
+/// header extension form the answer can accept.
+fn check_extmap_id(ext: &str) -> Result<(), SdpError> {
+    let id = ext.split_whitespace().next().unwrap_or("");
+    let number = id.split('/').next().unwrap_or("");
+    if number.parse::<u8>().is_ok_and(|n| EXTMAP_IDS.contains(&n)) {
+        Ok(())
+    } else {
+        Err(SdpError::BadExtmapId(id.chars().take(16).collect()))
+    }
+}
+
+/// What one attribute line of an audio m-line says: its mid, its Opus payload type (the
+/// first `opus/48000`), the audio-level extension's id (the first offered), its direction.
+fn audio_attribute(
+    line: &str,
+    sec: &mut AudioSection,
+    opus: &mut Option<u8>,
+    audio_level_id: &mut Option<u8>,
+) {
+    if let Some(mid) = line.strip_prefix("a=mid:") {
+        sec.mid = mid.to_string();
+    } else if let Some(rtpmap) = line.strip_prefix("a=rtpmap:") {
+        let mut it = rtpmap.splitn(2, ' ');
+        let pt = it.next().and_then(|p| p.parse::<u8>().ok());
+        let codec = it.next().unwrap_or("");
+        if opus.is_none() && codec.to_ascii_lowercase().starts_with("opus/48000") {
+            *opus = pt;
+        }
+    } else if let Some(ext) = line.strip_prefix("a=extmap:") {
+        let mut it = ext.split_whitespace();
+        let id = it
+            .next()
+            .and_then(|i| i.split('/').next()?.parse::<u8>().ok());
+        if it.next() == Some(AUDIO_LEVEL_URI) && audio_level_id.is_none() {
+            *audio_level_id = id;
+        }
+    } else if let Some(direction) = match line {
+        "a=sendrecv" => Some(Direction::SendRecv),
+        "a=sendonly" => Some(Direction::SendOnly),
+        "a=recvonly" => Some(Direction::RecvOnly),
+        "a=inactive" => Some(Direction::Inactive),
+        _ => None,
+    } {
+        sec.direction = direction;
+    }
 }
 
 #[cfg(test)]

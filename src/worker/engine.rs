@@ -222,15 +222,7 @@ impl Engine {
             engine.on_timers(now);
             if now >= next_tick {
                 next_tick = now + TICK;
-                engine.room.tick(now);
-                engine.drain_room_events();
-                if let Some(tcp) = engine.tcp.as_mut() {
-                    tcp.expire(now);
-                }
-                if now.duration_since(last_stats) >= STATS_EVERY {
-                    last_stats = now;
-                    engine.send_stats();
-                }
+                engine.on_tick(now, &mut last_stats);
             }
             if orphaned.is_some_and(|t| now.duration_since(t) >= orphan_grace) {
                 break format!("no front for {orphan_grace:?}");
@@ -282,18 +274,25 @@ impl Engine {
                 tokio::task::yield_now().await;
             }
         };
+        engine.wind_up(never_connected, &mut front).await;
+        (reason, engine.stats())
+    }
+
+    /// The conversation is over: every session ends, a worker nobody connected to retires
+    /// (answering what front sent meanwhile), and what was dropped is logged.
+    async fn wind_up(&mut self, never_connected: bool, front: &mut UnboundedReceiver<Input>) {
         // Told why only when it is news to front: a conversation nobody connected to.
         let reason_for_sessions = never_connected.then_some(CloseReason::Failed);
-        let sessions: Vec<SessionId> = engine.sessions.keys().copied().collect();
+        let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
         for session in sessions {
-            engine.end_session(session, reason_for_sessions);
+            self.end_session(session, reason_for_sessions);
         }
         if never_connected {
-            engine.retire(&mut front).await;
+            self.retire(front).await;
         }
-        engine.send_out();
-        let dropped = engine.stats().dropped;
-        if dropped.total() + engine.panics > 0 {
+        self.send_out();
+        let dropped = self.stats().dropped;
+        if dropped.total() + self.panics > 0 {
             let by_reason: Vec<String> = dropped
                 .by_reason()
                 .iter()
@@ -301,12 +300,25 @@ impl Engine {
                 .map(|(reason, n)| format!("{reason}={n}"))
                 .collect();
             tracing::info!(
-                panics = engine.panics,
+                panics = self.panics,
                 "datagrams dropped: {}",
                 by_reason.join(" ")
             );
         }
-        (reason, engine.stats())
+    }
+
+    /// The selection's tick: the room re-selects, idle ICE-TCP connections expire, and every
+    /// [`STATS_EVERY`] front gets the counters.
+    fn on_tick(&mut self, now: Instant, last_stats: &mut Instant) {
+        self.room.tick(now);
+        self.drain_room_events();
+        if let Some(tcp) = self.tcp.as_mut() {
+            tcp.expire(now);
+        }
+        if now.duration_since(*last_stats) >= STATS_EVERY {
+            *last_stats = now;
+            self.send_stats();
+        }
     }
 
     /// An engine with no members yet (and no port until the first offer).

@@ -271,15 +271,50 @@ pub fn answer(
     now: Instant,
 ) -> Result<Answered, NegotiationError> {
     let bad_sdp = |e: String| NegotiationError::new(ErrorCode::BadSdp, e);
-    let internal = |e: String| NegotiationError::new(ErrorCode::Internal, e);
+    let mut pc = server_connection(media, ice, tcp_local.is_some(), now)?;
+    let desc = RTCSessionDescription::offer(offer_sdp)
+        .map_err(|e| bad_sdp(format!("unparseable offer: {e}")))?;
+    pc.set_remote_description(now, desc)
+        .map_err(|e| bad_sdp(format!("offer rejected: {e}")))?;
+    let slots = add_slot_tracks(&mut pc, offer, media.max_slots, stream_id)?;
+    add_host_candidates(&mut pc, local, tcp_local)?;
 
+    let answer = pc
+        .create_answer(None)
+        .map_err(|e| internal(format!("create_answer: {e}")))?;
+    pc.set_local_description(now, answer)
+        .map_err(|e| internal(format!("set_local_description: {e}")))?;
+    // Our Opus parameters go on the text the client gets, after rtc has taken its answer:
+    // rtc refuses a changed one (JSEP forbids munging, "new sdp does not match previous
+    // answer"). Its copy then differs only in what the client is asked to send, which rtc does
+    // not act on, and this connection never renegotiates (a new offer gets a new connection).
+    let answer = pc
+        .local_description()
+        .map(|d| with_our_opus_params(&d.sdp))
+        .ok_or_else(|| internal("no local description".into()))?;
+    Ok(Answered { pc, answer, slots })
+}
+
+fn internal(e: String) -> NegotiationError {
+    NegotiationError::new(ErrorCode::Internal, e)
+}
+
+/// A server-side connection as every answer needs it: ICE-lite with our credentials, the
+/// DTLS server, mDNS off, TCP candidates only with an ICE-TCP port, and ICE timeouts from
+/// the settings.
+fn server_connection(
+    media: &MediaConfig,
+    ice: &IceCredentials,
+    tcp: bool,
+    now: Instant,
+) -> Result<RTCPeerConnection, NegotiationError> {
     let (engine, registry) = server_engine().map_err(|e| internal(e.to_string()))?;
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_answering_dtls_role(RTCDtlsRole::Server)
         .with_lite(true)
         .with_ice_credentials(ice.ufrag.clone(), ice.pwd.clone())
-        .with_network_types(if tcp_local.is_some() {
+        .with_network_types(if tcp {
             vec![
                 NetworkType::Udp4,
                 NetworkType::Udp6,
@@ -300,20 +335,24 @@ pub fn answer(
             )),
         )
         .build();
-    let mut pc = RTCPeerConnectionBuilder::new()
+    RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(engine)
         .with_setting_engine(settings)
         .with_interceptor_registry(registry)
         .build(now)
-        .map_err(|e| internal(format!("peer connection: {e}")))?;
+        .map_err(|e| internal(format!("peer connection: {e}")))
+}
 
-    let desc = RTCSessionDescription::offer(offer_sdp)
-        .map_err(|e| bad_sdp(format!("unparseable offer: {e}")))?;
-    pc.set_remote_description(now, desc)
-        .map_err(|e| bad_sdp(format!("offer rejected: {e}")))?;
-
-    let slot_sections = offer.slot_sections(media.max_slots);
+/// One track per slot (up to `max_slots` receiving m-lines, in order), each on its own
+/// m-line; receiving m-lines beyond them are answered inactive.
+fn add_slot_tracks(
+    pc: &mut RTCPeerConnection,
+    offer: &Offer,
+    max_slots: usize,
+    stream_id: &str,
+) -> Result<Vec<SlotSender>, NegotiationError> {
+    let slot_sections = offer.slot_sections(max_slots);
     let last_slot_mid = slot_sections.last().map(|s| s.mid.clone());
     let mut slots = Vec::new();
     let mut filling = last_slot_mid.is_some();
@@ -360,7 +399,15 @@ pub fn answer(
             }
         }
     }
+    Ok(slots)
+}
 
+/// The worker's host candidates: its UDP port, then its passive ICE-TCP port if it has one.
+fn add_host_candidates(
+    pc: &mut RTCPeerConnection,
+    local: SocketAddr,
+    tcp_local: Option<SocketAddr>,
+) -> Result<(), NegotiationError> {
     // The UDP candidate first; the passive TCP one (ICE-TCP) only for clients whose UDP does
     // not get through (its priority is lower, RFC 6544 §4.2).
     let candidates = std::iter::once((local, "udp", TcpType::Unspecified))
@@ -382,21 +429,7 @@ pub fn answer(
         pc.add_local_candidate(candidate)
             .map_err(|e| internal(format!("{network} host candidate: {e}")))?;
     }
-
-    let answer = pc
-        .create_answer(None)
-        .map_err(|e| internal(format!("create_answer: {e}")))?;
-    pc.set_local_description(now, answer)
-        .map_err(|e| internal(format!("set_local_description: {e}")))?;
-    // Our Opus parameters go on the text the client gets, after rtc has taken its answer:
-    // rtc refuses a changed one (JSEP forbids munging, "new sdp does not match previous
-    // answer"). Its copy then differs only in what the client is asked to send, which rtc does
-    // not act on, and this connection never renegotiates (a new offer gets a new connection).
-    let answer = pc
-        .local_description()
-        .map(|d| with_our_opus_params(&d.sdp))
-        .ok_or_else(|| internal("no local description".into()))?;
-    Ok(Answered { pc, answer, slots })
+    Ok(())
 }
 
 #[cfg(test)]

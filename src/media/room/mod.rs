@@ -396,35 +396,13 @@ impl Room {
             let Some(output) = m.slots.get_mut(slot) else {
                 continue;
             };
-            let h = &pkt.header;
-            let Some(rw) =
-                output
-                    .rewriter
-                    .rewrite(source, h.sequence_number, h.timestamp, h.marker, now)
-            else {
-                continue;
-            };
-            let mut header = rtp::header::Header {
-                version: 2,
-                padding: false,
-                marker: rw.marker,
-                payload_type: output.payload_type,
-                sequence_number: rw.seq,
-                timestamp: rw.ts,
-                ssrc: rw.ssrc,
-                ..Default::default()
-            };
-            if let Some((id, b)) = level_ext {
-                let _ = header.set_extension(id, level_extension(b));
+            if let Some(packet) = slot_copy(output, source, pkt, level_ext, now) {
+                out.push(Forward {
+                    listener,
+                    slot,
+                    packet,
+                });
             }
-            out.push(Forward {
-                listener,
-                slot,
-                packet: rtp::Packet {
-                    header,
-                    payload: pkt.payload.clone(),
-                },
-            });
         }
         let n = (out.len() - before) as u64;
         self.packets_forwarded += n;
@@ -511,6 +489,40 @@ fn slots_event(
         })
         .collect();
     Some(slots)
+}
+
+/// `pkt` as the slot sends it: rewritten onto the slot's stream (its SSRC, sequence and
+/// timestamps), with the listener's audio-level extension when it negotiated one; `None` when
+/// the rewriter drops it (a straggler of a source switched away from, or from before the
+/// current source's switch-in).
+fn slot_copy(
+    output: &mut SlotOutput,
+    source: SourceKey,
+    pkt: &rtp::Packet,
+    level_ext: Option<(u8, u8)>,
+    now: Instant,
+) -> Option<rtp::Packet> {
+    let h = &pkt.header;
+    let rw = output
+        .rewriter
+        .rewrite(source, h.sequence_number, h.timestamp, h.marker, now)?;
+    let mut header = rtp::header::Header {
+        version: 2,
+        padding: false,
+        marker: rw.marker,
+        payload_type: output.payload_type,
+        sequence_number: rw.seq,
+        timestamp: rw.ts,
+        ssrc: rw.ssrc,
+        ..Default::default()
+    };
+    if let Some((id, b)) = level_ext {
+        let _ = header.set_extension(id, level_extension(b));
+    }
+    Some(rtp::Packet {
+        header,
+        payload: pkt.payload.clone(),
+    })
 }
 
 #[cfg(test)]
