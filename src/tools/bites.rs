@@ -130,111 +130,17 @@ impl Received {
 
 /// Runs the tool until `--count` bites were written or `--timeout` passed; returns how many.
 pub async fn run(args: &Args, out: &mut (dyn Write + Send)) -> Result<u64, ToolError> {
-    let client = async_nats::ConnectOptions::new()
-        .name("bites")
-        .connection_timeout(Duration::from_secs(5))
-        .connect(args.nats.as_str())
-        .await
-        .map_err(|source| ToolError::Connect {
-            url: args.nats.clone(),
-            source,
-        })?;
-    let deadline = args
-        .timeout
-        .map(|secs| Instant::now() + Duration::from_secs(secs));
-    let wanted = args.count;
-    let mut received = 0u64;
-    let done = |received: u64| wanted.is_some_and(|n| received >= n);
-
-    match &args.stream {
-        None => {
-            let mut sub = client
-                .subscribe(args.subject.clone())
-                .await
-                .map_err(|e| ToolError::Nats(format!("subscribe to {}: {e}", args.subject)))?;
-            // Make sure the server has the subscription before saying we listen.
-            client
-                .flush()
-                .await
-                .map_err(|e| ToolError::Nats(format!("flush: {e}")))?;
-            eprintln!("listening on core NATS subject {}", args.subject);
-            while !done(received) {
-                let Some(next) = next_before(sub.next(), deadline).await else {
-                    break;
-                };
-                let Some(msg) = next else {
-                    return Err(ToolError::Nats("subscription closed".into()));
-                };
-                match handle_message(&args.out, msg.headers.as_ref(), &msg.payload) {
-                    Ok(Some(r)) => {
-                        print_line(out, &r)?;
-                        received += 1;
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Some(stream_name) => {
-            let js = jetstream::new(client.clone());
-            let stream = js
-                .get_stream(stream_name)
-                .await
-                .map_err(|e| stream_err(stream_name, e))?;
-            let durable = args
-                .durable
-                .clone()
-                .unwrap_or_else(|| DEFAULT_DURABLE.into());
-            let consumer: jetstream::consumer::PullConsumer = stream
-                .get_or_create_consumer(
-                    &durable,
-                    pull::Config {
-                        durable_name: Some(durable.clone()),
-                        filter_subject: args.subject.clone(),
-                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| stream_err(stream_name, e))?;
-            let mut messages = consumer
-                .messages()
-                .await
-                .map_err(|e| stream_err(stream_name, e))?;
-            eprintln!(
-                "consuming {} from stream {stream_name} as durable consumer {durable}",
-                args.subject
-            );
-            while !done(received) {
-                let Some(next) = next_before(messages.next(), deadline).await else {
-                    break;
-                };
-                let msg = match next {
-                    None => return Err(ToolError::Nats("consumer closed".into())),
-                    Some(Err(e)) => {
-                        // Missed heartbeats during a reconnect and the like: the stream carries on.
-                        eprintln!("warning: JetStream consumer: {e}");
-                        continue;
-                    }
-                    Some(Ok(msg)) => msg,
-                };
-                let ack = match handle_message(&args.out, msg.headers.as_ref(), &msg.payload) {
-                    Ok(Some(r)) => {
-                        print_line(out, &r)?;
-                        received += 1;
-                        AckKind::Ack
-                    }
-                    // Unusable: never redeliver it.
-                    Ok(None) => AckKind::Term,
-                    // Not written: leave it for a redelivery.
-                    Err(e) => return Err(e),
-                };
-                if let Err(e) = msg.ack_with(ack).await {
-                    eprintln!("warning: ack failed (the bite will be redelivered): {e}");
-                }
-            }
-        }
-    }
+    let client = connect(args).await?;
+    let until = Until {
+        deadline: args
+            .timeout
+            .map(|secs| Instant::now() + Duration::from_secs(secs)),
+        wanted: args.count,
+    };
+    let received = match &args.stream {
+        None => read_core(&client, args, &until, out).await?,
+        Some(stream_name) => read_stream(&client, args, stream_name, &until, out).await?,
+    };
     // Acks are fire-and-forget publishes: get them to the server before exiting.
     if tokio::time::timeout(Duration::from_secs(5), client.flush())
         .await
@@ -242,13 +148,157 @@ pub async fn run(args: &Args, out: &mut (dyn Write + Send)) -> Result<u64, ToolE
     {
         eprintln!("warning: final flush timed out");
     }
-    match wanted {
+    match until.wanted {
         Some(n) if received < n => Err(ToolError::Timeout {
             received,
             wanted: n,
         }),
         _ => Ok(received),
     }
+}
+
+/// When reading stops: at the deadline, or once `wanted` bites were written.
+struct Until {
+    deadline: Option<Instant>,
+    wanted: Option<u64>,
+}
+
+impl Until {
+    /// Whether `received` bites are all that was wanted.
+    fn done(&self, received: u64) -> bool {
+        self.wanted.is_some_and(|n| received >= n)
+    }
+}
+
+/// Connects to the NATS server of `--nats`.
+async fn connect(args: &Args) -> Result<async_nats::Client, ToolError> {
+    async_nats::ConnectOptions::new()
+        .name("bites")
+        .connection_timeout(Duration::from_secs(5))
+        .connect(args.nats.as_str())
+        .await
+        .map_err(|source| ToolError::Connect {
+            url: args.nats.clone(),
+            source,
+        })
+}
+
+/// Reads the bites published on core NATS while it runs; returns how many were written.
+async fn read_core(
+    client: &async_nats::Client,
+    args: &Args,
+    until: &Until,
+    out: &mut (dyn Write + Send),
+) -> Result<u64, ToolError> {
+    let mut received = 0u64;
+    let mut sub = client
+        .subscribe(args.subject.clone())
+        .await
+        .map_err(|e| ToolError::Nats(format!("subscribe to {}: {e}", args.subject)))?;
+    // Make sure the server has the subscription before saying we listen.
+    client
+        .flush()
+        .await
+        .map_err(|e| ToolError::Nats(format!("flush: {e}")))?;
+    eprintln!("listening on core NATS subject {}", args.subject);
+    while !until.done(received) {
+        let Some(next) = next_before(sub.next(), until.deadline).await else {
+            break;
+        };
+        let Some(msg) = next else {
+            return Err(ToolError::Nats("subscription closed".into()));
+        };
+        match handle_message(&args.out, msg.headers.as_ref(), &msg.payload) {
+            Ok(Some(r)) => {
+                print_line(out, &r)?;
+                received += 1;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(received)
+}
+
+/// Gets (or creates) the durable pull consumer on `stream_name` and starts its messages;
+/// returns them and the consumer's name.
+async fn open_consumer(
+    client: &async_nats::Client,
+    args: &Args,
+    stream_name: &str,
+) -> Result<(pull::Stream, String), ToolError> {
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| stream_err(stream_name, e))?;
+    let durable = args
+        .durable
+        .clone()
+        .unwrap_or_else(|| DEFAULT_DURABLE.into());
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &durable,
+            pull::Config {
+                durable_name: Some(durable.clone()),
+                filter_subject: args.subject.clone(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| stream_err(stream_name, e))?;
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|e| stream_err(stream_name, e))?;
+    Ok((messages, durable))
+}
+
+/// Reads the bites through the durable JetStream consumer on `stream_name`, acking each
+/// after its file is written; returns how many were written.
+async fn read_stream(
+    client: &async_nats::Client,
+    args: &Args,
+    stream_name: &str,
+    until: &Until,
+    out: &mut (dyn Write + Send),
+) -> Result<u64, ToolError> {
+    let mut received = 0u64;
+    let (mut messages, durable) = open_consumer(client, args, stream_name).await?;
+    eprintln!(
+        "consuming {} from stream {stream_name} as durable consumer {durable}",
+        args.subject
+    );
+    while !until.done(received) {
+        let Some(next) = next_before(messages.next(), until.deadline).await else {
+            break;
+        };
+        let msg = match next {
+            None => return Err(ToolError::Nats("consumer closed".into())),
+            Some(Err(e)) => {
+                // Missed heartbeats during a reconnect and the like: the stream carries on.
+                eprintln!("warning: JetStream consumer: {e}");
+                continue;
+            }
+            Some(Ok(msg)) => msg,
+        };
+        let ack = match handle_message(&args.out, msg.headers.as_ref(), &msg.payload) {
+            Ok(Some(r)) => {
+                print_line(out, &r)?;
+                received += 1;
+                AckKind::Ack
+            }
+            // Unusable: never redeliver it.
+            Ok(None) => AckKind::Term,
+            // Not written: leave it for a redelivery.
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = msg.ack_with(ack).await {
+            eprintln!("warning: ack failed (the bite will be redelivered): {e}");
+        }
+    }
+    Ok(received)
 }
 
 /// `next`, unless the deadline passes first (`None`).

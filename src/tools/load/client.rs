@@ -224,124 +224,191 @@ fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The client's WebSocket to `/connect`.
+pub(crate) type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the WebSocket, with the identity's claim header if there is one.
+pub(crate) async fn open_websocket(opts: &ClientOptions) -> anyhow::Result<Ws> {
+    let mut req = opts.url.as_str().into_client_request()?;
+    if let Some(id) = &opts.identity {
+        let claim = serde_json::json!({"userid": id.userid, "clientid": id.clientid}).to_string();
+        req.headers_mut().insert("X-User-Claim", claim.parse()?);
+    }
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        // TCP_NODELAY, as browsers do: with Nagle, the offer frame waits behind the
+        // unacknowledged `ice::` frames trickled before it for the server's delayed ACK
+        // (~40 ms on Linux), which would be charged to the server's answer time.
+        tokio_tungstenite::connect_async_with_config(req, None, true),
+    )
+    .await
+    .context("websocket connect timed out")??;
+    Ok(ws)
+}
+
+/// Spawns the writer, which sends what the channel gives until either side closes, so that
+/// the handler and the client can both write without sharing the sink.
+pub(crate) fn spawn_writer(
+    mut ws_sink: futures_util::stream::SplitSink<Ws, Message>,
+) -> mpsc::UnboundedSender<Message> {
+    let (ws_out, mut ws_out_rx) = mpsc::unbounded_channel::<Message>();
+    tokio::spawn(async move {
+        while let Some(m) = ws_out_rx.recv().await {
+            if ws_sink.send(m).await.is_err() {
+                break;
+            }
+        }
+        let _ = ws_sink.close().await;
+    });
+    ws_out
+}
+
+/// Builds the peer connection, bound to `opts.bind_ip`, with its events going to `shared` and
+/// its candidates to `ws_out`. Also returns the receiver told when gathering completes.
+async fn build_peer(
+    opts: &ClientOptions,
+    shared: &Arc<Mutex<Shared>>,
+    ws_out: &mpsc::UnboundedSender<Message>,
+) -> anyhow::Result<(Arc<dyn PeerConnection>, mpsc::Receiver<()>)> {
+    let (engine, registry) = audio_engine()?;
+    let (gathered_tx, gathered) = mpsc::channel(1);
+    let handler = Arc::new(Handler {
+        shared: shared.clone(),
+        gathered: gathered_tx,
+        ws_out: ws_out.clone(),
+        latency_samples: opts.latency_samples,
+    });
+    let settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .build();
+    let pc: Arc<dyn PeerConnection> = Arc::new(
+        PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(engine)
+            .with_setting_engine(settings)
+            .with_interceptor_registry(registry)
+            .with_handler(handler)
+            .with_udp_addrs(vec![format!("{}:0", opts.bind_ip)])
+            .build()
+            .await?,
+    );
+    Ok((pc, gathered))
+}
+
+/// Adds the microphone track (the first m-line) and `slots - 1` recvonly transceivers;
+/// returns the microphone and its SSRC.
+async fn add_tracks(
+    pc: &Arc<dyn PeerConnection>,
+    slots: usize,
+) -> anyhow::Result<(Arc<TrackLocalStaticRTP>, u32)> {
+    let mic_ssrc: u32 = rand::random();
+    let mic = Arc::new(TrackLocalStaticRTP::new(opus_media_track(
+        "mic", "mic", mic_ssrc,
+    )));
+    pc.add_track(mic.clone() as Arc<dyn TrackLocal>).await?;
+    for _ in 1..slots.max(1) {
+        pc.add_transceiver_from_kind(
+            RtpCodecKind::Audio,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            }),
+        )
+        .await?;
+    }
+    Ok((mic, mic_ssrc))
+}
+
+/// Creates and applies the offer, waits up to 2 s for local gathering, and returns the SDP
+/// with the candidates gathered by then.
+async fn gathered_offer(
+    pc: &Arc<dyn PeerConnection>,
+    mut gathered: mpsc::Receiver<()>,
+) -> anyhow::Result<String> {
+    let offer = pc.create_offer(None).await?;
+    pc.set_local_description(offer).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(2), gathered.recv()).await;
+    Ok(pc
+        .local_description()
+        .await
+        .ok_or_else(|| anyhow!("no local description"))?
+        .sdp)
+}
+
+/// Spawns the reader: answer → the returned oneshot; ice → pc; events and errors → shared.
+fn spawn_reader(
+    mut ws_stream: futures_util::stream::SplitStream<Ws>,
+    pc: Arc<dyn PeerConnection>,
+    shared: Arc<Mutex<Shared>>,
+    legacy: bool,
+) -> oneshot::Receiver<Result<String, String>> {
+    let (answer_tx, answer_rx) = oneshot::channel::<Result<String, String>>();
+    tokio::spawn(async move {
+        let mut answer_tx = Some(answer_tx);
+        while let Some(Ok(msg)) = ws_stream.next().await {
+            let Message::Text(text) = msg else {
+                if let Message::Close(_) = msg {
+                    break;
+                }
+                continue;
+            };
+            match Incoming::read(text.as_str(), legacy) {
+                Incoming::Answer(sdp) => {
+                    if let Some(tx) = answer_tx.take() {
+                        let _ = tx.send(Ok(sdp));
+                    }
+                }
+                Incoming::Ice(init) => {
+                    let _ = pc.add_ice_candidate(init).await;
+                }
+                Incoming::Event(v) => lock(&shared).events.push(v),
+                Incoming::Error(v) => {
+                    // Under the lock: whoever the refusal wakes finds it in `errors`.
+                    let mut s = lock(&shared);
+                    if let Some(tx) = answer_tx.take() {
+                        let _ = tx.send(Err(v.to_string()));
+                    }
+                    s.errors.push(v);
+                }
+                Incoming::Ignored => {}
+            }
+        }
+        lock(&shared).closed = true;
+        if let Some(tx) = answer_tx.take() {
+            let _ = tx.send(Err("socket closed before the answer".into()));
+        }
+    });
+    answer_rx
+}
+
+/// Waits up to 20 s for the answer the reader hands over.
+pub(crate) async fn await_answer(
+    answer_rx: oneshot::Receiver<Result<String, String>>,
+) -> anyhow::Result<String> {
+    Ok(
+        match tokio::time::timeout(Duration::from_secs(20), answer_rx).await {
+            Ok(Ok(Ok(a))) => a,
+            Ok(Ok(Err(e))) => bail!("no answer: {e}"),
+            Ok(Err(_)) => bail!("no answer: reader ended"),
+            Err(_) => bail!("no answer within 20 s"),
+        },
+    )
+}
+
 impl Client {
     /// Connects, offers, and returns once the answer is applied (ICE may still be checking).
     pub async fn connect(opts: ClientOptions) -> anyhow::Result<Client> {
         let started = Instant::now();
-        let mut req = opts.url.as_str().into_client_request()?;
-        if let Some(id) = &opts.identity {
-            let claim =
-                serde_json::json!({"userid": id.userid, "clientid": id.clientid}).to_string();
-            req.headers_mut().insert("X-User-Claim", claim.parse()?);
-        }
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(10),
-            // TCP_NODELAY, as browsers do: with Nagle, the offer frame waits behind the
-            // unacknowledged `ice::` frames trickled before it for the server's delayed ACK
-            // (~40 ms on Linux), which would be charged to the server's answer time.
-            tokio_tungstenite::connect_async_with_config(req, None, true),
-        )
-        .await
-        .context("websocket connect timed out")??;
+        let ws = open_websocket(&opts).await?;
         let ws_open_at = Instant::now();
-        let (mut ws_sink, mut ws_stream) = ws.split();
-        let (ws_out, mut ws_out_rx) = mpsc::unbounded_channel::<Message>();
-        tokio::spawn(async move {
-            while let Some(m) = ws_out_rx.recv().await {
-                if ws_sink.send(m).await.is_err() {
-                    break;
-                }
-            }
-            let _ = ws_sink.close().await;
-        });
-
+        let (ws_sink, ws_stream) = ws.split();
+        let ws_out = spawn_writer(ws_sink);
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let (engine, registry) = audio_engine()?;
-        let (gathered_tx, mut gathered) = mpsc::channel(1);
-        let handler = Arc::new(Handler {
-            shared: shared.clone(),
-            gathered: gathered_tx,
-            ws_out: ws_out.clone(),
-            latency_samples: opts.latency_samples,
-        });
-        let settings = SettingEngineBuilder::new()
-            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-            .build();
-        let pc: Arc<dyn PeerConnection> = Arc::new(
-            PeerConnectionBuilder::new()
-                .with_configuration(RTCConfigurationBuilder::new().build())
-                .with_media_engine(engine)
-                .with_setting_engine(settings)
-                .with_interceptor_registry(registry)
-                .with_handler(handler)
-                .with_udp_addrs(vec![format!("{}:0", opts.bind_ip)])
-                .build()
-                .await?,
-        );
-        let mic_ssrc: u32 = rand::random();
-        let mic = Arc::new(TrackLocalStaticRTP::new(opus_media_track(
-            "mic", "mic", mic_ssrc,
-        )));
-        pc.add_track(mic.clone() as Arc<dyn TrackLocal>).await?;
-        for _ in 1..opts.slots.max(1) {
-            pc.add_transceiver_from_kind(
-                RtpCodecKind::Audio,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Recvonly,
-                    ..Default::default()
-                }),
-            )
-            .await?;
-        }
-        let offer = pc.create_offer(None).await?;
-        pc.set_local_description(offer).await?;
-        let _ = tokio::time::timeout(Duration::from_secs(2), gathered.recv()).await;
-        let sdp = pc
-            .local_description()
-            .await
-            .ok_or_else(|| anyhow!("no local description"))?
-            .sdp;
-
-        // Reader: answer → oneshot; ice → pc; events and errors → shared.
-        let (answer_tx, answer_rx) = oneshot::channel::<Result<String, String>>();
-        {
-            let (pc, shared, legacy) = (pc.clone(), shared.clone(), opts.legacy_raw_offer);
-            tokio::spawn(async move {
-                let mut answer_tx = Some(answer_tx);
-                while let Some(Ok(msg)) = ws_stream.next().await {
-                    let Message::Text(text) = msg else {
-                        if let Message::Close(_) = msg {
-                            break;
-                        }
-                        continue;
-                    };
-                    match Incoming::read(text.as_str(), legacy) {
-                        Incoming::Answer(sdp) => {
-                            if let Some(tx) = answer_tx.take() {
-                                let _ = tx.send(Ok(sdp));
-                            }
-                        }
-                        Incoming::Ice(init) => {
-                            let _ = pc.add_ice_candidate(init).await;
-                        }
-                        Incoming::Event(v) => lock(&shared).events.push(v),
-                        Incoming::Error(v) => {
-                            // Under the lock: whoever the refusal wakes finds it in `errors`.
-                            let mut s = lock(&shared);
-                            if let Some(tx) = answer_tx.take() {
-                                let _ = tx.send(Err(v.to_string()));
-                            }
-                            s.errors.push(v);
-                        }
-                        Incoming::Ignored => {}
-                    }
-                }
-                lock(&shared).closed = true;
-                if let Some(tx) = answer_tx.take() {
-                    let _ = tx.send(Err("socket closed before the answer".into()));
-                }
-            });
-        }
+        let (pc, gathered) = build_peer(&opts, &shared, &ws_out).await?;
+        let (mic, mic_ssrc) = add_tracks(&pc, opts.slots).await?;
+        let sdp = gathered_offer(&pc, gathered).await?;
+        let answer_rx = spawn_reader(ws_stream, pc.clone(), shared.clone(), opts.legacy_raw_offer);
         let frame = if opts.legacy_raw_offer {
             sdp
         } else {
@@ -351,12 +418,7 @@ impl Client {
             .send(Message::text(frame))
             .map_err(|_| anyhow!("websocket closed"))?;
         let offer_sent_at = Instant::now();
-        let answer = match tokio::time::timeout(Duration::from_secs(20), answer_rx).await {
-            Ok(Ok(Ok(a))) => a,
-            Ok(Ok(Err(e))) => bail!("no answer: {e}"),
-            Ok(Err(_)) => bail!("no answer: reader ended"),
-            Err(_) => bail!("no answer within 20 s"),
-        };
+        let answer = await_answer(answer_rx).await?;
         let answer_at = Instant::now();
         let answer_ssrcs = ssrcs_by_mid(&answer);
         pc.set_remote_description(RTCSessionDescription::answer(answer.clone())?)

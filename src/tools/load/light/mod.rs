@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Registry;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -40,12 +40,13 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 pub use driver::LightDriver;
 use driver::{Mic, NewPeer};
 
-use super::client::{ClientOptions, StreamStats, ssrcs_by_mid};
+use super::client::{
+    ClientOptions, StreamStats, Ws, await_answer, open_websocket, spawn_writer, ssrcs_by_mid,
+};
 use super::frames::Incoming;
 use crate::media::sdp::Offer;
 use crate::worker::peer::{audio_media_engine, opus_media_track};
@@ -85,104 +86,102 @@ pub struct LightClient {
     pub answer_at: Instant,
 }
 
+/// Binds the connection's own UDP socket on `bind_ip`; returns it and its address (the host
+/// candidate the offer carries).
+fn bind_socket(bind_ip: &str) -> anyhow::Result<(tokio::net::UdpSocket, SocketAddr)> {
+    let ip: IpAddr = bind_ip
+        .parse()
+        .with_context(|| format!("bind address {bind_ip:?}"))?;
+    let socket = std::net::UdpSocket::bind((ip, 0)).context("binding a UDP socket")?;
+    socket.set_nonblocking(true)?;
+    let local: SocketAddr = socket.local_addr()?;
+    let socket = tokio::net::UdpSocket::from_std(socket)?;
+    Ok((socket, local))
+}
+
+/// Builds the peer connection and its offer with `local` as the host candidate; returns
+/// them and the microphone (when it sends), numbered as our own offer says.
+fn offer_with_mic(
+    opts: &ClientOptions,
+    local: SocketAddr,
+) -> anyhow::Result<(RTCPeerConnection, String, Option<Mic>)> {
+    let (mut pc, mic_ssrc) = offerer(opts.sends, opts.slots)?;
+    let sdp = offer(&mut pc, local)?;
+    let ours = Offer::parse(&sdp).map_err(|e| anyhow!("our own offer: {e}"))?;
+    let mic = mic_ssrc.map(|ssrc| {
+        Mic::new(
+            ssrc,
+            ours.audio.first().map_or(111, |a| a.opus_pt),
+            ours.audio_level_id,
+        )
+    });
+    Ok((pc, sdp, mic))
+}
+
+/// Spawns the reader: answer → the returned oneshot; ice → the driver's connection `key`;
+/// events and errors → shared.
+fn spawn_reader(
+    mut ws_stream: futures_util::stream::SplitStream<Ws>,
+    driver: LightDriver,
+    key: u64,
+    shared: Arc<Mutex<Shared>>,
+) -> oneshot::Receiver<Result<String, String>> {
+    let (answer_tx, answer_rx) = oneshot::channel::<Result<String, String>>();
+    tokio::spawn(async move {
+        let mut answer_tx = Some(answer_tx);
+        while let Some(Ok(msg)) = ws_stream.next().await {
+            let text = match msg {
+                Message::Text(t) => t,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            match Incoming::read(text.as_str(), false) {
+                Incoming::Answer(sdp) => {
+                    if let Some(tx) = answer_tx.take() {
+                        let _ = tx.send(Ok(sdp));
+                    }
+                }
+                Incoming::Ice(init) => driver.add_remote_candidate(key, init),
+                Incoming::Event(v) => lock(&shared).events.push(v),
+                Incoming::Error(v) => {
+                    // Under the lock: whoever the refusal wakes finds it in `errors`.
+                    let mut s = lock(&shared);
+                    if let Some(tx) = answer_tx.take() {
+                        let _ = tx.send(Err(v.to_string()));
+                    }
+                    s.errors.push(v);
+                }
+                Incoming::Ignored => {}
+            }
+        }
+        lock(&shared).closed = true;
+        if let Some(tx) = answer_tx.take() {
+            let _ = tx.send(Err("socket closed before the answer".into()));
+        }
+    });
+    answer_rx
+}
+
 impl LightClient {
     /// Connects, offers, applies the answer and hands the connection to `driver`; returns
     /// once the answer is applied (ICE may still be checking), as the full client does.
     pub async fn connect(driver: &LightDriver, opts: ClientOptions) -> anyhow::Result<LightClient> {
         let started = Instant::now();
-        let mut req = opts.url.as_str().into_client_request()?;
-        if let Some(id) = &opts.identity {
-            let claim =
-                serde_json::json!({"userid": id.userid, "clientid": id.clientid}).to_string();
-            req.headers_mut().insert("X-User-Claim", claim.parse()?);
-        }
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(10),
-            // TCP_NODELAY, as browsers (and the full client) do.
-            tokio_tungstenite::connect_async_with_config(req, None, true),
-        )
-        .await
-        .context("websocket connect timed out")??;
+        // The same WebSocket (TCP_NODELAY, as browsers do) and writer as the full client.
+        let ws = open_websocket(&opts).await?;
         let ws_open_at = Instant::now();
-        let (mut ws_sink, mut ws_stream) = ws.split();
-        let (ws_out, mut ws_out_rx) = mpsc::unbounded_channel::<Message>();
-        tokio::spawn(async move {
-            while let Some(m) = ws_out_rx.recv().await {
-                if ws_sink.send(m).await.is_err() {
-                    break;
-                }
-            }
-            let _ = ws_sink.close().await;
-        });
-
-        let ip: IpAddr = opts
-            .bind_ip
-            .parse()
-            .with_context(|| format!("bind address {:?}", opts.bind_ip))?;
-        let socket = std::net::UdpSocket::bind((ip, 0)).context("binding a UDP socket")?;
-        socket.set_nonblocking(true)?;
-        let local: SocketAddr = socket.local_addr()?;
-        let socket = tokio::net::UdpSocket::from_std(socket)?;
-
-        let (mut pc, mic_ssrc) = offerer(opts.sends, opts.slots)?;
-        let sdp = offer(&mut pc, local)?;
-        let ours = Offer::parse(&sdp).map_err(|e| anyhow!("our own offer: {e}"))?;
-        let mic = mic_ssrc.map(|ssrc| {
-            Mic::new(
-                ssrc,
-                ours.audio.first().map_or(111, |a| a.opus_pt),
-                ours.audio_level_id,
-            )
-        });
-
+        let (ws_sink, ws_stream) = ws.split();
+        let ws_out = spawn_writer(ws_sink);
+        let (socket, local) = bind_socket(&opts.bind_ip)?;
+        let (mut pc, sdp, mic) = offer_with_mic(&opts, local)?;
         let key = driver.next_key();
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let (answer_tx, answer_rx) = oneshot::channel::<Result<String, String>>();
-        {
-            let (driver, shared) = (driver.clone(), shared.clone());
-            tokio::spawn(async move {
-                let mut answer_tx = Some(answer_tx);
-                while let Some(Ok(msg)) = ws_stream.next().await {
-                    let text = match msg {
-                        Message::Text(t) => t,
-                        Message::Close(_) => break,
-                        _ => continue,
-                    };
-                    match Incoming::read(text.as_str(), false) {
-                        Incoming::Answer(sdp) => {
-                            if let Some(tx) = answer_tx.take() {
-                                let _ = tx.send(Ok(sdp));
-                            }
-                        }
-                        Incoming::Ice(init) => driver.add_remote_candidate(key, init),
-                        Incoming::Event(v) => lock(&shared).events.push(v),
-                        Incoming::Error(v) => {
-                            // Under the lock: whoever the refusal wakes finds it in `errors`.
-                            let mut s = lock(&shared);
-                            if let Some(tx) = answer_tx.take() {
-                                let _ = tx.send(Err(v.to_string()));
-                            }
-                            s.errors.push(v);
-                        }
-                        Incoming::Ignored => {}
-                    }
-                }
-                lock(&shared).closed = true;
-                if let Some(tx) = answer_tx.take() {
-                    let _ = tx.send(Err("socket closed before the answer".into()));
-                }
-            });
-        }
+        let answer_rx = spawn_reader(ws_stream, driver.clone(), key, shared.clone());
         ws_out
             .send(Message::text(format!("offer::{sdp}")))
             .map_err(|_| anyhow!("websocket closed"))?;
         let offer_sent_at = Instant::now();
-        let answer = match tokio::time::timeout(Duration::from_secs(20), answer_rx).await {
-            Ok(Ok(Ok(a))) => a,
-            Ok(Ok(Err(e))) => bail!("no answer: {e}"),
-            Ok(Err(_)) => bail!("no answer: reader ended"),
-            Err(_) => bail!("no answer within 20 s"),
-        };
+        let answer = await_answer(answer_rx).await?;
         let answer_at = Instant::now();
         let answer_ssrcs = ssrcs_by_mid(&answer);
         pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer)?)?;

@@ -75,46 +75,31 @@ async fn churn_cycle(
     Ok(r)
 }
 
-/// Churn mode, against `server`; fills `report`'s joins and churn sections.
-pub(super) async fn churn(o: &Options, server: &Server, report: &mut Report) -> anyhow::Result<()> {
-    let anchored = !o.churn_spawn;
-    // Sessions the server had before we came (attach mode), plus our anchor.
-    let initial = server.metric("beep_sessions").await.unwrap_or(0.0);
-    let target = initial + if anchored { 1.0 } else { 0.0 };
-    let anchor = if anchored {
-        let url = server.ws(&format!("{}-churn", o.prefix));
-        let co = o.client(url, format!("{}-anchor", o.prefix), 100);
-        let a = tokio::time::timeout(Duration::from_secs(40), Client::connect(co))
-            .await
-            .map_err(|_| anyhow!("anchor: no answer within 40 s"))??;
-        a.wait_connected(Duration::from_secs(20)).await?;
-        a.start_sending("anchor", o.level_dbov);
-        Some(a)
-    } else {
-        None
-    };
-    let warmup = (o.churn / 10).clamp(1, 50);
-    let total = warmup + o.churn * o.churn_rounds;
-    let next = Arc::new(AtomicUsize::new(0));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let records = Arc::new(Mutex::new(Vec::<Result<JoinRecord, String>>::new()));
-    let o2 = Arc::new(o.clone());
-    let before = Arc::new(Mutex::new(None::<Snapshot>));
+/// The cycles' shared state: which cycle is next, and what the counted ones gave.
+struct Cycles {
+    o: Arc<Options>,
+    base: String,
+    anchored: bool,
+    next: Arc<AtomicUsize>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    records: Arc<Mutex<Vec<Result<JoinRecord, String>>>>,
+}
 
-    // Warm-up cycles first (allocator pools, lazily built state), then the measured ones.
-    let run_cycles = |from: usize, to: usize| {
-        next.store(from, Ordering::Relaxed);
+impl Cycles {
+    /// Runs cycles `from..to` on `churn_concurrency` tasks; each result is counted and kept.
+    fn run(&self, from: usize, to: usize) -> Vec<tokio::task::JoinHandle<()>> {
+        self.next.store(from, Ordering::Relaxed);
         let mut tasks = Vec::new();
-        for _ in 0..o.churn_concurrency {
+        for _ in 0..self.o.churn_concurrency {
             let (next, ok, failed, records, o) = (
-                next.clone(),
-                ok.clone(),
-                failed.clone(),
-                records.clone(),
-                o2.clone(),
+                self.next.clone(),
+                self.ok.clone(),
+                self.failed.clone(),
+                self.records.clone(),
+                self.o.clone(),
             );
-            let base = server.base.clone();
+            let (base, anchored) = (self.base.clone(), self.anchored);
             tasks.push(tokio::spawn(async move {
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
@@ -133,83 +118,186 @@ pub(super) async fn churn(o: &Options, server: &Server, report: &mut Report) -> 
             }));
         }
         tasks
-    };
-    let stop_printer = Arc::new(AtomicBool::new(false));
-    let printer = {
-        let (stop, next, failed, quiet) =
-            (stop_printer.clone(), next.clone(), failed.clone(), o.quiet);
-        let front_pid = server.front_pid;
-        tokio::spawn(async move {
-            let start = Instant::now();
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                if quiet {
-                    continue;
-                }
-                let s = front_pid.map(ServerSample::take).unwrap_or_default();
-                eprintln!(
-                    "[{:6.1}s] churn cycle {}/{total} failed {} | front rss {} KiB fds {} threads {} | workers {}",
-                    start.elapsed().as_secs_f64(),
-                    next.load(Ordering::Relaxed).min(total),
-                    failed.load(Ordering::Relaxed),
-                    s.front.rss_kib,
-                    s.front.fds,
-                    s.front.threads,
-                    s.workers.len()
-                );
-            }
-        })
-    };
-    for t in run_cycles(0, warmup) {
-        t.await?;
     }
-    records.lock().unwrap().clear();
-    ok.store(0, Ordering::Relaxed);
-    failed.store(0, Ordering::Relaxed);
-    // Closed sessions end when ICE gives up on them (ICE_DISCONNECTED_MS + ICE_FAILED_MS):
-    // measure "before" once the warm-up ones are gone too.
-    settle(o, server, Some(target)).await;
-    *before.lock().unwrap() = Some(snapshot(server).await);
-    let mut elapsed = 0.0;
-    let mut settle_s = Some(0.0f64);
-    let mut after_round = Vec::new();
+
+    /// Runs cycles `from..to` and waits for all of them.
+    async fn run_all(&self, from: usize, to: usize) -> anyhow::Result<()> {
+        for t in self.run(from, to) {
+            t.await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets what the warm-up cycles gave, so only the measured ones are reported.
+    fn forget(&self) {
+        self.records.lock().unwrap().clear();
+        self.ok.store(0, Ordering::Relaxed);
+        self.failed.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Connects the anchor speaker of the warm conversation and starts it sending.
+async fn connect_anchor(o: &Options, server: &Server) -> anyhow::Result<Client> {
+    let url = server.ws(&format!("{}-churn", o.prefix));
+    let co = o.client(url, format!("{}-anchor", o.prefix), 100);
+    let a = tokio::time::timeout(Duration::from_secs(40), Client::connect(co))
+        .await
+        .map_err(|_| anyhow!("anchor: no answer within 40 s"))??;
+    a.wait_connected(Duration::from_secs(20)).await?;
+    a.start_sending("anchor", o.level_dbov);
+    Ok(a)
+}
+
+/// Prints the progress once a second (unless quiet) until `stop` is set.
+fn spawn_printer(
+    o: &Options,
+    server: &Server,
+    cycles: &Cycles,
+    total: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let (next, failed, quiet) = (cycles.next.clone(), cycles.failed.clone(), o.quiet);
+    let front_pid = server.front_pid;
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            if quiet {
+                continue;
+            }
+            let s = front_pid.map(ServerSample::take).unwrap_or_default();
+            eprintln!(
+                "[{:6.1}s] churn cycle {}/{total} failed {} | front rss {} KiB fds {} threads {} | workers {}",
+                start.elapsed().as_secs_f64(),
+                next.load(Ordering::Relaxed).min(total),
+                failed.load(Ordering::Relaxed),
+                s.front.rss_kib,
+                s.front.fds,
+                s.front.threads,
+                s.workers.len()
+            );
+        }
+    })
+}
+
+/// What the measured rounds gave: their time spent cycling, the longest settle (None if
+/// one never settled), and a snapshot after each round.
+struct Rounds {
+    elapsed: f64,
+    settle_s: Option<f64>,
+    after_round: Vec<Snapshot>,
+}
+
+/// Runs the measured rounds after `warmup` cycles, each followed by a settle and a snapshot.
+async fn run_rounds(
+    o: &Options,
+    server: &Server,
+    cycles: &Cycles,
+    warmup: usize,
+    target: f64,
+) -> anyhow::Result<Rounds> {
+    let mut r = Rounds {
+        elapsed: 0.0,
+        settle_s: Some(0.0f64),
+        after_round: Vec::new(),
+    };
     for round in 0..o.churn_rounds {
         let t0 = Instant::now();
         let from = warmup + round * o.churn;
-        for t in run_cycles(from, from + o.churn) {
-            t.await?;
-        }
-        elapsed += t0.elapsed().as_secs_f64();
+        cycles.run_all(from, from + o.churn).await?;
+        r.elapsed += t0.elapsed().as_secs_f64();
         let (s, _) = settle(o, server, Some(target)).await;
-        settle_s = settle_s.zip(s).map(|(a, b)| a.max(b));
-        after_round.push(snapshot(server).await);
+        r.settle_s = r.settle_s.zip(s).map(|(a, b)| a.max(b));
+        r.after_round.push(snapshot(server).await);
     }
-    let after = after_round.pop().unwrap_or_default();
+    Ok(r)
+}
+
+/// Churn mode, against `server`; fills `report`'s joins and churn sections.
+pub(super) async fn churn(o: &Options, server: &Server, report: &mut Report) -> anyhow::Result<()> {
+    let anchored = !o.churn_spawn;
+    // Sessions the server had before we came (attach mode), plus our anchor.
+    let initial = server.metric("beep_sessions").await.unwrap_or(0.0);
+    let target = initial + if anchored { 1.0 } else { 0.0 };
+    let anchor = if anchored {
+        Some(connect_anchor(o, server).await?)
+    } else {
+        None
+    };
+    let warmup = (o.churn / 10).clamp(1, 50);
+    let total = warmup + o.churn * o.churn_rounds;
+    let cycles = Cycles {
+        o: Arc::new(o.clone()),
+        base: server.base.clone(),
+        anchored,
+        next: Arc::new(AtomicUsize::new(0)),
+        ok: Arc::new(AtomicU64::new(0)),
+        failed: Arc::new(AtomicU64::new(0)),
+        records: Arc::new(Mutex::new(Vec::new())),
+    };
+    let stop_printer = Arc::new(AtomicBool::new(false));
+    let printer = spawn_printer(o, server, &cycles, total, stop_printer.clone());
+    // Warm-up cycles first (allocator pools, lazily built state), then the measured ones.
+    cycles.run_all(0, warmup).await?;
+    cycles.forget();
+    // Closed sessions end when ICE gives up on them (ICE_DISCONNECTED_MS + ICE_FAILED_MS):
+    // measure "before" once the warm-up ones are gone too.
+    settle(o, server, Some(target)).await;
+    let before = snapshot(server).await;
+    let mut rounds = run_rounds(o, server, &cycles, warmup, target).await?;
+    let after = rounds.after_round.pop().unwrap_or_default();
     stop_printer.store(true, Ordering::Relaxed);
     let _ = printer.await;
-    let before = before.lock().unwrap().take().unwrap_or_default();
-    let delta = |a: &ProcSample, b: &ProcSample| ProcDelta {
+    let recs = std::mem::take(&mut *cycles.records.lock().unwrap_or_else(|p| p.into_inner()));
+    report.joins = join_report(&join_records(&recs, anchored), |_| anchored);
+    report.churn = Some(ChurnReport {
+        cycles: o.churn * o.churn_rounds,
+        ok: cycles.ok.load(Ordering::Relaxed) as usize,
+        failed: cycles.failed.load(Ordering::Relaxed) as usize,
+        warmup_cycles: warmup,
+        elapsed_s: rounds.elapsed,
+        front_delta: delta(&after.front, &before.front),
+        workers_delta: (anchored && before.workers.len() == after.workers.len())
+            .then(|| workers_delta(&before, &after)),
+        rounds: o.churn_rounds,
+        before,
+        after_round: rounds.after_round,
+        after,
+        settle_s: rounds.settle_s,
+    });
+    if let Some(a) = anchor {
+        a.close().await;
+    }
+    Ok(())
+}
+
+/// How one process's RSS, fds and threads grew from `b` to `a`.
+fn delta(a: &ProcSample, b: &ProcSample) -> ProcDelta {
+    ProcDelta {
         rss_kib: a.rss_kib as i64 - b.rss_kib as i64,
         fds: a.fds as i64 - b.fds as i64,
         threads: a.threads as i64 - b.threads as i64,
-    };
-    let workers_delta = (anchored && before.workers.len() == after.workers.len()).then(|| {
-        let sum =
-            |s: &Snapshot, f: fn(&ProcSample) -> u64| s.workers.iter().map(f).sum::<u64>() as i64;
-        ProcDelta {
-            rss_kib: sum(&after, |w| w.rss_kib) - sum(&before, |w| w.rss_kib),
-            fds: sum(&after, |w| w.fds) - sum(&before, |w| w.fds),
-            threads: sum(&after, |w| w.threads) - sum(&before, |w| w.threads),
-        }
-    });
-    let recs = std::mem::take(&mut *records.lock().unwrap_or_else(|p| p.into_inner()));
-    let good: Vec<JoinRecord> = recs
+    }
+}
+
+/// How the workers' summed RSS, fds and threads grew from `before` to `after`.
+fn workers_delta(before: &Snapshot, after: &Snapshot) -> ProcDelta {
+    let sum = |s: &Snapshot, f: fn(&ProcSample) -> u64| s.workers.iter().map(f).sum::<u64>() as i64;
+    ProcDelta {
+        rss_kib: sum(after, |w| w.rss_kib) - sum(before, |w| w.rss_kib),
+        fds: sum(after, |w| w.fds) - sum(before, |w| w.fds),
+        threads: sum(after, |w| w.threads) - sum(before, |w| w.threads),
+    }
+}
+
+/// The cycles' join records: the good ones first, then one empty record per failure.
+fn join_records(recs: &[Result<JoinRecord, String>], anchored: bool) -> Vec<JoinRecord> {
+    let mut all: Vec<JoinRecord> = recs
         .iter()
         .filter_map(|r| r.as_ref().ok().cloned())
         .collect();
-    let mut all = good.clone();
     all.extend(
         recs.iter()
             .filter_map(|r| r.as_ref().err())
@@ -228,25 +316,7 @@ pub(super) async fn churn(o: &Options, server: &Server, report: &mut Report) -> 
                 ws_open_to_first_packet_ms: None,
             }),
     );
-    report.joins = join_report(&all, |_| anchored);
-    report.churn = Some(ChurnReport {
-        cycles: o.churn * o.churn_rounds,
-        ok: ok.load(Ordering::Relaxed) as usize,
-        failed: failed.load(Ordering::Relaxed) as usize,
-        warmup_cycles: warmup,
-        elapsed_s: elapsed,
-        front_delta: delta(&after.front, &before.front),
-        workers_delta,
-        rounds: o.churn_rounds,
-        before,
-        after_round,
-        after,
-        settle_s,
-    });
-    if let Some(a) = anchor {
-        a.close().await;
-    }
-    Ok(())
+    all
 }
 
 /// Waits until `/metrics` shows at most `target` sessions (or, without a target, until the

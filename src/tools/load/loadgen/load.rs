@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::hog::{Hogs, target_cpus};
+use super::hog::{HogTarget, Hogs, target_cpus};
 use super::member::{ClientKind, Member};
 use super::options::Options;
-use super::report::{Contention, JoinRecord, Report, join_report, ms};
+use super::report::{Contention, JoinRecord, Report, WindowReport, join_report, ms};
 use super::sample::ServerSample;
 use super::server::Server;
 use super::window::{self, Listener};
@@ -194,74 +194,27 @@ pub(super) async fn load(o: &Options, server: &Server, report: &mut Report) -> a
         progress: Arc::new(Progress::default()),
     });
     report.client = o.client;
-    let plans: Vec<Planned> = (0..o.clients)
-        .map(|i| Planned {
-            index: i,
-            conversation: i % o.conversations,
-            speaker: i / o.conversations < o.speakers,
-            spawn: i < o.conversations,
-        })
-        .collect();
-    let ramp = o.ramp.unwrap_or(o.clients as f64 / 20.0).max(0.0);
-    let gap = Duration::from_secs_f64(ramp / o.clients as f64);
     let progress = ctx.progress.clone();
     let (printer, stop_printer) = spawn_progress(o, server, progress.clone(), o.clients);
-
-    // Phase 1: the first member of each conversation (worker spawn); phase 2: the rest.
-    let mut joined: Vec<Joined> = Vec::new();
-    let (first, rest): (Vec<Planned>, Vec<Planned>) = plans.into_iter().partition(|p| p.spawn);
-    for (name, phase) in [("spawn", first), ("warm", rest)] {
-        *progress.phase.lock().unwrap() = name.into();
-        let start = tokio::time::Instant::now();
-        let mut handles = Vec::new();
-        for (n, plan) in phase.into_iter().enumerate() {
-            tokio::time::sleep_until(start + gap * n as u32).await;
-            let url = server.ws(&format!("{}-{}", o.prefix, plan.conversation));
-            handles.push(tokio::spawn(join_one(ctx.clone(), url, plan)));
-        }
-        for h in handles {
-            joined.push(h.await?);
-        }
-    }
+    let joined = join_all(o, server, &ctx).await?;
 
     // Steady state.
     *progress.phase.lock().unwrap() = "warm-up".into();
     window::wait(o.warmup).await;
-    let members: Vec<Listener> = joined
-        .iter()
-        .filter_map(|j| {
-            j.client.as_deref().map(|member| Listener {
-                conversation: j.plan.conversation,
-                speaker: j.plan.speaker,
-                member,
-            })
-        })
-        .collect();
+    let members = listeners(&joined);
     *progress.phase.lock().unwrap() = "measuring".into();
-    let start = window::start(server, &members, &ticks).await;
-    window::wait(o.duration).await;
-    let quiet = window::finish(o, start, server, &members, &ticks, before.as_ref()).await;
+    let measuring = Measuring {
+        o,
+        server,
+        members: &members,
+        ticks: &ticks,
+        before: before.as_ref(),
+    };
+    let quiet = measuring.window().await;
     let hogged = match (&quiet, o.contention) {
         (Ok(_), Some(target)) => {
             *progress.phase.lock().unwrap() = "hogged".into();
-            let result = async {
-                let cpus = target_cpus(target, o.front_cpus.as_deref())?;
-                let hogs = Hogs::start(&cpus, o.hogs_per_cpu)?;
-                window::wait(HOG_SETTLE_S).await;
-                let start = window::start(server, &members, &ticks).await;
-                window::wait(o.duration).await;
-                let w = window::finish(o, start, server, &members, &ticks, before.as_ref()).await;
-                drop(hogs);
-                Ok::<_, anyhow::Error>(Contention {
-                    hog: target,
-                    hog_cpus: cpus,
-                    hogs_per_cpu: o.hogs_per_cpu,
-                    settle_s: HOG_SETTLE_S,
-                    hogged: w?,
-                })
-            }
-            .await;
-            Some(result)
+            Some(measuring.hogged(target).await)
         }
         _ => None,
     };
@@ -281,7 +234,113 @@ pub(super) async fn load(o: &Options, server: &Server, report: &mut Report) -> a
     report.drops = Some(quiet.drops);
     report.contention = hogged.transpose()?;
 
-    let records: Vec<JoinRecord> = joined
+    // A warm joiner should hear the conversation's first member, who was already speaking.
+    let expect_packet = |r: &JoinRecord| !r.spawn && o.speakers > 0 && o.slots > 0;
+    report.joins = join_report(&join_records(&joined), expect_packet);
+    for l in &members {
+        l.member.close().await;
+    }
+    Ok(())
+}
+
+/// Every client of the run: round-robin over the conversations, the first `speakers` of
+/// each speaking, the first of each spawning its worker.
+fn plan(o: &Options) -> Vec<Planned> {
+    (0..o.clients)
+        .map(|i| Planned {
+            index: i,
+            conversation: i % o.conversations,
+            speaker: i / o.conversations < o.speakers,
+            spawn: i < o.conversations,
+        })
+        .collect()
+}
+
+/// Joins every planned client, spread over the ramp-up: phase 1 the first member of each
+/// conversation (worker spawn), phase 2 the rest.
+async fn join_all(o: &Options, server: &Server, ctx: &Arc<Ctx>) -> anyhow::Result<Vec<Joined>> {
+    let ramp = o.ramp.unwrap_or(o.clients as f64 / 20.0).max(0.0);
+    let gap = Duration::from_secs_f64(ramp / o.clients as f64);
+    let mut joined: Vec<Joined> = Vec::new();
+    let (first, rest): (Vec<Planned>, Vec<Planned>) = plan(o).into_iter().partition(|p| p.spawn);
+    for (name, phase) in [("spawn", first), ("warm", rest)] {
+        *ctx.progress.phase.lock().unwrap() = name.into();
+        let start = tokio::time::Instant::now();
+        let mut handles = Vec::new();
+        for (n, plan) in phase.into_iter().enumerate() {
+            tokio::time::sleep_until(start + gap * n as u32).await;
+            let url = server.ws(&format!("{}-{}", o.prefix, plan.conversation));
+            handles.push(tokio::spawn(join_one(ctx.clone(), url, plan)));
+        }
+        for h in handles {
+            joined.push(h.await?);
+        }
+    }
+    Ok(joined)
+}
+
+/// The clients that joined, as the measurement windows see them.
+fn listeners(joined: &[Joined]) -> Vec<Listener<'_>> {
+    joined
+        .iter()
+        .filter_map(|j| {
+            j.client.as_deref().map(|member| Listener {
+                conversation: j.plan.conversation,
+                speaker: j.plan.speaker,
+                member,
+            })
+        })
+        .collect()
+}
+
+/// What a measurement window reads from: the run's clients, its send ticks, and the server
+/// sample from before the first join.
+struct Measuring<'a> {
+    o: &'a Options,
+    server: &'a Server,
+    members: &'a [Listener<'a>],
+    ticks: &'a SendTicks,
+    before: Option<&'a ServerSample>,
+}
+
+impl Measuring<'_> {
+    /// Measures one window of `--duration` seconds.
+    async fn window(&self) -> anyhow::Result<WindowReport> {
+        let start = window::start(self.server, self.members, self.ticks).await;
+        window::wait(self.o.duration).await;
+        window::finish(
+            self.o,
+            start,
+            self.server,
+            self.members,
+            self.ticks,
+            self.before,
+        )
+        .await
+    }
+
+    /// Starts the CPU hogs on `target`'s CPUs, lets them settle, and measures a window.
+    async fn hogged(&self, target: HogTarget) -> anyhow::Result<Contention> {
+        let o = self.o;
+        let cpus = target_cpus(target, o.front_cpus.as_deref())?;
+        let hogs = Hogs::start(&cpus, o.hogs_per_cpu)?;
+        window::wait(HOG_SETTLE_S).await;
+        let w = self.window().await;
+        drop(hogs);
+        Ok(Contention {
+            hog: target,
+            hog_cpus: cpus,
+            hogs_per_cpu: o.hogs_per_cpu,
+            settle_s: HOG_SETTLE_S,
+            hogged: w?,
+        })
+    }
+}
+
+/// The join records, completed with when each client's ICE connected, its peer connection
+/// connected and its first packet came.
+fn join_records(joined: &[Joined]) -> Vec<JoinRecord> {
+    joined
         .iter()
         .map(|j| {
             let mut r = j.record.clone();
@@ -293,12 +352,5 @@ pub(super) async fn load(o: &Options, server: &Server, report: &mut Report) -> a
             }
             r
         })
-        .collect();
-    // A warm joiner should hear the conversation's first member, who was already speaking.
-    let expect_packet = |r: &JoinRecord| !r.spawn && o.speakers > 0 && o.slots > 0;
-    report.joins = join_report(&records, expect_packet);
-    for l in &members {
-        l.member.close().await;
-    }
-    Ok(())
+        .collect()
 }

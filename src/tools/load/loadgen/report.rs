@@ -390,7 +390,41 @@ pub(super) fn join_report(
     }
 }
 
+/// Prints the human summary of a run (the JSON report carries the same numbers).
 pub fn print_summary(r: &Report) {
+    print_header(r);
+    let j = &r.joins;
+    j.spawn.print("spawn (first member: worker starts)");
+    j.warm.print("warm (worker running)");
+    if let Some(f) = &r.forwarding {
+        print_forwarding(f);
+    }
+    if let Some(s) = &r.server {
+        print_server(s);
+    }
+    if r.mode == "load" {
+        print_loadgen_cpu(r);
+    }
+    if let Some(t) = &r.send_ticks {
+        println!("  send ticks: {}", ticks_line(t));
+    }
+    if let Some(d) = &r.drops {
+        print_drops(d);
+    }
+    if let Some(c) = &r.contention {
+        print_contention(r, c);
+    }
+    if let Some(c) = &r.churn {
+        print_churn(c);
+    }
+    if !r.front_log.is_empty() {
+        println!("front log: {}", r.front_log);
+    }
+}
+
+/// Prints the run's first lines: what ran where, and how the joins went.
+fn print_header(r: &Report) {
+    // Locked once so these lines come out together.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -413,149 +447,142 @@ pub fn print_summary(r: &Report) {
     for (e, n) in j.errors.iter().take(5) {
         let _ = writeln!(out, "  {n} × {e}");
     }
-    drop(out);
-    j.spawn.print("spawn (first member: worker starts)");
-    j.warm.print("warm (worker running)");
-    if let Some(f) = &r.forwarding {
+}
+
+/// Prints the forwarding block: rates, latency, the delay in the SFU and the loss.
+fn print_forwarding(f: &Forwarding) {
+    println!(
+        "forwarding ({:.1} s window): {:.0} pkt/s received of {:.0} expected ({} streams), delivery {:.4}",
+        f.window_s, f.packets_per_s, f.expected_per_s, f.streams_expected, f.delivery
+    );
+    println!(
+        "  one-way latency (loadgen→SFU→loadgen)  {}",
+        f.latency.line()
+    );
+    if let Some(d) = &f.sfu_delay {
+        let le = |v: Option<f64>| v.map_or("> 50".to_string(), |v| format!("≤ {v}"));
         println!(
-            "forwarding ({:.1} s window): {:.0} pkt/s received of {:.0} expected ({} streams), delivery {:.4}",
-            f.window_s, f.packets_per_s, f.expected_per_s, f.streams_expected, f.delivery
-        );
-        println!(
-            "  one-way latency (loadgen→SFU→loadgen)  {}",
-            f.latency.line()
-        );
-        if let Some(d) = &f.sfu_delay {
-            let le = |v: Option<f64>| v.map_or("> 50".to_string(), |v| format!("≤ {v}"));
-            println!(
-                "  in the SFU (worker: datagram read → sent)  mean {:.3}  p50 {}  p99 {}  p99.9 {} ms  (n={})",
-                d.mean_ms,
-                le(d.p50_le_ms),
-                le(d.p99_le_ms),
-                le(d.p999_le_ms),
-                d.n
-            );
-        }
-        println!(
-            "  loss per listener: overall {:.4}%  mean {:.4}%  p50 {:.4}%  max {:.4}%  ({} listeners, {} over 0.1%, {} starved; seq gaps {}, ts backwards {})",
-            100.0 * f.loss.overall,
-            100.0 * f.loss.mean,
-            100.0 * f.loss.p50,
-            100.0 * f.loss.max,
-            f.loss.listeners,
-            f.loss.listeners_over_0_1pct,
-            f.loss.starved,
-            f.loss.seq_gaps,
-            f.loss.ts_backwards
+            "  in the SFU (worker: datagram read → sent)  mean {:.3}  p50 {}  p99 {}  p99.9 {} ms  (n={})",
+            d.mean_ms,
+            le(d.p50_le_ms),
+            le(d.p99_le_ms),
+            le(d.p999_le_ms),
+            d.n
         );
     }
-    if let Some(s) = &r.server {
+    println!(
+        "  loss per listener: overall {:.4}%  mean {:.4}%  p50 {:.4}%  max {:.4}%  ({} listeners, {} over 0.1%, {} starved; seq gaps {}, ts backwards {})",
+        100.0 * f.loss.overall,
+        100.0 * f.loss.mean,
+        100.0 * f.loss.p50,
+        100.0 * f.loss.max,
+        f.loss.listeners,
+        f.loss.listeners_over_0_1pct,
+        f.loss.starved,
+        f.loss.seq_gaps,
+        f.loss.ts_backwards
+    );
+}
+
+/// Prints the server block: CPU, memory and threads of front and its workers.
+fn print_server(s: &ServerReport) {
+    println!(
+        "server: front {:.2} s + {} workers {:.2} s CPU in {:.1} s = {:.3} cores; {} µs CPU per forwarded packet",
+        s.front_cpu_s,
+        s.workers,
+        s.workers_cpu_s,
+        s.window_s,
+        s.cores_busy,
+        s.cpu_us_per_packet
+            .map_or("-".into(), |u| format!("{u:.2}"))
+    );
+    println!(
+        "  RSS: front {} KiB (peak {}, before {}), workers {} KiB (peaks {}, PSS {}); {} KiB per peer (PSS {}); threads front {} workers {}",
+        s.front_rss_kib,
+        s.front_peak_rss_kib,
+        s.front_rss_before_kib,
+        s.workers_rss_kib,
+        s.workers_peak_rss_kib,
+        s.workers_pss_kib,
+        s.rss_per_peer_kib.map_or("-".into(), |x| format!("{x:.0}")),
+        s.pss_per_peer_kib.map_or("-".into(), |x| format!("{x:.0}")),
+        s.front_threads,
+        s.workers_threads
+    );
+    println!(
+        "  CPU busy per core: {}",
+        s.cpu_busy
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("cpu{i} {:.0}%", 100.0 * b))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
+/// Prints loadgen's own CPU, and per received packet when any were received.
+fn print_loadgen_cpu(r: &Report) {
+    println!(
+        "loadgen ({} client): {:.2} s CPU = {:.3} cores{}",
+        match r.client {
+            ClientKind::Full => "full",
+            ClientKind::Light => "light",
+        },
+        r.loadgen_cpu_s,
+        r.loadgen_cores_busy,
+        r.forwarding
+            .as_ref()
+            .filter(|f| f.packets_received > 0)
+            .map_or(String::new(), |f| format!(
+                "; {:.2} µs CPU per received packet",
+                r.loadgen_cpu_s * 1e6 / f.packets_received as f64
+            ))
+    );
+}
+
+/// Prints the churn block: cycles, and each process's RSS, fds and threads before and after.
+fn print_churn(c: &ChurnReport) {
+    println!(
+        "churn: {} cycles ({} ok, {} failed) in {:.1} s after {} warm-up cycles; settled in {}",
+        c.cycles,
+        c.ok,
+        c.failed,
+        c.elapsed_s,
+        c.warmup_cycles,
+        c.settle_s
+            .map_or("(timed out)".into(), |s| format!("{s:.1} s"))
+    );
+    let p = |name: &str, b: &ProcSample, a: &ProcSample| {
         println!(
-            "server: front {:.2} s + {} workers {:.2} s CPU in {:.1} s = {:.3} cores; {} µs CPU per forwarded packet",
-            s.front_cpu_s,
-            s.workers,
-            s.workers_cpu_s,
-            s.window_s,
-            s.cores_busy,
-            s.cpu_us_per_packet
-                .map_or("-".into(), |u| format!("{u:.2}"))
-        );
+            "  {name}: RSS {} → {} KiB, fds {} → {}, threads {} → {}",
+            b.rss_kib, a.rss_kib, b.fds, a.fds, b.threads, a.threads
+        )
+    };
+    p("front", &c.before.front, &c.after.front);
+    for (i, (b, a)) in c.before.workers.iter().zip(&c.after.workers).enumerate() {
+        p(&format!("worker {i}"), b, a);
+    }
+    for (i, r) in c.after_round.iter().enumerate() {
         println!(
-            "  RSS: front {} KiB (peak {}, before {}), workers {} KiB (peaks {}, PSS {}); {} KiB per peer (PSS {}); threads front {} workers {}",
-            s.front_rss_kib,
-            s.front_peak_rss_kib,
-            s.front_rss_before_kib,
-            s.workers_rss_kib,
-            s.workers_peak_rss_kib,
-            s.workers_pss_kib,
-            s.rss_per_peer_kib.map_or("-".into(), |x| format!("{x:.0}")),
-            s.pss_per_peer_kib.map_or("-".into(), |x| format!("{x:.0}")),
-            s.front_threads,
-            s.workers_threads
-        );
-        println!(
-            "  CPU busy per core: {}",
-            s.cpu_busy
-                .iter()
-                .enumerate()
-                .map(|(i, b)| format!("cpu{i} {:.0}%", 100.0 * b))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "  after round {}: front RSS {} KiB fds {} threads {}; workers RSS {} KiB fds {} threads {}",
+            i + 1,
+            r.front.rss_kib,
+            r.front.fds,
+            r.front.threads,
+            r.workers.iter().map(|w| w.rss_kib).sum::<u64>(),
+            r.workers.iter().map(|w| w.fds).sum::<u64>(),
+            r.workers.iter().map(|w| w.threads).sum::<u64>()
         );
     }
-    if r.mode == "load" {
-        println!(
-            "loadgen ({} client): {:.2} s CPU = {:.3} cores{}",
-            match r.client {
-                ClientKind::Full => "full",
-                ClientKind::Light => "light",
-            },
-            r.loadgen_cpu_s,
-            r.loadgen_cores_busy,
-            r.forwarding
-                .as_ref()
-                .filter(|f| f.packets_received > 0)
-                .map_or(String::new(), |f| format!(
-                    "; {:.2} µs CPU per received packet",
-                    r.loadgen_cpu_s * 1e6 / f.packets_received as f64
-                ))
-        );
-    }
-    if let Some(t) = &r.send_ticks {
-        println!("  send ticks: {}", ticks_line(t));
-    }
-    if let Some(d) = &r.drops {
-        print_drops(d);
-    }
-    if let Some(c) = &r.contention {
-        print_contention(r, c);
-    }
-    if let Some(c) = &r.churn {
-        println!(
-            "churn: {} cycles ({} ok, {} failed) in {:.1} s after {} warm-up cycles; settled in {}",
-            c.cycles,
-            c.ok,
-            c.failed,
-            c.elapsed_s,
-            c.warmup_cycles,
-            c.settle_s
-                .map_or("(timed out)".into(), |s| format!("{s:.1} s"))
-        );
-        let p = |name: &str, b: &ProcSample, a: &ProcSample| {
-            println!(
-                "  {name}: RSS {} → {} KiB, fds {} → {}, threads {} → {}",
-                b.rss_kib, a.rss_kib, b.fds, a.fds, b.threads, a.threads
-            )
-        };
-        p("front", &c.before.front, &c.after.front);
-        for (i, (b, a)) in c.before.workers.iter().zip(&c.after.workers).enumerate() {
-            p(&format!("worker {i}"), b, a);
-        }
-        for (i, r) in c.after_round.iter().enumerate() {
-            println!(
-                "  after round {}: front RSS {} KiB fds {} threads {}; workers RSS {} KiB fds {} threads {}",
-                i + 1,
-                r.front.rss_kib,
-                r.front.fds,
-                r.front.threads,
-                r.workers.iter().map(|w| w.rss_kib).sum::<u64>(),
-                r.workers.iter().map(|w| w.fds).sum::<u64>(),
-                r.workers.iter().map(|w| w.threads).sum::<u64>()
-            );
-        }
-        println!(
-            "  sessions {:?} → {:?}, peers {:?} → {:?}, workers {} → {}",
-            c.before.sessions,
-            c.after.sessions,
-            c.before.peers,
-            c.after.peers,
-            c.before.workers.len(),
-            c.after.workers.len()
-        );
-    }
-    if !r.front_log.is_empty() {
-        println!("front log: {}", r.front_log);
-    }
+    println!(
+        "  sessions {:?} → {:?}, peers {:?} → {:?}, workers {} → {}",
+        c.before.sessions,
+        c.after.sessions,
+        c.before.peers,
+        c.after.peers,
+        c.before.workers.len(),
+        c.after.workers.len()
+    );
 }
 
 fn le_ms(v: Option<f64>) -> String {

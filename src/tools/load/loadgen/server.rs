@@ -22,44 +22,16 @@ pub(super) struct Server {
 }
 
 impl Server {
+    /// Attaches to the front at `o.url`, or starts one for the run and waits until it is
+    /// healthy.
     pub(super) async fn start(o: &Options) -> anyhow::Result<Server> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()?;
         if let Some(url) = &o.url {
-            let base = url
-                .trim_end_matches('/')
-                .trim_end_matches("/connect")
-                .replacen("ws://", "http://", 1)
-                .replacen("wss://", "https://", 1);
-            return Ok(Server {
-                base,
-                front_pid: o.front_pid,
-                child: None,
-                runtime_dir: None,
-                http,
-            });
+            return Ok(Server::attached(o, url, http));
         }
-        let beside = |name: &str| -> anyhow::Result<PathBuf> {
-            let exe = std::env::current_exe()?;
-            Ok(exe
-                .parent()
-                .context("executable has no directory")?
-                .join(name))
-        };
-        let front_bin = match &o.front_bin {
-            Some(p) => p.clone(),
-            None => beside("front")?,
-        };
-        let worker_bin = match &o.worker_bin {
-            Some(p) => p.clone(),
-            None => beside("worker")?,
-        };
-        for b in [&front_bin, &worker_bin] {
-            if !b.exists() {
-                bail!("{} not found (cargo build --release --bins)", b.display());
-            }
-        }
+        let (front_bin, worker_bin) = binaries(o)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -67,24 +39,7 @@ impl Server {
             std::env::temp_dir().join(format!("beep-loadgen-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&runtime_dir)?;
         let log = std::fs::File::create(runtime_dir.join("front.log"))?;
-        let mut env: Vec<(String, String)> = vec![
-            ("LISTEN".into(), format!("127.0.0.1:{port}")),
-            ("DEV_MODE".into(), "1".into()),
-            ("PERMISSIONS_HOST".into(), "allow-all".into()),
-            ("RTC_BIND_IP".into(), "127.0.0.1".into()),
-            (
-                "RUNTIME_DIR".into(),
-                runtime_dir.join("run").display().to_string(),
-            ),
-            ("WORKER_BIN".into(), worker_bin.display().to_string()),
-            ("NATS".into(), "nats://127.0.0.1:4222".into()),
-            ("OFFERS_PER_MINUTE".into(), "100000".into()),
-            ("RUST_LOG".into(), "warn".into()),
-        ];
-        for (k, v) in &o.front_env {
-            env.retain(|(x, _)| x != k);
-            env.push((k.clone(), v.clone()));
-        }
+        let env = front_env(o, port, &runtime_dir, &worker_bin);
         let mut cmd = match &o.front_cpus {
             Some(cpus) => {
                 let mut c = Command::new("taskset");
@@ -111,22 +66,43 @@ impl Server {
             runtime_dir: Some(runtime_dir),
             http,
         };
+        server.wait_healthy().await?;
+        Ok(server)
+    }
+
+    /// The front at `url` (a `ws://…/connect` URL or its base), which someone else runs.
+    fn attached(o: &Options, url: &str, http: reqwest::Client) -> Server {
+        let base = url
+            .trim_end_matches('/')
+            .trim_end_matches("/connect")
+            .replacen("ws://", "http://", 1)
+            .replacen("wss://", "https://", 1);
+        Server {
+            base,
+            front_pid: o.front_pid,
+            child: None,
+            runtime_dir: None,
+            http,
+        }
+    }
+
+    /// Waits up to 15 s for the started front's `/healthz` to answer with success.
+    async fn wait_healthy(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(r) = server.http.get(server.url("/healthz")).send().await
+            if let Ok(r) = self.http.get(self.url("/healthz")).send().await
                 && r.status().is_success()
             {
-                break;
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
                     "front did not become healthy within 15 s (log: {})",
-                    server.log_path()
+                    self.log_path()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(server)
     }
 
     fn url(&self, path: &str) -> String {
@@ -211,6 +187,61 @@ impl Server {
             );
         }
     }
+}
+
+/// The front and worker binaries: as given, or beside loadgen's own executable; an error
+/// if either is missing.
+fn binaries(o: &Options) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let beside = |name: &str| -> anyhow::Result<PathBuf> {
+        let exe = std::env::current_exe()?;
+        Ok(exe
+            .parent()
+            .context("executable has no directory")?
+            .join(name))
+    };
+    let front_bin = match &o.front_bin {
+        Some(p) => p.clone(),
+        None => beside("front")?,
+    };
+    let worker_bin = match &o.worker_bin {
+        Some(p) => p.clone(),
+        None => beside("worker")?,
+    };
+    for b in [&front_bin, &worker_bin] {
+        if !b.exists() {
+            bail!("{} not found (cargo build --release --bins)", b.display());
+        }
+    }
+    Ok((front_bin, worker_bin))
+}
+
+/// The started front's whole environment: the run's settings, then `--front-env` on top
+/// (each replacing a setting of the same name).
+fn front_env(
+    o: &Options,
+    port: u16,
+    runtime_dir: &std::path::Path,
+    worker_bin: &std::path::Path,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("LISTEN".into(), format!("127.0.0.1:{port}")),
+        ("DEV_MODE".into(), "1".into()),
+        ("PERMISSIONS_HOST".into(), "allow-all".into()),
+        ("RTC_BIND_IP".into(), "127.0.0.1".into()),
+        (
+            "RUNTIME_DIR".into(),
+            runtime_dir.join("run").display().to_string(),
+        ),
+        ("WORKER_BIN".into(), worker_bin.display().to_string()),
+        ("NATS".into(), "nats://127.0.0.1:4222".into()),
+        ("OFFERS_PER_MINUTE".into(), "100000".into()),
+        ("RUST_LOG".into(), "warn".into()),
+    ];
+    for (k, v) in &o.front_env {
+        env.retain(|(x, _)| x != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
 }
 
 impl Drop for Server {
