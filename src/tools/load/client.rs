@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::rtp;
 use rtc::rtp::extension::HeaderExtension;
@@ -26,7 +26,6 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -38,6 +37,7 @@ use webrtc::peer_connection::{
 
 use super::frames::Incoming;
 use super::ticks::SendTicks;
+use super::ws::{Ws, await_answer, open_websocket, spawn_writer};
 use crate::media::opus;
 use crate::wire::identity::Identity;
 use crate::worker::peer::{audio_engine, opus_media_track};
@@ -224,46 +224,6 @@ fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The client's WebSocket to `/connect`.
-pub(crate) type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Opens the WebSocket, with the identity's claim header if there is one.
-pub(crate) async fn open_websocket(opts: &ClientOptions) -> anyhow::Result<Ws> {
-    let mut req = opts.url.as_str().into_client_request()?;
-    if let Some(id) = &opts.identity {
-        let claim = serde_json::json!({"userid": id.userid, "clientid": id.clientid}).to_string();
-        req.headers_mut().insert("X-User-Claim", claim.parse()?);
-    }
-    let (ws, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        // TCP_NODELAY, as browsers do: with Nagle, the offer frame waits behind the
-        // unacknowledged `ice::` frames trickled before it for the server's delayed ACK
-        // (~40 ms on Linux), which would be charged to the server's answer time.
-        tokio_tungstenite::connect_async_with_config(req, None, true),
-    )
-    .await
-    .context("websocket connect timed out")??;
-    Ok(ws)
-}
-
-/// Spawns the writer, which sends what the channel gives until either side closes, so that
-/// the handler and the client can both write without sharing the sink.
-pub(crate) fn spawn_writer(
-    mut ws_sink: futures_util::stream::SplitSink<Ws, Message>,
-) -> mpsc::UnboundedSender<Message> {
-    let (ws_out, mut ws_out_rx) = mpsc::unbounded_channel::<Message>();
-    tokio::spawn(async move {
-        while let Some(m) = ws_out_rx.recv().await {
-            if ws_sink.send(m).await.is_err() {
-                break;
-            }
-        }
-        let _ = ws_sink.close().await;
-    });
-    ws_out
-}
-
 /// Builds the peer connection, bound to `opts.bind_ip`, with its events going to `shared` and
 /// its candidates to `ws_out`. Also returns the receiver told when gathering completes.
 async fn build_peer(
@@ -382,25 +342,11 @@ fn spawn_reader(
     answer_rx
 }
 
-/// Waits up to 20 s for the answer the reader hands over.
-pub(crate) async fn await_answer(
-    answer_rx: oneshot::Receiver<Result<String, String>>,
-) -> anyhow::Result<String> {
-    Ok(
-        match tokio::time::timeout(Duration::from_secs(20), answer_rx).await {
-            Ok(Ok(Ok(a))) => a,
-            Ok(Ok(Err(e))) => bail!("no answer: {e}"),
-            Ok(Err(_)) => bail!("no answer: reader ended"),
-            Err(_) => bail!("no answer within 20 s"),
-        },
-    )
-}
-
 impl Client {
     /// Connects, offers, and returns once the answer is applied (ICE may still be checking).
     pub async fn connect(opts: ClientOptions) -> anyhow::Result<Client> {
         let started = Instant::now();
-        let ws = open_websocket(&opts).await?;
+        let ws = open_websocket(&opts.url, opts.identity.as_ref()).await?;
         let ws_open_at = Instant::now();
         let (ws_sink, ws_stream) = ws.split();
         let ws_out = spawn_writer(ws_sink);

@@ -10,3 +10,4 @@ pub mod loadgen;
 pub mod probe;
 pub mod stream;
 pub mod ticks;
+mod ws;

@@ -44,10 +44,9 @@ use tokio_tungstenite::tungstenite::Message;
 pub use driver::LightDriver;
 use driver::{Mic, NewPeer};
 
-use super::client::{
-    ClientOptions, StreamStats, Ws, await_answer, open_websocket, spawn_writer, ssrcs_by_mid,
-};
+use super::client::{ClientOptions, StreamStats, ssrcs_by_mid};
 use super::frames::Incoming;
+use super::ws::{Ws, await_answer, open_websocket, spawn_writer};
 use crate::media::sdp::Offer;
 use crate::worker::peer::{audio_media_engine, opus_media_track};
 
@@ -168,7 +167,7 @@ impl LightClient {
     pub async fn connect(driver: &LightDriver, opts: ClientOptions) -> anyhow::Result<LightClient> {
         let started = Instant::now();
         // The same WebSocket (TCP_NODELAY, as browsers do) and writer as the full client.
-        let ws = open_websocket(&opts).await?;
+        let ws = open_websocket(&opts.url, opts.identity.as_ref()).await?;
         let ws_open_at = Instant::now();
         let (ws_sink, ws_stream) = ws.split();
         let ws_out = spawn_writer(ws_sink);
