@@ -24,7 +24,7 @@ use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -35,9 +35,8 @@ use webrtc::peer_connection::{
     RTCSessionDescription, SettingEngineBuilder,
 };
 
-use super::frames::Incoming;
 use super::ticks::SendTicks;
-use super::ws::{Ws, await_answer, open_websocket, spawn_writer};
+use super::ws::{Heard, await_answer, open_websocket, spawn_reader, spawn_writer};
 use crate::media::opus;
 use crate::wire::identity::Identity;
 use crate::worker::peer::{audio_engine, opus_media_track};
@@ -85,10 +84,8 @@ impl ClientOptions {
 
 #[derive(Default)]
 struct Shared {
-    events: Vec<serde_json::Value>,
-    errors: Vec<serde_json::Value>,
+    heard: Heard,
     streams: HashMap<u32, StreamStats>,
-    closed: bool,
     state: Option<RTCPeerConnectionState>,
     connected_at: Option<Instant>,
     ice_connected_at: Option<Instant>,
@@ -296,52 +293,6 @@ async fn gathered_offer(
         .sdp)
 }
 
-/// Spawns the reader: answer → the returned oneshot; ice → pc; events and errors → shared.
-fn spawn_reader(
-    mut ws_stream: futures_util::stream::SplitStream<Ws>,
-    pc: Arc<dyn PeerConnection>,
-    shared: Arc<Mutex<Shared>>,
-    legacy: bool,
-) -> oneshot::Receiver<Result<String, String>> {
-    let (answer_tx, answer_rx) = oneshot::channel::<Result<String, String>>();
-    tokio::spawn(async move {
-        let mut answer_tx = Some(answer_tx);
-        while let Some(Ok(msg)) = ws_stream.next().await {
-            let Message::Text(text) = msg else {
-                if let Message::Close(_) = msg {
-                    break;
-                }
-                continue;
-            };
-            match Incoming::read(text.as_str(), legacy) {
-                Incoming::Answer(sdp) => {
-                    if let Some(tx) = answer_tx.take() {
-                        let _ = tx.send(Ok(sdp));
-                    }
-                }
-                Incoming::Ice(init) => {
-                    let _ = pc.add_ice_candidate(init).await;
-                }
-                Incoming::Event(v) => lock(&shared).events.push(v),
-                Incoming::Error(v) => {
-                    // Under the lock: whoever the refusal wakes finds it in `errors`.
-                    let mut s = lock(&shared);
-                    if let Some(tx) = answer_tx.take() {
-                        let _ = tx.send(Err(v.to_string()));
-                    }
-                    s.errors.push(v);
-                }
-                Incoming::Ignored => {}
-            }
-        }
-        lock(&shared).closed = true;
-        if let Some(tx) = answer_tx.take() {
-            let _ = tx.send(Err("socket closed before the answer".into()));
-        }
-    });
-    answer_rx
-}
-
 impl Client {
     /// Connects, offers, and returns once the answer is applied (ICE may still be checking).
     pub async fn connect(opts: ClientOptions) -> anyhow::Result<Client> {
@@ -354,7 +305,19 @@ impl Client {
         let (pc, gathered) = build_peer(&opts, &shared, &ws_out).await?;
         let (mic, mic_ssrc) = add_tracks(&pc, opts.slots).await?;
         let sdp = gathered_offer(&pc, gathered).await?;
-        let answer_rx = spawn_reader(ws_stream, pc.clone(), shared.clone(), opts.legacy_raw_offer);
+        let reader_pc = pc.clone();
+        let answer_rx = spawn_reader(
+            ws_stream,
+            opts.legacy_raw_offer,
+            shared.clone(),
+            |s: &mut Shared| &mut s.heard,
+            move |init| {
+                let pc = reader_pc.clone();
+                async move {
+                    let _ = pc.add_ice_candidate(init).await;
+                }
+            },
+        );
         let frame = if opts.legacy_raw_offer {
             sdp
         } else {
@@ -570,17 +533,17 @@ impl Client {
     }
 
     pub fn events(&self) -> Vec<serde_json::Value> {
-        lock(&self.shared).events.clone()
+        lock(&self.shared).heard.events.clone()
     }
 
     pub fn errors(&self) -> Vec<serde_json::Value> {
-        lock(&self.shared).errors.clone()
+        lock(&self.shared).heard.errors.clone()
     }
 
     /// The last `slots` event: slot index → userid (None = empty).
     pub fn slot_users(&self) -> Vec<Option<String>> {
         let s = lock(&self.shared);
-        let Some(ev) = s.events.iter().rev().find(|e| e["type"] == "slots") else {
+        let Some(ev) = s.heard.events.iter().rev().find(|e| e["type"] == "slots") else {
             return vec![];
         };
         ev["slots"]
@@ -598,7 +561,7 @@ impl Client {
     }
 
     pub fn socket_closed(&self) -> bool {
-        lock(&self.shared).closed
+        lock(&self.shared).heard.closed
     }
 
     /// Closes the signalling socket only; media continues.

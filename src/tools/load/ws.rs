@@ -1,15 +1,20 @@
 //! The WebSocket side both load clients share (the webrtc-rs one in [`super::client`] and the
 //! light one in [`super::light`]): opening `/connect` with a claim, a writer task both the
-//! client and its handler can send through, and the wait for the answer.
+//! client and its handler can send through, the reader of what the server says, and the wait
+//! for the answer.
 
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
+use rtc::peer_connection::transport::RTCIceCandidateInit;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use super::frames::Incoming;
 use crate::wire::identity::Identity;
 
 /// The client's WebSocket to `/connect`.
@@ -64,4 +69,65 @@ pub(crate) async fn await_answer(
             Err(_) => bail!("no answer within 20 s"),
         },
     )
+}
+
+/// What a client keeps of the server's frames besides the answer.
+#[derive(Default)]
+pub(crate) struct Heard {
+    pub(crate) events: Vec<serde_json::Value>,
+    pub(crate) errors: Vec<serde_json::Value>,
+    /// The socket closed.
+    pub(crate) closed: bool,
+}
+
+/// Spawns the reader: the answer goes to the returned oneshot, candidates to `on_ice`, events
+/// and errors to the [`Heard`] part of the client's `shared` state (`heard_of` says which).
+/// `legacy`: the client offered raw SDP, so a raw SDP frame is its answer.
+pub(crate) fn spawn_reader<S, F, Fut>(
+    mut ws_stream: futures_util::stream::SplitStream<Ws>,
+    legacy: bool,
+    shared: Arc<Mutex<S>>,
+    heard_of: fn(&mut S) -> &mut Heard,
+    mut on_ice: F,
+) -> oneshot::Receiver<Result<String, String>>
+where
+    S: Send + 'static,
+    F: FnMut(RTCIceCandidateInit) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let (answer_tx, answer_rx) = oneshot::channel::<Result<String, String>>();
+    tokio::spawn(async move {
+        let mut answer_tx = Some(answer_tx);
+        let lock = || shared.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(Ok(msg)) = ws_stream.next().await {
+            let text = match msg {
+                Message::Text(t) => t,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            match Incoming::read(text.as_str(), legacy) {
+                Incoming::Answer(sdp) => {
+                    if let Some(tx) = answer_tx.take() {
+                        let _ = tx.send(Ok(sdp));
+                    }
+                }
+                Incoming::Ice(init) => on_ice(init).await,
+                Incoming::Event(v) => heard_of(&mut lock()).events.push(v),
+                Incoming::Error(v) => {
+                    // Under the lock: whoever the refusal wakes finds it in `errors`.
+                    let mut s = lock();
+                    if let Some(tx) = answer_tx.take() {
+                        let _ = tx.send(Err(v.to_string()));
+                    }
+                    heard_of(&mut s).errors.push(v);
+                }
+                Incoming::Ignored => {}
+            }
+        }
+        heard_of(&mut lock()).closed = true;
+        if let Some(tx) = answer_tx.take() {
+            let _ = tx.send(Err("socket closed before the answer".into()));
+        }
+    });
+    answer_rx
 }

@@ -38,25 +38,22 @@ use rtc::peer_connection::transport::{
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 pub use driver::LightDriver;
 use driver::{Mic, NewPeer};
 
 use super::client::{ClientOptions, StreamStats, ssrcs_by_mid};
-use super::frames::Incoming;
-use super::ws::{Ws, await_answer, open_websocket, spawn_writer};
+use super::ws::{Heard, await_answer, open_websocket, spawn_reader, spawn_writer};
 use crate::media::sdp::Offer;
 use crate::worker::peer::{audio_media_engine, opus_media_track};
 
 /// What one connection has seen, written by the driver and read by loadgen.
 #[derive(Default)]
 pub(crate) struct Shared {
-    pub(crate) events: Vec<serde_json::Value>,
-    pub(crate) errors: Vec<serde_json::Value>,
+    pub(crate) heard: Heard,
     pub(crate) streams: std::collections::HashMap<u32, StreamStats>,
-    pub(crate) closed: bool,
     pub(crate) connected_at: Option<Instant>,
     pub(crate) ice_connected_at: Option<Instant>,
     pub(crate) first_packet_at: Option<Instant>,
@@ -117,50 +114,6 @@ fn offer_with_mic(
     Ok((pc, sdp, mic))
 }
 
-/// Spawns the reader: answer → the returned oneshot; ice → the driver's connection `key`;
-/// events and errors → shared.
-fn spawn_reader(
-    mut ws_stream: futures_util::stream::SplitStream<Ws>,
-    driver: LightDriver,
-    key: u64,
-    shared: Arc<Mutex<Shared>>,
-) -> oneshot::Receiver<Result<String, String>> {
-    let (answer_tx, answer_rx) = oneshot::channel::<Result<String, String>>();
-    tokio::spawn(async move {
-        let mut answer_tx = Some(answer_tx);
-        while let Some(Ok(msg)) = ws_stream.next().await {
-            let text = match msg {
-                Message::Text(t) => t,
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            match Incoming::read(text.as_str(), false) {
-                Incoming::Answer(sdp) => {
-                    if let Some(tx) = answer_tx.take() {
-                        let _ = tx.send(Ok(sdp));
-                    }
-                }
-                Incoming::Ice(init) => driver.add_remote_candidate(key, init),
-                Incoming::Event(v) => lock(&shared).events.push(v),
-                Incoming::Error(v) => {
-                    // Under the lock: whoever the refusal wakes finds it in `errors`.
-                    let mut s = lock(&shared);
-                    if let Some(tx) = answer_tx.take() {
-                        let _ = tx.send(Err(v.to_string()));
-                    }
-                    s.errors.push(v);
-                }
-                Incoming::Ignored => {}
-            }
-        }
-        lock(&shared).closed = true;
-        if let Some(tx) = answer_tx.take() {
-            let _ = tx.send(Err("socket closed before the answer".into()));
-        }
-    });
-    answer_rx
-}
-
 impl LightClient {
     /// Connects, offers, applies the answer and hands the connection to `driver`; returns
     /// once the answer is applied (ICE may still be checking), as the full client does.
@@ -175,7 +128,17 @@ impl LightClient {
         let (mut pc, sdp, mic) = offer_with_mic(&opts, local)?;
         let key = driver.next_key();
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let answer_rx = spawn_reader(ws_stream, driver.clone(), key, shared.clone());
+        let reader_driver = driver.clone();
+        let answer_rx = spawn_reader(
+            ws_stream,
+            false,
+            shared.clone(),
+            |s: &mut Shared| &mut s.heard,
+            move |init| {
+                reader_driver.add_remote_candidate(key, init);
+                std::future::ready(())
+            },
+        );
         ws_out
             .send(Message::text(format!("offer::{sdp}")))
             .map_err(|_| anyhow!("websocket closed"))?;
@@ -280,11 +243,11 @@ impl LightClient {
     }
 
     pub fn events(&self) -> Vec<serde_json::Value> {
-        lock(&self.shared).events.clone()
+        lock(&self.shared).heard.events.clone()
     }
 
     pub fn errors(&self) -> Vec<serde_json::Value> {
-        lock(&self.shared).errors.clone()
+        lock(&self.shared).heard.errors.clone()
     }
 
     /// Closes the peer connection (DTLS close_notify) and the signalling socket.
