@@ -665,3 +665,21 @@ fn a_client_without_a_socket_is_forgotten_with_its_dead_worker() {
     }
     assert_eq!(r.core.client_count(), 0);
 }
+
+/// The demo's broadcasts reach the sockets of clients in the call, not of one that joined and
+/// has not offered yet (a seed-era client would take the event for its answer).
+#[test]
+fn broadcasts_reach_only_clients_that_have_offered() {
+    let mut rig = Rig::new();
+    let (a, b) = (client("a"), client("b"));
+    let room = conv("room");
+    let (sa, sb) = (rig.socket(&a, 0), rig.socket(&b, 0));
+    rig.join_and_offer(&a, &room, 10);
+    rig.core.join(&b, &room, rig.at(20));
+    assert_eq!(rig.core.sockets_in(&room), vec![sa]);
+    let state = rig.core.offer(&b, "v=0".into(), rig.at(30)).unwrap();
+    assert_eq!(state, OfferState::Dispatched);
+    let mut sockets = rig.core.sockets_in(&room);
+    sockets.sort_unstable();
+    assert_eq!(sockets, vec![sa, sb]);
+}

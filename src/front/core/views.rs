@@ -93,12 +93,14 @@ impl Core {
         rows
     }
 
-    /// The sockets of every client joined to `conversation` (the demo page's broadcasts).
+    /// The sockets of every client in `conversation`'s call (the demo page's broadcasts):
+    /// joined and with a session, so its offer has come. Not before: a seed-era client (raw
+    /// SDP offer) understands no frame but its answer, and is known to be one only by its offer.
     #[cfg(feature = "demo")]
     pub fn sockets_in(&self, conversation: &ConversationId) -> Vec<u64> {
         self.clients
             .values()
-            .filter(|c| c.conversation.as_ref() == Some(conversation))
+            .filter(|c| c.conversation.as_ref() == Some(conversation) && c.session.is_some())
             .filter_map(|c| c.socket)
             .collect()
     }
