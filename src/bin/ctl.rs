@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use beep_webrtc::tools::ctl::{CtlError, ask, workers_table};
+use beep_webrtc::tools::ctl::{CtlError, ask, cluster_table, workers_table};
 use beep_webrtc::wire::admin::{AdminRequest, AdminResponse};
 use clap::{Parser, Subcommand};
 
@@ -35,6 +35,8 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Several hosts: the nodes (live, load, address) and which node holds each conversation.
+    Cluster,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -59,6 +61,7 @@ async fn run(args: &Args, socket: &std::path::Path) -> Result<(), CtlError> {
             conversation: conversation.clone(),
         },
         Command::Drain { .. } => AdminRequest::Drain,
+        Command::Cluster => AdminRequest::Cluster,
     };
     let answer = ask(socket, &request).await?;
     if args.json {
@@ -70,6 +73,7 @@ async fn run(args: &Args, socket: &std::path::Path) -> Result<(), CtlError> {
             AdminResponse::Draining { conversations } => {
                 serde_json::json!({"draining": true, "conversations": conversations})
             }
+            AdminResponse::Cluster(view) => serde_json::json!(view),
             AdminResponse::Error { message } => serde_json::json!({"error": message}),
         };
         println!("{json}");
@@ -83,6 +87,7 @@ async fn run(args: &Args, socket: &std::path::Path) -> Result<(), CtlError> {
             AdminResponse::Draining { conversations } => {
                 println!("draining: no new conversations; {conversations} still going")
             }
+            AdminResponse::Cluster(view) => print!("{}", cluster_table(view)),
             AdminResponse::Error { message } => println!("{message}"),
         }
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::wire::ipc::{BiteConfig, MediaConfig};
 
+pub mod cluster;
 mod lookup;
 pub mod settings;
 use lookup::{Lookup, err};
@@ -85,6 +86,8 @@ pub struct Config {
     pub ws_send_queue: usize,
     /// A frame that cannot be written to the socket within this disconnects the client.
     pub ws_send_timeout: Duration,
+    /// Several hosts (`CLUSTER`); `None` on a single host.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// Bite settings; each worker gets them, with its own spool directory, in `Init`.
@@ -215,6 +218,7 @@ impl Config {
             ws_idle: l.millis("WS_IDLE_MS")?,
             ws_send_queue: l.num("WS_SEND_QUEUE")? as usize,
             ws_send_timeout: l.millis("WS_SEND_TIMEOUT_MS")?,
+            cluster: cluster::cluster(&l, cluster::hostname)?,
         })
     }
 

@@ -132,6 +132,10 @@ pub const SETTINGS: &[Setting] = &[
     number("WORKER_HEARTBEAT_MS", 10 * SECOND, 3 * SECOND, 600 * SECOND),
     number("WORKER_ORPHAN_GRACE_MS", 60 * SECOND, SECOND, HOUR),
     number("DRAIN_TIMEOUT_MS", 5 * SECOND, 0, HOUR),
+    text("CLUSTER", "off"),
+    derived("NODE_ID"),
+    text("CLUSTER_BUCKET", "beep-webrtc"),
+    number("CLUSTER_NODE_TTL_MS", 6 * SECOND, SECOND, 600 * SECOND),
 ];
 
 /// What the environment may hold that is not a setting of ours but feeds a default

@@ -32,7 +32,7 @@ async fn answer(stream: tokio::net::UnixStream, front: Arc<Front>) {
     let request =
         tokio::time::timeout(Duration::from_secs(5), frame::read_frame(&mut r, &mut buf)).await;
     let response = match request {
-        Ok(Ok(req)) => handle(&front, req),
+        Ok(Ok(req)) => handle(&front, req).await,
         Ok(Err(e)) => AdminResponse::Error {
             message: format!("unreadable request: {e}"),
         },
@@ -41,7 +41,7 @@ async fn answer(stream: tokio::net::UnixStream, front: Arc<Front>) {
     let _ = frame::write_frame(&mut w, &response).await;
 }
 
-fn handle(front: &Front, request: AdminRequest) -> AdminResponse {
+async fn handle(front: &Front, request: AdminRequest) -> AdminResponse {
     tracing::info!("admin: {request:?}");
     match request {
         AdminRequest::Workers => AdminResponse::Workers(front.worker_rows()),
@@ -56,6 +56,12 @@ fn handle(front: &Front, request: AdminRequest) -> AdminResponse {
         },
         AdminRequest::Drain => AdminResponse::Draining {
             conversations: front.drain(),
+        },
+        AdminRequest::Cluster => match &front.cluster {
+            Some(cluster) => AdminResponse::Cluster(cluster.view().await),
+            None => AdminResponse::Error {
+                message: "CLUSTER is off: this host runs alone (README \"Several hosts\")".into(),
+            },
         },
     }
 }

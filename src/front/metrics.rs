@@ -33,6 +33,10 @@ const LATENCY_BUCKETS_S: [f64; 13] = [
 pub struct Metrics {
     /// Offers dispatched to workers.
     pub offers: Counter,
+    /// Several hosts: offers relayed to the node that holds their conversation.
+    pub relayed_offers: Counter,
+    /// Several hosts: nodes this one saw die (liveness expired, or a relayed offer unheard).
+    pub nodes_lost: Counter,
     /// Worker processes started.
     pub workers_spawned: Counter,
     /// Workers that exited while they had members.
@@ -56,6 +60,8 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             offers: Counter::default(),
+            relayed_offers: Counter::default(),
+            nodes_lost: Counter::default(),
             workers_spawned: Counter::default(),
             worker_failures: Counter::default(),
             worker_restarts: Counter::default(),
@@ -104,6 +110,16 @@ impl Metrics {
         let mut registry = Registry::default();
         let counters = [
             ("beep_offers", "Offers dispatched to workers", &self.offers),
+            (
+                "beep_relayed_offers",
+                "Offers relayed to the node that holds their conversation (several hosts)",
+                &self.relayed_offers,
+            ),
+            (
+                "beep_nodes_lost",
+                "Nodes of the cluster this one saw die (several hosts)",
+                &self.nodes_lost,
+            ),
             (
                 "beep_workers_spawned",
                 "Worker processes started",
@@ -501,6 +517,8 @@ mod tests {
             ("beep_workers", "gauge"),
             ("beep_peers", "gauge"),
             ("beep_offers_total", "counter"),
+            ("beep_relayed_offers_total", "counter"),
+            ("beep_nodes_lost_total", "counter"),
             ("beep_workers_spawned_total", "counter"),
             ("beep_worker_failures_total", "counter"),
             ("beep_worker_restarts_total", "counter"),

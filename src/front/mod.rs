@@ -16,6 +16,7 @@
 //! | `rates` | the sliding minute behind the join, offer and new-conversation rates |
 //! | [`bites`] | replays of dead workers' spools; front's NATS connection |
 //! | `demo` | development only (cargo feature `demo`): the demo page's bite list and `/bites/…` audio |
+//! | [`cluster`] | several hosts: placement in NATS key-value, node liveness and load, signalling relayed to the node that holds a conversation |
 //! | [`supervisor`] | spawning, connecting and watching one worker process |
 //! | [`metrics`] | `/metrics`: front's counters and the workers' totals, via prometheus-client |
 //! | [`notify`] | systemd notifications (`READY=1`, `RELOADING=1`, `STOPPING=1`, watchdog); no-ops outside systemd |
@@ -25,6 +26,7 @@
 
 pub mod admin;
 pub mod bites;
+pub mod cluster;
 pub mod conversation;
 pub mod core;
 #[cfg(feature = "demo")]

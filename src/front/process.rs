@@ -14,6 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
 use crate::front::bites::BiteReplays;
+use crate::front::cluster::Cluster;
 use crate::front::state::Front;
 use crate::front::supervisor::{self, LISTEN_FD_ENV};
 use crate::front::tasks::Tasks;
@@ -53,7 +54,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<Exit> {
     }
     let tasks = Tasks::default();
     let bites = BiteReplays::start(&cfg, tasks.clone()).await;
-    let front = Front::new(cfg, bites, tasks.clone()).context("permissions HTTP client")?;
+    let cluster = Cluster::connect(&cfg).await.context("CLUSTER: NATS")?;
+    let front = Front::new(cfg, bites, cluster.clone(), tasks.clone())
+        .context("permissions HTTP client")?;
 
     // Workers connect to this socket; those a previous front left running come back to it.
     let expected: Vec<_> = supervisor::running_orphans(&front.cfg.pid_dir())
@@ -69,6 +72,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<Exit> {
     tasks.spawn(admin::serve(admin_socket, front.clone()));
 
     spawn_periodic_tasks(&front, &tasks);
+    if let Some(cluster) = &cluster {
+        cluster.start(&front);
+    }
 
     #[cfg_attr(not(feature = "demo"), allow(unused_mut))]
     let mut app = http::router(front.clone());
@@ -235,10 +241,15 @@ async fn stop(front: &Front, stop_http: tokio::sync::oneshot::Sender<()>) {
         let _ = tokio::time::timeout(deadline, front.drained.notified()).await;
     }
     let _ = stop_http.send(());
+    let held = front.cluster_load().3;
     // Every supervisor kills its worker if it has not exited 5 s after Shutdown, so this
     // normally ends well within the bound.
     if !front.shutdown_workers(SHUTDOWN_WAIT).await {
         tracing::warn!("workers still running after {SHUTDOWN_WAIT:?}; exiting anyway");
+    }
+    // The others place this node's conversations anew at once, not after the TTL.
+    if let Some(cluster) = &front.cluster {
+        cluster.leave(held).await;
     }
     // Then everything else: the sockets' accept loops and their connections, HTTP
     // connections, housekeeping, replays.

@@ -18,25 +18,43 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 
 use super::bites::BiteReplays;
+use super::cluster::Cluster;
 use super::conversation::{Control, CrashPolicy};
-use super::core::{Command, Core, Limits, Tally};
+use super::core::{Command, Core, Limits, Placement, Tally};
 use super::metrics::Metrics;
 use super::permissions::{PermissionClient, Verdict};
 use super::supervisor::{self, Pending, WorkerEvents, WorkerSpec};
 use super::tasks::Tasks;
 use crate::config::Config;
 use crate::wire::identity::Identity;
-use crate::wire::ids::{ConversationId, Generation};
+use crate::wire::ids::{ConversationId, Generation, NodeId};
 use crate::wire::signal::SignalError;
 
 pub use super::core::{JoinError, OfferState};
 pub use super::outbox::{Out, SocketTx};
 
+/// Where the frames for one of the core's sockets go.
+pub(super) enum Route {
+    /// A WebSocket of this front: its queue.
+    Local(SocketTx),
+    /// Several hosts: a client's socket on another node's front, which relayed it here.
+    Remote(RemoteSocket),
+}
+
+/// A socket on another node's front (several hosts).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RemoteSocket {
+    pub node: NodeId,
+    pub socket: u64,
+}
+
 /// The core and the channels its commands go through: what the state lock guards.
 pub(super) struct Shell {
     pub core: Core,
-    /// Each attached socket's queue, by the id the core knows it by.
-    sockets: HashMap<u64, SocketTx>,
+    /// Each attached socket's route, by the id the core knows it by.
+    pub sockets: HashMap<u64, Route>,
+    /// Several hosts: the core's id of each socket relayed in from another node, and whose.
+    pub relayed_in: HashMap<RemoteSocket, (u64, Identity)>,
     /// Each supervised worker's control channel, until it is gone.
     pub links: HashMap<Generation, UnboundedSender<Control>>,
 }
@@ -60,12 +78,15 @@ pub struct Front {
     me: Weak<Front>,
     /// Every task front spawns (but the supervisors), stopped together at exit.
     pub tasks: Tasks,
+    /// Several hosts: this node's link to the cluster; `None` with `CLUSTER` off.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Front {
     pub fn new(
         cfg: Config,
         bites: Option<Arc<BiteReplays>>,
+        cluster: Option<Arc<Cluster>>,
         tasks: Tasks,
     ) -> Result<Arc<Front>, reqwest::Error> {
         let permissions = PermissionClient::new(
@@ -89,7 +110,10 @@ impl Front {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64)
             .max(1);
-        let core = Core::new(Limits::of(&cfg), CrashPolicy::default(), first_id);
+        let mut core = Core::new(Limits::of(&cfg), CrashPolicy::default(), first_id);
+        if cluster.is_some() {
+            core = core.clustered();
+        }
         Ok(Arc::new_cyclic(|me| Front {
             cfg,
             metrics: Metrics::default(),
@@ -97,6 +121,7 @@ impl Front {
             shell: Mutex::new(Shell {
                 core,
                 sockets: HashMap::new(),
+                relayed_in: HashMap::new(),
                 links: HashMap::new(),
             }),
             spec,
@@ -106,6 +131,7 @@ impl Front {
             bites,
             me: me.clone(),
             tasks,
+            cluster,
         }))
     }
 
@@ -131,9 +157,39 @@ impl Front {
     pub(super) fn execute(&self, shell: &mut Shell) {
         for command in shell.core.take_commands() {
             match command {
-                Command::Socket(id, out) => {
-                    if let Some(tx) = shell.sockets.get(&id) {
+                Command::Socket(id, out) => match shell.sockets.get(&id) {
+                    Some(Route::Local(tx)) => {
                         let _ = tx.send(out);
+                    }
+                    Some(Route::Remote(to)) => {
+                        if let Some(cluster) = &self.cluster {
+                            cluster.deliver(to, out);
+                        }
+                    }
+                    None => {}
+                },
+                Command::Place {
+                    conversation,
+                    claim_here,
+                } => match &self.cluster {
+                    Some(cluster) => cluster.place(conversation, claim_here),
+                    None => shell
+                        .core
+                        .placed(&conversation, Placement::Here, Instant::now()),
+                },
+                Command::Release(conversation) => {
+                    if let Some(cluster) = &self.cluster {
+                        cluster.release(conversation);
+                    }
+                }
+                Command::Relay {
+                    node,
+                    socket,
+                    who,
+                    msg,
+                } => {
+                    if let Some(cluster) = &self.cluster {
+                        cluster.relay(node, socket, who, msg);
                     }
                 }
                 Command::Worker(generation, control) => {
@@ -156,6 +212,7 @@ impl Front {
         let m = &self.metrics;
         match tally {
             Tally::Offer => m.offers.inc(),
+            Tally::RelayedOffer => m.relayed_offers.inc(),
             Tally::WorkerSpawned => m.workers_spawned.inc(),
             Tally::HeartbeatKill => m.heartbeat_kills.inc(),
             Tally::OfferTimeout => m.offer_timeouts.inc(),
@@ -195,7 +252,7 @@ impl Front {
     pub fn attach_socket(&self, who: &Identity, tx: SocketTx) -> Result<u64, SignalError> {
         let mut shell = self.lock();
         let id = shell.core.next_id();
-        shell.sockets.insert(id, tx);
+        shell.sockets.insert(id, Route::Local(tx));
         let attached = shell.core.attach_socket(who, id, Instant::now());
         self.execute(&mut shell);
         if attached.is_err() {
@@ -311,7 +368,7 @@ impl Front {
     ) {
         let shell = self.lock();
         for id in shell.core.sockets_in(conversation) {
-            if let Some(tx) = shell.sockets.get(&id) {
+            if let Some(Route::Local(tx)) = shell.sockets.get(&id) {
                 let _ = tx.send(Out::event(event.clone()));
             }
         }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::wire::admin::{AdminRequest, AdminResponse, WorkerRow};
+use crate::wire::admin::{AdminRequest, AdminResponse, ClusterView, WorkerRow};
 use crate::wire::frame::{self, FrameError};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +73,46 @@ pub fn workers_table(rows: &[WorkerRow]) -> String {
             w.cpu_s,
             w.rss_kib / 1024
         ));
+    }
+    out
+}
+
+/// `ctl cluster` as two tables: the nodes, then which node holds each conversation.
+pub fn cluster_table(view: &ClusterView) -> String {
+    let mut out = format!(
+        "{:<20} {:<5} {:>7} {:>7} {:>6} {:>5} {:<8} {:<16} {}\n",
+        "NODE", "LIVE", "HEARD", "WORKERS", "PEERS", "CPU", "DRAINING", "MEDIA", "LISTEN"
+    );
+    for n in &view.nodes {
+        let me = if n.node == view.me {
+            " (this node)"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "{:<20} {:<5} {:>6.1}s {:>7} {:>6} {:>4.0}% {:<8} {:<16} {}{me}\n",
+            n.node,
+            if n.alive { "yes" } else { "no" },
+            n.age_ms as f64 / 1000.0,
+            n.workers,
+            n.peers,
+            n.cpu * 100.0,
+            if n.draining { "yes" } else { "no" },
+            n.media_ip.as_deref().unwrap_or("-"),
+            n.listen
+        ));
+    }
+    out.push_str(&format!("\n{:<32} {}\n", "CONVERSATION", "NODE"));
+    for (conversation, node) in &view.conversations {
+        let dead = if view.nodes.iter().any(|n| n.node == *node && n.alive) {
+            ""
+        } else {
+            "  (not live: placed anew at the next offer)"
+        };
+        out.push_str(&format!("{conversation:<32} {node}{dead}\n"));
+    }
+    if let Some(e) = &view.error {
+        out.push_str(&format!("(conversations not listed: {e})\n"));
     }
     out
 }

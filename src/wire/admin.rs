@@ -16,6 +16,8 @@ pub enum AdminRequest {
     Restart { conversation: String },
     /// Take no new conversations; exit once the existing ones have ended.
     Drain,
+    /// Several hosts: the nodes this one hears, their load, and which conversation each holds.
+    Cluster,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,6 +30,7 @@ pub enum AdminResponse {
     Draining {
         conversations: usize,
     },
+    Cluster(ClusterView),
     /// The request could not be carried out; `message` says why, for people.
     Error {
         message: String,
@@ -49,4 +52,33 @@ pub struct WorkerRow {
     /// CPU seconds (user + system) and resident memory, from `/proc`.
     pub cpu_s: f64,
     pub rss_kib: u64,
+}
+
+/// The cluster as one node sees it (`ctl cluster`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The node that answered.
+    pub me: String,
+    pub nodes: Vec<NodeRow>,
+    /// (conversation, node holding it), sorted; the first 500.
+    pub conversations: Vec<(String, String)>,
+    /// Why the conversations could not be listed (NATS), if they could not.
+    pub error: Option<String>,
+}
+
+/// One node as `ctl cluster` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeRow {
+    pub node: String,
+    /// Heard from within the TTL.
+    pub alive: bool,
+    /// Since its last refresh was heard.
+    pub age_ms: u64,
+    pub workers: u32,
+    pub peers: u32,
+    /// The host's busy CPU, 0 to 1.
+    pub cpu: f32,
+    pub draining: bool,
+    pub media_ip: Option<String>,
+    pub listen: String,
 }

@@ -105,6 +105,70 @@ impl std::fmt::Display for ConversationId {
     }
 }
 
+/// One node of a cluster (`NODE_ID`; SPEC §7): a host's front and its workers. It becomes a
+/// NATS subject token and a key-value key, hence the alphabet of a conversation id, shorter.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeId(String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid node id: expected 1-64 characters of A-Z a-z 0-9 _ -")]
+pub struct BadNodeId;
+
+impl NodeId {
+    pub fn parse(id: &str) -> Result<NodeId, BadNodeId> {
+        let valid = (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if valid {
+            Ok(NodeId(id.to_owned()))
+        } else {
+            Err(BadNodeId)
+        }
+    }
+
+    /// A node id from a host name: every character outside the alphabet (the dots of a
+    /// fully qualified name) becomes `-`, and it is cut to 64 characters.
+    pub fn from_hostname(host: &str) -> Result<NodeId, BadNodeId> {
+        let id: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(64)
+            .collect();
+        NodeId::parse(&id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for NodeId {
+    type Error = BadNodeId;
+    fn try_from(id: String) -> Result<Self, Self::Error> {
+        NodeId::parse(&id)
+    }
+}
+
+impl From<NodeId> for String {
+    fn from(id: NodeId) -> String {
+        id.0
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +202,24 @@ mod tests {
         assert!(
             postcard::from_bytes::<ConversationId>(&postcard::to_stdvec("a/b").unwrap()).is_err()
         );
+    }
+
+    #[test]
+    fn node_ids_are_subject_tokens_and_host_names_become_one() {
+        assert_eq!(NodeId::parse("node-a_1").unwrap().as_str(), "node-a_1");
+        for bad in ["", "a.b", "a*", "a>", "a b", &"x".repeat(65)] {
+            assert_eq!(NodeId::parse(bad), Err(BadNodeId), "{bad:?}");
+        }
+        let host = NodeId::from_hostname("sfu-1.eu.example.org").unwrap();
+        assert_eq!(host.as_str(), "sfu-1-eu-example-org");
+        assert_eq!(
+            NodeId::from_hostname(&"h".repeat(80))
+                .unwrap()
+                .as_str()
+                .len(),
+            64
+        );
+        assert!(NodeId::from_hostname("").is_err());
+        assert!(serde_json::from_str::<NodeId>("\"a.b\"").is_err());
     }
 }

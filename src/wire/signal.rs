@@ -64,7 +64,7 @@ impl ErrorCode {
 }
 
 /// An `error::` frame: code plus a sentence for people.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error, Serialize, Deserialize)]
 #[error("{}: {message}", code.as_str())]
 pub struct SignalError {
     pub code: ErrorCode,
@@ -156,8 +156,10 @@ fn parse_ice(payload: &str) -> Result<Option<String>, SignalError> {
     }
 }
 
-/// A frame for the client; [`ServerFrame::to_text`] writes it.
-#[derive(Clone, Debug, PartialEq)]
+/// A frame for the client; [`ServerFrame::to_text`] writes it. The serde derive is the
+/// relay's form (a frame for a client whose socket is on another node crosses NATS as this
+/// value, in postcard: [`super::relay`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ServerFrame {
     /// `answer::<sdp>`.
     Answer { sdp: String },
@@ -285,6 +287,9 @@ pub enum ReconnectReason {
     PeerConnectionClosed,
     /// Handling its connection failed inside the worker (a contained panic).
     PeerConnectionError,
+    /// The node that held its conversation is gone (several hosts: its liveness expired, or
+    /// it did not take a relayed message); the next offer places the conversation anew.
+    NodeLost,
 }
 
 impl ReconnectReason {
@@ -296,6 +301,7 @@ impl ReconnectReason {
             ReconnectReason::PeerConnectionFailed => "peer-connection-failed",
             ReconnectReason::PeerConnectionClosed => "peer-connection-closed",
             ReconnectReason::PeerConnectionError => "peer-connection-error",
+            ReconnectReason::NodeLost => "node-lost",
         }
     }
 }

@@ -74,6 +74,8 @@ pub fn free_tcp_port() -> u16 {
 /// A running `front`, killed (and its workers with it) when dropped.
 pub struct Front {
     pub child: Child,
+    /// The loopback address it listens on (127.0.0.1 unless started with [`Front::start_on`]).
+    pub host: String,
     pub port: u16,
     pub runtime_dir: tempfile::TempDir,
     pub http: reqwest::Client,
@@ -96,6 +98,11 @@ fn spawn_front(env: &[(String, String)], dir: &std::path::Path) -> Child {
 impl Front {
     /// Starts front with test defaults plus `extra` environment.
     pub async fn start(permissions: &str, extra: &[(&str, &str)]) -> Front {
+        Self::start_on("127.0.0.1", permissions, extra).await
+    }
+
+    /// Starts front listening, and its workers binding, on `host` (a loopback address).
+    pub async fn start_on(host: &str, permissions: &str, extra: &[(&str, &str)]) -> Front {
         let port = free_tcp_port();
         let runtime_dir = tempfile::tempdir().expect("tempdir");
         // front refuses a runtime directory others may enter (and never chmods one).
@@ -105,9 +112,9 @@ impl Front {
         )
         .expect("chmod 700 the runtime directory");
         let mut env: HashMap<&str, String> = HashMap::from([
-            ("LISTEN", format!("127.0.0.1:{port}")),
+            ("LISTEN", format!("{host}:{port}")),
             ("PERMISSIONS_HOST", permissions.to_string()),
-            ("RTC_BIND_IP", "127.0.0.1".into()),
+            ("RTC_BIND_IP", host.into()),
             ("RUNTIME_DIR", runtime_dir.path().display().to_string()),
             (
                 "STATE_DIR",
@@ -132,6 +139,7 @@ impl Front {
         let child = spawn_front(&env, runtime_dir.path());
         let front = Front {
             child,
+            host: host.into(),
             port,
             runtime_dir,
             http: reqwest::Client::new(),
@@ -189,11 +197,11 @@ impl Front {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}:{}{path}", self.host, self.port)
     }
 
     pub fn ws(&self, query: &str) -> String {
-        format!("ws://127.0.0.1:{}/connect{query}", self.port)
+        format!("ws://{}:{}/connect{query}", self.host, self.port)
     }
 
     pub async fn join(&self, user: &str, client: &str, conversation: &str) -> (u16, String) {

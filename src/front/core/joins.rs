@@ -47,6 +47,7 @@ impl Core {
         let client = self.clients.entry(who.clone()).or_default();
         if let Some(old) = client.socket.replace(socket) {
             // What the old socket left unfinished is not the new socket's to receive.
+            self.unlink_socket(who, old);
             self.drop_unanswered(who, now);
             self.commands.push(Command::Socket(
                 old,
@@ -81,6 +82,7 @@ impl Core {
             return;
         }
         client.socket = None;
+        self.unlink_socket(who, socket);
         self.drop_unanswered(who, now);
         // The entry itself stays until housekeeping: it remembers the join and the offer
         // rate limit across a reconnect.
@@ -142,10 +144,12 @@ impl Core {
     pub fn join(&mut self, who: &Identity, conversation: &ConversationId, now: Instant) {
         let client = self.clients.entry(who.clone()).or_default();
         if client.conversation.as_ref() != Some(conversation) {
-            let elsewhere = client
-                .session
-                .and_then(|id| self.sessions.get(&id))
-                .is_some_and(|s| s.conversation != *conversation);
+            // A relayed session is in the client's previous conversation.
+            let elsewhere = client.relay.is_some()
+                || client
+                    .session
+                    .and_then(|id| self.sessions.get(&id))
+                    .is_some_and(|s| s.conversation != *conversation);
             if elsewhere {
                 self.end_session(who, now);
                 self.send(
@@ -259,6 +263,10 @@ impl Core {
         let Some(client) = self.clients.get_mut(who) else {
             return;
         };
+        if client.relay.is_some() {
+            self.relay(who, crate::wire::relay::ToOwner::Ice { candidate });
+            return;
+        }
         match client
             .session
             .and_then(|id| self.sessions.get(&id).map(|s| (id, s)))
@@ -293,6 +301,22 @@ impl Core {
         };
         // A re-offer replaces the previous peer connection.
         self.end_session(who, now);
+        if self.cluster && !self.workers.contains_key(&conversation) {
+            self.park(who, conversation, sdp);
+            return;
+        }
+        self.dispatch_here(who, conversation, sdp, now);
+    }
+
+    /// Sends `who`'s offer to `conversation`'s worker on this node, starting one if there is
+    /// none.
+    pub(super) fn dispatch_here(
+        &mut self,
+        who: &Identity,
+        conversation: ConversationId,
+        sdp: String,
+        now: Instant,
+    ) {
         if let Some(e) = self.unavailable(&conversation, now) {
             self.send(who, Out::Fail(e));
             return;

@@ -15,6 +15,7 @@
 //! | [`table`] | the records: clients, the session table, worker records |
 //! | `joins` | sockets, joins, offers, candidates: how a client gets a session |
 //! | `workers` | what workers report, crashes, housekeeping, drain, restart, adoption |
+//! | `placement` | several hosts: an offer waits for its conversation's placement, then goes to the local worker or is relayed to the owner |
 //! | `views` | read-only answers for `/healthz`, `/metrics` and `ctl workers` |
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -24,18 +25,21 @@ use super::conversation::{Control, CrashHistory, CrashPolicy};
 use super::outbox::Out;
 use crate::config::Config;
 use crate::wire::identity::Identity;
-use crate::wire::ids::{ConversationId, Generation, SessionId};
+use crate::wire::ids::{ConversationId, Generation, NodeId, SessionId};
 use crate::wire::ipc::ToWorker;
+use crate::wire::relay::ToOwner;
 use crate::wire::signal::{ErrorCode, SignalError};
 use crate::wire::stats::WorkerStats;
 
 mod joins;
+mod placement;
 pub mod table;
 #[cfg(test)]
 mod tests;
 mod views;
 mod workers;
 
+pub use placement::Placement;
 use table::{Client, Session, WorkerRecord};
 
 /// How long a worker may take to answer an offer before it is killed as hung.
@@ -54,6 +58,21 @@ pub enum Command {
         generation: Generation,
         delay: Duration,
     },
+    /// Several hosts: find which node holds `conversation` (claiming it if nobody does, for
+    /// this node when `claim_here`), then tell [`Core::placed`].
+    Place {
+        conversation: ConversationId,
+        claim_here: bool,
+    },
+    /// Several hosts: `conversation` has no worker here any more; give up its claim.
+    Release(ConversationId),
+    /// Several hosts: pass this client's signalling to `node`, which holds its conversation.
+    Relay {
+        node: NodeId,
+        socket: u64,
+        who: Identity,
+        msg: ToOwner,
+    },
     /// Count this in `/metrics`.
     Count(Tally),
     /// Draining has nothing left to wait for.
@@ -64,6 +83,8 @@ pub enum Command {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tally {
     Offer,
+    /// An offer relayed to the node that holds its conversation.
+    RelayedOffer,
     WorkerSpawned,
     HeartbeatKill,
     OfferTimeout,
@@ -163,6 +184,10 @@ pub struct Core {
     new_conversations: HashMap<String, VecDeque<Instant>>,
     /// No new conversations (existing ones go on).
     draining: bool,
+    /// Several hosts (`CLUSTER`): a conversation without a worker here is placed first.
+    cluster: bool,
+    /// Conversations whose placement the shell is finding ([`Command::Place`]).
+    placing: HashSet<ConversationId>,
     commands: Vec<Command>,
 }
 
@@ -183,8 +208,17 @@ impl Core {
             adopted: HashSet::new(),
             new_conversations: HashMap::new(),
             draining: false,
+            cluster: false,
+            placing: HashSet::new(),
             commands: Vec::new(),
         }
+    }
+
+    /// A core of one node of several (`CLUSTER`): offers into a conversation that has no
+    /// worker here wait for its placement ([`Command::Place`]).
+    pub fn clustered(mut self) -> Core {
+        self.cluster = true;
+        self
     }
 
     /// The commands queued since the last call, in order.
@@ -255,8 +289,10 @@ impl Core {
         Some(s)
     }
 
-    /// Ends `who`'s current session, if any, and tells its worker to let it go.
+    /// Ends `who`'s current session, if any, and tells its worker (or the node that holds
+    /// it) to let it go.
     fn end_session(&mut self, who: &Identity, now: Instant) {
+        self.unlink(who, ToOwner::Leave);
         let Some(id) = self.clients.get(who).and_then(|c| c.session) else {
             return;
         };
@@ -276,6 +312,7 @@ impl Core {
         if let Some(w) = self.workers.remove(conversation) {
             self.tell_worker(w.generation, ToWorker::Shutdown);
             self.retiring.insert(w.generation, w.stats);
+            self.release(conversation);
         }
     }
 

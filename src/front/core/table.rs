@@ -12,7 +12,7 @@ use std::time::Instant;
 use crate::front::conversation::WorkerState;
 use crate::front::rates::over_rate;
 use crate::wire::identity::Identity;
-use crate::wire::ids::{ConversationId, Generation, SessionId};
+use crate::wire::ids::{ConversationId, Generation, NodeId, SessionId};
 use crate::wire::signal::{ErrorCode, SignalError, SlotInfo};
 use crate::wire::stats::WorkerStats;
 
@@ -45,6 +45,22 @@ pub struct Client {
     pub join_covers_offer: bool,
     /// The last `slots` event of its session, for a socket that reconnects.
     pub last_slots: Option<Vec<SlotInfo>>,
+    /// Several hosts: its offer, waiting for its conversation's placement.
+    pub placing_offer: Option<String>,
+    /// Several hosts: the node that holds its session, and the socket its signalling is
+    /// relayed from; its candidates and its leaving go there.
+    pub relay: Option<RelayLink>,
+    /// Several hosts: it reaches this node through another node's front, so its conversation
+    /// must be held here (it is never relayed on).
+    pub relayed_in: bool,
+}
+
+/// Where a client's signalling is relayed to (several hosts).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RelayLink {
+    pub node: NodeId,
+    /// Its socket on this node, whose frames the owner delivers back.
+    pub socket: u64,
 }
 
 impl Client {
@@ -61,12 +77,13 @@ impl Client {
 
     /// Counts against the user's session limit.
     pub fn active(&self) -> bool {
-        self.socket.is_some() || self.session.is_some()
+        self.socket.is_some() || self.session.is_some() || self.relay.is_some()
     }
 
     /// Forgets an offer still waiting for its join, and its candidates.
     pub fn forget_pending(&mut self) {
         self.pending_offer = None;
+        self.placing_offer = None;
         self.pending_ice.clear();
         self.pending_ice_bytes = 0;
     }

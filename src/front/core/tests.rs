@@ -13,6 +13,8 @@ use crate::wire::ipc::{Adoption, CloseReason, ToFront, ToWorker};
 use crate::wire::signal::{ErrorCode, Event, ReconnectReason, ServerFrame, SlotInfo};
 use crate::wire::stats::WorkerStats;
 
+mod cluster;
+
 const JOIN_TIMEOUT: Duration = Duration::from_secs(2);
 const IDLE: Duration = Duration::from_secs(5);
 

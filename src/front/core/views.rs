@@ -19,6 +19,21 @@ impl Core {
         self.draining
     }
 
+    /// What this node carries, as it tells the cluster: workers and sessions.
+    pub fn load(&self) -> (usize, usize) {
+        (self.workers.len(), self.sessions.len())
+    }
+
+    /// The conversations whose worker here serves (not one being stopped): what this node
+    /// holds in the cluster's placement.
+    pub fn serving(&self) -> Vec<ConversationId> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| w.state != WorkerState::Stopping)
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
     /// How many conversations have a worker.
     pub fn worker_count(&self) -> usize {
         self.workers.len()

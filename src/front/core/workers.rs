@@ -132,6 +132,7 @@ impl Core {
         let Some(w) = self.workers.remove(conversation) else {
             return;
         };
+        self.release(conversation);
         self.retired.add_counters(&w.stats);
         let members: Vec<SessionId> = self
             .sessions
