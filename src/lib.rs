@@ -14,8 +14,8 @@
 //! | [`media`] | the pure core: SDP facts, speech, level audit, speaker selection, RTP rewriting, room routing | worker (front reads offers with it) |
 //! | [`worker`] | the worker process: its shell, the `rtc` engine, peer construction | worker |
 //! | [`publish`] | bites to NATS: the publisher task and the durable spool | worker (front replays dead workers' spools) |
-//! | [`front`] | front's core (the rules of sessions, joins and workers, sans I/O) and its async shell, HTTP routes, signalling sessions, permissions, supervisor, metrics | front |
-//! | [`wire`] | what crosses a process boundary: IPC messages and framing, signalling frames, identity, typed ids, stats | both |
+//! | [`front`] | front's core (the rules of sessions, joins and workers, sans I/O) and its async shell, HTTP routes, signalling sessions, permissions, supervisor, metrics, several hosts (`cluster`) | front |
+//! | [`wire`] | what crosses a process boundary: IPC messages and framing, signalling frames, identity, typed ids, stats, what the fronts of a cluster relay to each other | both |
 //! | [`config`] | settings from the environment / `.env`, validated at startup; every name, default and range in one table (`config::settings`) | front |
 //! | [`telemetry`] | tracing setup | both |
 //! | [`tools`] | the operator tools behind `ctl`, `bites` and `loadgen` (the last, with the test clients, under the feature `loadtools`) | their binaries, tests |

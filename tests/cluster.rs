@@ -4,7 +4,8 @@
 //! each other, and its worker runs on exactly one node; new conversations spread over both
 //! nodes; node A killed (front and workers), its conversation's members connected through B
 //! are told `reconnect`, re-offer, and hear each other again on B. With `CLUSTER` off nothing
-//! touches the key-value buckets.
+//! touches the key-value buckets. A `POST /join` on one front counts for a WebSocket on the
+//! other.
 //!
 //! The namespace: the scenario re-runs this test binary under `unshare --net` (root, as
 //! scripts/test runs), so the two nodes' addresses, ports and NATS are its own.
@@ -190,6 +191,22 @@ async fn two_nodes_share_conversations_and_a_dead_nodes_move() {
         "offer -> answer, median (p90) ms: through the owner's front {:.2} ({:.2}), relayed {:.2} ({:.2})",
         near[7], near[13], far[7], far[13]
     );
+
+    // A client whose POST /join lands on one front and its WebSocket on the other: the join
+    // reaches every front, and its waiting offer is answered.
+    for (join_at, socket_at) in [(&a, &b), (&b, &a)] {
+        let mut s = Signal::open(socket_at, "", "j1", "app").await;
+        s.send(&format!("offer::{OFFER}")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, body) = join_at.join("j1", "app", "c1").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            s.wait_for("answer::", T).await.is_some(),
+            "no answer on {} after a join on {}",
+            socket_at.host,
+            join_at.host
+        );
+    }
 
     // New conversations, all through A, spread over both nodes by load.
     let mut extra = Vec::new();

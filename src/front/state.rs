@@ -310,6 +310,10 @@ impl Front {
             })?;
         self.join(who, conversation);
         self.metrics.join_latency.observe(t0.elapsed());
+        // Its socket may be on another node (a load balancer owes us no affinity).
+        if let Some(cluster) = &self.cluster {
+            cluster.announce_join(who, conversation);
+        }
         Ok(())
     }
 

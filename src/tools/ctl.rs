@@ -97,7 +97,13 @@ pub fn cluster_table(view: &ClusterView) -> String {
             n.workers,
             n.peers,
             n.cpu * 100.0,
-            if n.draining { "yes" } else { "no" },
+            if n.draining {
+                "yes"
+            } else if n.full {
+                "full"
+            } else {
+                "no"
+            },
             n.media_ip.as_deref().unwrap_or("-"),
             n.listen
         ));

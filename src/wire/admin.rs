@@ -79,6 +79,7 @@ pub struct NodeRow {
     /// The host's busy CPU, 0 to 1.
     pub cpu: f32,
     pub draining: bool,
+    pub full: bool,
     pub media_ip: Option<String>,
     pub listen: String,
 }

@@ -8,6 +8,8 @@
 //!   a request: the owner acknowledges it on the reply subject at once, and no answer at all
 //!   (no responders, or silence) means the owner is gone.
 //! - owner → front, on `{bucket}.deliver.{front}`: [`Delivery`], a frame for that socket.
+//! - front → every front, on `{bucket}.joins`: [`Joined`], a join it took, so the client's
+//!   socket may be on any node (`POST /join` and `GET /connect` need no affinity).
 //!
 //! Postcard with a version first, as on the worker channel: a node of another build is told
 //! apart, not misread. The permission check stays with the front that took the join (the owner
@@ -25,6 +27,11 @@ pub const RELAY_VERSION: u16 = 1;
 /// Where the owner of a conversation takes relayed signalling.
 pub fn owner_subject(bucket: &str, owner: &NodeId) -> String {
     format!("{bucket}.relay.{owner}")
+}
+
+/// Where every front hears the joins the others took.
+pub fn joins_subject(bucket: &str) -> String {
+    format!("{bucket}.joins")
 }
 
 /// Where a front takes the frames owners deliver for its sockets.
@@ -61,6 +68,15 @@ pub enum ToOwner {
     Detach,
 }
 
+/// A join one front took (its permission checked there), told to every other: the client's
+/// WebSocket may be on any of them, now or after a reconnect.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Joined {
+    pub front: NodeId,
+    pub who: Identity,
+    pub conversation: ConversationId,
+}
+
 /// A frame for a client's socket on its front.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {
@@ -89,6 +105,8 @@ pub struct NodeInfo {
     pub cpu: f32,
     /// It takes no new conversations.
     pub draining: bool,
+    /// It runs `MAX_WORKERS` conversations: it takes no new one either.
+    pub full: bool,
     /// The address its workers announce (`PUBLIC_IP`, else `RTC_BIND_IP`), if set.
     pub media_ip: Option<String>,
     /// Where its front listens.
@@ -157,6 +175,12 @@ mod tests {
             let d = Delivery { socket: 7, frame };
             assert_eq!(decode::<Delivery>(&encode(&d)).unwrap(), d);
         }
+        let joined = Joined {
+            front: msg.front.clone(),
+            who: msg.who.clone(),
+            conversation: ConversationId::parse("room").unwrap(),
+        };
+        assert_eq!(decode::<Joined>(&encode(&joined)).unwrap(), joined);
         let mut other = bytes.clone();
         other[0] = other[0].wrapping_add(1);
         assert!(matches!(

@@ -13,6 +13,8 @@
 //!   subjects per node ([`crate::wire::relay`]). The answer names the owner's media address,
 //!   so media goes straight there. The owner takes the client as one of its own, on a socket
 //!   that delivers back ([`crate::front::state::Route::Remote`]).
+//! - **Joins**: a front tells the others of each join it took (`{bucket}.joins`), so a
+//!   client's `POST /join` and its WebSocket may land on different hosts.
 //! - **Failover**: a dead owner's relayed clients are told `reconnect` by their own (live)
 //!   front; their next offers find the key naming a dead node and place the conversation
 //!   anew. A node that finds its claim on a conversation it serves taken (it was cut off and
@@ -42,7 +44,7 @@ use crate::front::core::Placement;
 use crate::wire::admin::{ClusterView, NodeRow};
 use crate::wire::identity::Identity;
 use crate::wire::ids::{ConversationId, NodeId};
-use crate::wire::relay::{self as wire, Delivered, Delivery, NodeInfo, Relayed, ToOwner};
+use crate::wire::relay::{self as wire, Delivered, Delivery, Joined, NodeInfo, Relayed, ToOwner};
 use nodes::NodeTable;
 use placement::Claim;
 
@@ -72,6 +74,7 @@ enum Job {
 enum Outgoing {
     Relay { node: NodeId, relayed: Relayed },
     Deliver { to: RemoteSocket, frame: Delivered },
+    Join(Joined),
 }
 
 pub struct Cluster {
@@ -206,6 +209,16 @@ impl Cluster {
         let _ = self.jobs.send(Job::Release(conversation));
     }
 
+    /// Tells every other front of a join this one took.
+    pub fn announce_join(&self, who: &Identity, conversation: &ConversationId) {
+        let joined = Joined {
+            front: self.cfg.node.clone(),
+            who: who.clone(),
+            conversation: conversation.clone(),
+        };
+        let _ = self.outgoing.send(Outgoing::Join(joined));
+    }
+
     /// Relays a client's signalling to `node`, which holds its conversation.
     pub fn relay(&self, node: NodeId, socket: u64, who: Identity, msg: ToOwner) {
         let relayed = Relayed {
@@ -237,6 +250,7 @@ impl Cluster {
         tasks.spawn(run_outgoing(self.clone(), front.clone(), outgoing));
         tasks.spawn(run_relayed_in(self.clone(), front.clone()));
         tasks.spawn(run_deliveries(self.clone(), front.clone()));
+        tasks.spawn(run_joins(self.clone(), front.clone()));
         tasks.spawn(run_refresh(self.clone(), front.clone()));
         tasks.spawn(run_watch(self.clone(), front.clone()));
     }
@@ -281,6 +295,7 @@ impl Cluster {
                 peers: v.info.peers,
                 cpu: v.info.cpu,
                 draining: v.info.draining,
+                full: v.info.full,
                 media_ip: v.info.media_ip,
                 listen: v.info.listen,
             })
@@ -393,6 +408,13 @@ async fn run_outgoing(
                     }
                 });
             }
+            Outgoing::Join(joined) => {
+                let subject = wire::joins_subject(&bucket);
+                let _ = cluster
+                    .nats
+                    .publish(subject, wire::encode(&joined).into())
+                    .await;
+            }
             Outgoing::Deliver { to, frame } => {
                 let subject = wire::front_subject(&bucket, &to.node);
                 let delivery = Delivery {
@@ -441,6 +463,22 @@ async fn run_deliveries(cluster: Arc<Cluster>, front: Arc<Front>) {
     }
 }
 
+/// Joins the other fronts took: the client's socket may be here.
+async fn run_joins(cluster: Arc<Cluster>, front: Arc<Front>) {
+    let subject = wire::joins_subject(&cluster.cfg.bucket);
+    let Ok(mut sub) = cluster.nats.subscribe(subject.clone()).await else {
+        tracing::error!(%subject, "cluster: cannot subscribe; joins taken elsewhere are not seen here");
+        return;
+    };
+    while let Some(msg) = sub.next().await {
+        match wire::decode::<Joined>(&msg.payload) {
+            Ok(j) if j.front != cluster.cfg.node => front.join(&j.who, &j.conversation),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%subject, "cluster: dropped a join: {e}"),
+        }
+    }
+}
+
 /// This node's liveness and load, every quarter of the TTL; the others' expiry; and now and
 /// then a check of this node's claims on the conversations it serves.
 async fn run_refresh(cluster: Arc<Cluster>, front: Arc<Front>) {
@@ -458,6 +496,7 @@ async fn run_refresh(cluster: Arc<Cluster>, front: Arc<Front>) {
             peers: peers as u32,
             cpu: cpu.busy(),
             draining,
+            full: workers >= front.cfg.max_workers,
             media_ip: cluster.media_ip.clone(),
             listen: cluster.listen.clone(),
         };

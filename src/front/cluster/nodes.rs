@@ -99,14 +99,14 @@ impl NodeTable {
                 .is_some_and(|h| now.saturating_duration_since(h.at) <= self.ttl)
     }
 
-    /// Where a new conversation goes: the live node, not draining, with the fewest
+    /// Where a new conversation goes: the live node, neither draining nor full, with the fewest
     /// conversations (those placed on it since its last refresh included), then the fewest
     /// peers, then the least busy CPU; ties go to the lowest id, so every node would choose
     /// the same. `None` when every live node drains.
     pub fn least_loaded(&self, now: Instant) -> Option<NodeId> {
         self.nodes
             .iter()
-            .filter(|(id, h)| self.alive(id, now) && !h.info.draining)
+            .filter(|(id, h)| self.alive(id, now) && !h.info.draining && !h.info.full)
             .min_by(|(a, x), (b, y)| {
                 let load = |h: &Heard| (h.info.workers + h.placed, h.info.peers);
                 load(x)
@@ -151,6 +151,7 @@ mod tests {
             peers,
             cpu: 0.0,
             draining: false,
+            full: false,
             media_ip: None,
             listen: "127.0.0.1:80".into(),
         }
@@ -196,7 +197,10 @@ mod tests {
         // A refresh replaces the guess with what the node says.
         t.heard(info("c", 1, 20), t0);
         assert_eq!(t.least_loaded(t0), Some(id("c")));
-        // Draining and dead nodes take none.
+        // Full, draining and dead nodes take none.
+        let mut full = info("b", 0, 0);
+        full.full = true;
+        t.heard(full, t0);
         let mut draining = info("c", 0, 0);
         draining.draining = true;
         t.heard(draining, t0);

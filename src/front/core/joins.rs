@@ -104,7 +104,7 @@ impl Core {
     }
 
     /// What a join must pass before the shell asks the permissions service: the
-    /// conversation is available, the client's join rate, the user's rate of new
+    /// conversation is available (on a single host), the client's join rate, the user's rate of new
     /// conversations. A join that passes counts against the join rate.
     pub fn admit_join(
         &mut self,
@@ -112,7 +112,12 @@ impl Core {
         conversation: &ConversationId,
         now: Instant,
     ) -> Result<(), JoinError> {
-        if let Some(e) = self.unavailable(conversation, now) {
+        // With several hosts the conversation may well go to another node: whether this one
+        // takes it is for the placement (and the owner) to say, at the offer.
+        if let Some(e) = self
+            .unavailable(conversation, now)
+            .filter(|_| !self.cluster)
+        {
             return Err(JoinError::Unavailable(e.message));
         }
         // Each join costs a request to the permissions service, which must not feel our
