@@ -61,11 +61,11 @@ fn unit_copy() -> (tempfile::TempDir, PathBuf) {
         .collect();
     assert_eq!(
         exec,
-        ["ExecStart=/usr/local/bin/front"],
-        "the install steps copy front to /usr/local/bin"
+        ["ExecStart=/usr/bin/front"],
+        "the package (and the manual steps) put front in /usr/bin"
     );
     let unit = unit.replace(
-        "ExecStart=/usr/local/bin/front",
+        "ExecStart=/usr/bin/front",
         &format!("ExecStart={}", env!("CARGO_BIN_EXE_front")),
     );
     let dir = tempfile::tempdir().expect("tempdir");
