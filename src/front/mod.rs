@@ -17,6 +17,7 @@
 //! | [`bites`] | replays of dead workers' spools; front's NATS connection |
 //! | `demo` | development only (cargo feature `demo`): the demo page's bite list and `/bites/…` audio |
 //! | [`cluster`] | several hosts: placement in NATS key-value, node liveness and load, signalling relayed to the node that holds a conversation |
+//! | `relayed` | front's side of several hosts: clients relayed in, deliveries, lost nodes |
 //! | [`supervisor`] | spawning, connecting and watching one worker process |
 //! | [`metrics`] | `/metrics`: front's counters and the workers' totals, via prometheus-client |
 //! | [`notify`] | systemd notifications (`READY=1`, `RELOADING=1`, `STOPPING=1`, watchdog); no-ops outside systemd |
@@ -41,6 +42,7 @@ pub mod permissions;
 pub mod process;
 pub mod procfs;
 mod rates;
+mod relayed;
 pub mod session;
 pub mod state;
 pub mod supervisor;

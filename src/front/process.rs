@@ -73,7 +73,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Exit> {
 
     spawn_periodic_tasks(&front, &tasks);
     if let Some(cluster) = &cluster {
-        cluster.start(&front);
+        cluster.start(front.clone(), &tasks);
     }
 
     #[cfg_attr(not(feature = "demo"), allow(unused_mut))]
@@ -241,7 +241,7 @@ async fn stop(front: &Front, stop_http: tokio::sync::oneshot::Sender<()>) {
         let _ = tokio::time::timeout(deadline, front.drained.notified()).await;
     }
     let _ = stop_http.send(());
-    let held = front.cluster_load().3;
+    let held = front.serving();
     // Every supervisor kills its worker if it has not exited 5 s after Shutdown, so this
     // normally ends well within the bound.
     if !front.shutdown_workers(SHUTDOWN_WAIT).await {

@@ -18,7 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 
 use super::bites::BiteReplays;
-use super::cluster::Cluster;
+use super::cluster::{Cluster, RemoteSocket};
 use super::conversation::{Control, CrashPolicy};
 use super::core::{Command, Core, Limits, Placement, Tally};
 use super::metrics::Metrics;
@@ -27,7 +27,7 @@ use super::supervisor::{self, Pending, WorkerEvents, WorkerSpec};
 use super::tasks::Tasks;
 use crate::config::Config;
 use crate::wire::identity::Identity;
-use crate::wire::ids::{ConversationId, Generation, NodeId};
+use crate::wire::ids::{ConversationId, Generation};
 use crate::wire::signal::SignalError;
 
 pub use super::core::{JoinError, OfferState};
@@ -39,13 +39,6 @@ pub(super) enum Route {
     Local(SocketTx),
     /// Several hosts: a client's socket on another node's front, which relayed it here.
     Remote(RemoteSocket),
-}
-
-/// A socket on another node's front (several hosts).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct RemoteSocket {
-    pub node: NodeId,
-    pub socket: u64,
 }
 
 /// The core and the channels its commands go through: what the state lock guards.
@@ -357,6 +350,11 @@ impl Front {
 
     pub fn is_draining(&self) -> bool {
         self.lock().core.is_draining()
+    }
+
+    /// The conversations this front's workers serve (with several hosts, its claims).
+    pub fn serving(&self) -> Vec<ConversationId> {
+        self.lock().core.serving()
     }
 
     pub fn client_count(&self) -> usize {

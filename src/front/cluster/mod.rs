@@ -27,7 +27,6 @@
 
 pub mod nodes;
 mod placement;
-mod relay;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,7 +36,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::outbox::Out;
-use super::state::{Front, RemoteSocket};
+use super::tasks::Tasks;
 use crate::config::Config;
 use crate::config::cluster::ClusterConfig;
 use crate::front::core::Placement;
@@ -54,6 +53,44 @@ const OFFER_RECEIPT: Duration = Duration::from_secs(2);
 const CLAIM_CHECK_EVERY: u32 = 7;
 /// Most conversations `ctl cluster` lists.
 const VIEW_CONVERSATIONS: usize = 500;
+
+/// What the cluster's tasks hand to front (front implements it; the tasks hold it as a
+/// trait object, so this module does not depend on front's shell).
+pub trait ClusterEvents: Send + Sync {
+    /// Where `conversation` is held: the offers waiting for it go on.
+    fn placed(&self, conversation: &ConversationId, placement: Placement);
+    /// Signalling of a client on another node's front, for a conversation held here.
+    fn relayed_in(&self, relayed: Relayed);
+    /// A frame the owner of a conversation delivers for one of this front's sockets.
+    fn delivered(&self, delivery: Delivery);
+    /// `node` is dead.
+    fn node_lost(&self, node: &NodeId);
+    /// Another node holds a conversation this node's worker serves.
+    fn claim_lost(&self, conversation: &ConversationId);
+    /// Another front took this join (its permission checked there).
+    fn joined_elsewhere(&self, who: &Identity, conversation: &ConversationId);
+    /// What this node carries now.
+    fn load(&self) -> Load;
+}
+
+/// What a node tells the cluster of itself, besides its name and addresses.
+#[derive(Clone, Debug, Default)]
+pub struct Load {
+    pub workers: usize,
+    pub peers: usize,
+    pub draining: bool,
+    /// At `MAX_WORKERS`.
+    pub full: bool,
+    /// The conversations its workers serve (its claims, checked now and then).
+    pub serving: Vec<ConversationId>,
+}
+
+/// A client's socket on another node's front: where an owner delivers its frames.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RemoteSocket {
+    pub node: NodeId,
+    pub socket: u64,
+}
 
 /// The two buckets, made (or found) once NATS answers.
 struct Buckets {
@@ -240,19 +277,23 @@ impl Cluster {
         let _ = self.outgoing.send(Outgoing::Deliver { to, frame });
     }
 
-    /// Starts this node's cluster tasks (under front's [`super::tasks::Tasks`]).
-    pub fn start(self: &Arc<Self>, front: &Arc<Front>) {
+    /// Starts this node's cluster tasks, which report to `front`.
+    pub fn start(self: &Arc<Self>, front: Arc<dyn ClusterEvents>, tasks: &Tasks) {
         let Some((jobs, outgoing)) = self.queues.lock().ok().and_then(|mut q| q.take()) else {
             return;
         };
-        let tasks = &front.tasks;
         tasks.spawn(run_jobs(self.clone(), front.clone(), jobs));
-        tasks.spawn(run_outgoing(self.clone(), front.clone(), outgoing));
+        tasks.spawn(run_outgoing(
+            self.clone(),
+            front.clone(),
+            outgoing,
+            tasks.clone(),
+        ));
         tasks.spawn(run_relayed_in(self.clone(), front.clone()));
         tasks.spawn(run_deliveries(self.clone(), front.clone()));
         tasks.spawn(run_joins(self.clone(), front.clone()));
         tasks.spawn(run_refresh(self.clone(), front.clone()));
-        tasks.spawn(run_watch(self.clone(), front.clone()));
+        tasks.spawn(run_watch(self.clone(), front));
     }
 
     /// This node stops: its claims on `held` and its liveness key go, so the others place
@@ -331,7 +372,11 @@ impl Cluster {
 }
 
 /// Placements and releases, one after another.
-async fn run_jobs(cluster: Arc<Cluster>, front: Arc<Front>, mut jobs: UnboundedReceiver<Job>) {
+async fn run_jobs(
+    cluster: Arc<Cluster>,
+    front: Arc<dyn ClusterEvents>,
+    mut jobs: UnboundedReceiver<Job>,
+) {
     while let Some(job) = jobs.recv().await {
         let buckets = cluster.buckets().await;
         match job {
@@ -372,8 +417,9 @@ async fn run_jobs(cluster: Arc<Cluster>, front: Arc<Front>, mut jobs: UnboundedR
 /// request: an owner that takes no relayed offer within [`OFFER_RECEIPT`] is dead.
 async fn run_outgoing(
     cluster: Arc<Cluster>,
-    front: Arc<Front>,
+    front: Arc<dyn ClusterEvents>,
     mut outgoing: UnboundedReceiver<Outgoing>,
+    tasks: Tasks,
 ) {
     let bucket = cluster.cfg.bucket.clone();
     while let Some(msg) = outgoing.recv().await {
@@ -392,7 +438,7 @@ async fn run_outgoing(
                     .publish_with_reply(subject, inbox, payload)
                     .await;
                 let (front, nats) = (front.clone(), cluster.nats.clone());
-                front.tasks.clone().spawn(async move {
+                tasks.spawn(async move {
                     let heard = match (receipt, sent) {
                         (Ok(mut receipt), Ok(())) => {
                             let first = tokio::time::timeout(OFFER_RECEIPT, receipt.next()).await;
@@ -431,7 +477,7 @@ async fn run_outgoing(
 }
 
 /// Signalling other fronts relay to this node, for the conversations it holds.
-async fn run_relayed_in(cluster: Arc<Cluster>, front: Arc<Front>) {
+async fn run_relayed_in(cluster: Arc<Cluster>, front: Arc<dyn ClusterEvents>) {
     let subject = wire::owner_subject(&cluster.cfg.bucket, &cluster.cfg.node);
     let Ok(mut sub) = cluster.nats.subscribe(subject.clone()).await else {
         tracing::error!(%subject, "cluster: cannot subscribe; relayed clients will not reach this node");
@@ -449,7 +495,7 @@ async fn run_relayed_in(cluster: Arc<Cluster>, front: Arc<Front>) {
 }
 
 /// Frames owners deliver for this front's sockets.
-async fn run_deliveries(cluster: Arc<Cluster>, front: Arc<Front>) {
+async fn run_deliveries(cluster: Arc<Cluster>, front: Arc<dyn ClusterEvents>) {
     let subject = wire::front_subject(&cluster.cfg.bucket, &cluster.cfg.node);
     let Ok(mut sub) = cluster.nats.subscribe(subject.clone()).await else {
         tracing::error!(%subject, "cluster: cannot subscribe; relayed clients will hear nothing");
@@ -464,7 +510,7 @@ async fn run_deliveries(cluster: Arc<Cluster>, front: Arc<Front>) {
 }
 
 /// Joins the other fronts took: the client's socket may be here.
-async fn run_joins(cluster: Arc<Cluster>, front: Arc<Front>) {
+async fn run_joins(cluster: Arc<Cluster>, front: Arc<dyn ClusterEvents>) {
     let subject = wire::joins_subject(&cluster.cfg.bucket);
     let Ok(mut sub) = cluster.nats.subscribe(subject.clone()).await else {
         tracing::error!(%subject, "cluster: cannot subscribe; joins taken elsewhere are not seen here");
@@ -472,7 +518,7 @@ async fn run_joins(cluster: Arc<Cluster>, front: Arc<Front>) {
     };
     while let Some(msg) = sub.next().await {
         match wire::decode::<Joined>(&msg.payload) {
-            Ok(j) if j.front != cluster.cfg.node => front.join(&j.who, &j.conversation),
+            Ok(j) if j.front != cluster.cfg.node => front.joined_elsewhere(&j.who, &j.conversation),
             Ok(_) => {}
             Err(e) => tracing::warn!(%subject, "cluster: dropped a join: {e}"),
         }
@@ -481,7 +527,7 @@ async fn run_joins(cluster: Arc<Cluster>, front: Arc<Front>) {
 
 /// This node's liveness and load, every quarter of the TTL; the others' expiry; and now and
 /// then a check of this node's claims on the conversations it serves.
-async fn run_refresh(cluster: Arc<Cluster>, front: Arc<Front>) {
+async fn run_refresh(cluster: Arc<Cluster>, front: Arc<dyn ClusterEvents>) {
     let mut tick = tokio::time::interval(cluster.cfg.heartbeat());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cpu = CpuMeter::default();
@@ -489,14 +535,14 @@ async fn run_refresh(cluster: Arc<Cluster>, front: Arc<Front>) {
     loop {
         tick.tick().await;
         n = n.wrapping_add(1);
-        let (workers, peers, draining, serving) = front.cluster_load();
+        let load = front.load();
         let info = NodeInfo {
             node: cluster.cfg.node.clone(),
-            workers: workers as u32,
-            peers: peers as u32,
+            workers: load.workers as u32,
+            peers: load.peers as u32,
             cpu: cpu.busy(),
-            draining,
-            full: workers >= front.cfg.max_workers,
+            draining: load.draining,
+            full: load.full,
             media_ip: cluster.media_ip.clone(),
             listen: cluster.listen.clone(),
         };
@@ -518,7 +564,7 @@ async fn run_refresh(cluster: Arc<Cluster>, front: Arc<Front>) {
             tracing::warn!("cluster: cannot refresh this node's liveness: {e}");
         }
         if n.is_multiple_of(CLAIM_CHECK_EVERY) {
-            for conversation in serving {
+            for conversation in load.serving {
                 match placement::check_claim(
                     &buckets.conversations,
                     &cluster.cfg.node,
@@ -542,7 +588,7 @@ async fn run_refresh(cluster: Arc<Cluster>, front: Arc<Front>) {
 
 /// The other nodes' refreshes and departures, from a watch on the nodes' bucket (started
 /// again when NATS drops it).
-async fn run_watch(cluster: Arc<Cluster>, front: Arc<Front>) {
+async fn run_watch(cluster: Arc<Cluster>, front: Arc<dyn ClusterEvents>) {
     loop {
         let watch = match cluster.buckets().await {
             Ok(b) => b.nodes.watch_all().await.map_err(|e| e.to_string()),
@@ -552,7 +598,7 @@ async fn run_watch(cluster: Arc<Cluster>, front: Arc<Front>) {
             Ok(mut watch) => {
                 while let Some(entry) = watch.next().await {
                     let Ok(entry) = entry else { break };
-                    on_node_entry(&cluster, &front, entry);
+                    on_node_entry(&cluster, front.as_ref(), entry);
                 }
             }
             Err(e) => tracing::warn!("cluster: cannot watch the nodes: {e}"),
@@ -561,7 +607,7 @@ async fn run_watch(cluster: Arc<Cluster>, front: Arc<Front>) {
     }
 }
 
-fn on_node_entry(cluster: &Cluster, front: &Front, entry: kv::Entry) {
+fn on_node_entry(cluster: &Cluster, front: &dyn ClusterEvents, entry: kv::Entry) {
     let Ok(node) = NodeId::parse(&entry.key) else {
         return;
     };

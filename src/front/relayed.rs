@@ -1,24 +1,25 @@
-//! Front's side of the cluster: what the cluster's tasks hand to front's core. A client
+//! Front's side of several hosts ([`super::cluster`]): what the cluster's tasks hand to
+//! front's core, through [`ClusterEvents`]. A client
 //! relayed in from another node's front becomes one of the core's own clients, on a socket
 //! whose frames go back over NATS ([`Route::Remote`]), so every rule of sessions and workers
 //! applies to it unchanged; the permission check stays with the front that took its join.
 
 use std::time::Instant;
 
+use crate::front::cluster::{ClusterEvents, Load, RemoteSocket};
 use crate::front::core::Placement;
 use crate::front::outbox::Out;
-use crate::front::state::{Front, RemoteSocket, Route, Shell};
+use crate::front::state::{Front, Route, Shell};
+use crate::wire::identity::Identity;
 use crate::wire::ids::{ConversationId, NodeId};
 use crate::wire::relay::{Delivered, Delivery, Relayed, ToOwner};
 
-impl Front {
-    /// Where `conversation` is held: the offers waiting for it go on.
-    pub fn placed(&self, conversation: &ConversationId, placement: Placement) {
+impl ClusterEvents for Front {
+    fn placed(&self, conversation: &ConversationId, placement: Placement) {
         self.with_core(|core| core.placed(conversation, placement, Instant::now()));
     }
 
-    /// Signalling of a client on another node's front, for a conversation held here.
-    pub fn relayed_in(&self, relayed: Relayed) {
+    fn relayed_in(&self, relayed: Relayed) {
         let mut shell = self.lock();
         let now = Instant::now();
         let from = RemoteSocket {
@@ -66,13 +67,69 @@ impl Front {
         self.execute(&mut shell);
     }
 
+    fn delivered(&self, delivery: Delivery) {
+        let out = match delivery.frame {
+            Delivered::Frame(f) => Out::Frame(f),
+            Delivered::Fail(e) => Out::Fail(e),
+        };
+        if let Some(Route::Local(tx)) = self.lock().sockets.get(&delivery.socket) {
+            let _ = tx.send(out);
+        }
+    }
+
+    /// The clients whose sessions it held are told to reconnect, and the sockets it relayed
+    /// here are closed (their answered media goes on).
+    fn node_lost(&self, node: &NodeId) {
+        self.metrics.nodes_lost.inc();
+        let mut shell = self.lock();
+        let now = Instant::now();
+        shell.core.node_lost(node);
+        let gone: Vec<(RemoteSocket, (u64, Identity))> = shell
+            .relayed_in
+            .iter()
+            .filter(|(from, _)| from.node == *node)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (from, (id, who)) in gone {
+            shell.core.detach_socket(&who, id, now);
+            shell.relayed_in.remove(&from);
+            shell.sockets.remove(&id);
+        }
+        self.execute(&mut shell);
+    }
+
+    /// The worker here goes, and its members, told to reconnect, follow the key.
+    fn claim_lost(&self, conversation: &ConversationId) {
+        if let Err(e) = self.with_core(|core| core.restart(conversation)) {
+            tracing::debug!(%conversation, "cluster: {e}");
+        }
+    }
+
+    fn joined_elsewhere(&self, who: &Identity, conversation: &ConversationId) {
+        self.join(who, conversation);
+    }
+
+    fn load(&self) -> Load {
+        let shell = self.lock();
+        let (workers, peers) = shell.core.load();
+        Load {
+            workers,
+            peers,
+            draining: shell.core.is_draining(),
+            full: workers >= self.cfg.max_workers,
+            serving: shell.core.serving(),
+        }
+    }
+}
+
+impl Front {
     /// Takes a relayed client's socket as one of the core's; false (and the client told why)
     /// when the core refuses it.
     fn attach_relayed(
         &self,
         shell: &mut Shell,
         from: &RemoteSocket,
-        who: &crate::wire::identity::Identity,
+        who: &Identity,
         now: Instant,
     ) -> bool {
         let id = shell.core.next_id();
@@ -94,58 +151,5 @@ impl Front {
         if let Some(cluster) = &self.cluster {
             cluster.deliver(to, out);
         }
-    }
-
-    /// A frame the owner of a conversation delivers for one of this front's sockets.
-    pub fn delivered(&self, delivery: Delivery) {
-        let out = match delivery.frame {
-            Delivered::Frame(f) => Out::Frame(f),
-            Delivered::Fail(e) => Out::Fail(e),
-        };
-        if let Some(Route::Local(tx)) = self.lock().sockets.get(&delivery.socket) {
-            let _ = tx.send(out);
-        }
-    }
-
-    /// `node` is dead: the clients whose sessions it held are told to reconnect, and the
-    /// sockets it relayed here are closed (their answered media goes on).
-    pub fn node_lost(&self, node: &NodeId) {
-        self.metrics.nodes_lost.inc();
-        let mut shell = self.lock();
-        let now = Instant::now();
-        shell.core.node_lost(node);
-        let gone: Vec<(RemoteSocket, (u64, crate::wire::identity::Identity))> = shell
-            .relayed_in
-            .iter()
-            .filter(|(from, _)| from.node == *node)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (from, (id, who)) in gone {
-            shell.core.detach_socket(&who, id, now);
-            shell.relayed_in.remove(&from);
-            shell.sockets.remove(&id);
-        }
-        self.execute(&mut shell);
-    }
-
-    /// Another node holds a conversation this node's worker serves: the worker goes, and its
-    /// members, told to reconnect, follow the key.
-    pub fn claim_lost(&self, conversation: &ConversationId) {
-        if let Err(e) = self.with_core(|core| core.restart(conversation)) {
-            tracing::debug!(%conversation, "cluster: {e}");
-        }
-    }
-
-    /// What this node tells the cluster: workers, sessions, whether it drains, and the
-    /// conversations it serves.
-    pub fn cluster_load(&self) -> (usize, usize, bool, Vec<ConversationId>) {
-        let shell = self.lock();
-        let (workers, peers) = shell.core.load();
-        (
-            workers,
-            peers,
-            shell.core.is_draining(),
-            shell.core.serving(),
-        )
     }
 }
