@@ -173,6 +173,33 @@ async fn metrics_pass_promtool_and_move_when_audio_flows() {
     assert_eq!(second.get("beep_join_latency_seconds_count"), 2.0);
     assert_eq!(second.get("beep_worker_failures_total"), 0.0);
 
+    // Call quality: each member is told its score once it has one (a clean loopback: 5), and
+    // the samples are counted by score.
+    let quality = |c: &beep_webrtc::tools::load::client::Client| {
+        c.events().into_iter().find(|e| e["type"] == "quality")
+    };
+    assert!(
+        eventually(T, || quality(&a).is_some() && quality(&b).is_some()).await,
+        "no quality event: {:?}",
+        b.events()
+    );
+    for c in [&a, &b] {
+        let q = quality(c).expect("quality");
+        println!("quality event: {q}");
+        assert_eq!(q["score"], 5, "{q}");
+        assert_eq!(q["loss"], 0.0, "{q}");
+        assert!(q["jitter_ms"].is_u64() && q.get("rtt_ms").is_some(), "{q}");
+    }
+    let scored = poll(&front, |s| s.get("beep_quality_score_count") >= 2.0).await;
+    promtool(&scored.text);
+    assert_eq!(
+        scored.get(r#"beep_quality_score_bucket{le="5"}"#),
+        scored.get("beep_quality_score_count"),
+        "{}",
+        scored.text
+    );
+    assert_eq!(scored.get("beep_listener_packets_lost_total"), 0.0);
+
     a.close().await;
     b.close().await;
 }

@@ -228,6 +228,25 @@ impl WorkersCollector {
         }
     }
 
+    /// `beep_quality_score`: the samples per score, in buckets of one score each.
+    fn quality(&self) -> ConstHistogram {
+        let q = &self.all.quality_scores;
+        ConstHistogram {
+            sum: q
+                .iter()
+                .zip(1u64..)
+                .map(|(n, score)| n * score)
+                .sum::<u64>() as f64,
+            count: q.iter().sum(),
+            buckets: q
+                .iter()
+                .zip(1u32..)
+                .map(|(&n, score)| (f64::from(score), n))
+                .chain([(f64::INFINITY, 0)])
+                .collect(),
+        }
+    }
+
     /// `beep_bite_publish_latency_seconds`: the workers report cumulative counts per
     /// [`LATENCY_BUCKETS_MS`] bound; the encoder wants them per bucket.
     fn bite_latency(&self) -> ConstHistogram {
@@ -329,6 +348,11 @@ impl WorkersCollector {
                 all.level_claims_refused,
             ),
             (
+                "beep_listener_packets_lost",
+                "Packets of slot streams the listeners' receiver reports counted lost.",
+                all.listener_packets_lost,
+            ),
+            (
                 "beep_bites_published",
                 "Bites published live (both messages acked or flushed).",
                 b.published,
@@ -379,14 +403,16 @@ impl WorkersCollector {
                 "Time to publish a bite's two messages until acked or flushed.",
                 self.bite_latency(),
             ),
+            (
+                "beep_quality_score",
+                "Members' call quality, 1 (bad) to 5, sampled every 2 s per member.",
+                self.quality(),
+            ),
         ];
         for (name, help, h) in histograms {
-            h.encode(encoder.encode_descriptor(
-                name,
-                help,
-                Some(&Unit::Seconds),
-                h.metric_type(),
-            )?)?;
+            // Times are in seconds; a score has no unit.
+            let unit = (!name.ends_with("score")).then_some(&Unit::Seconds);
+            h.encode(encoder.encode_descriptor(name, help, unit, h.metric_type())?)?;
         }
         Ok(())
     }
@@ -451,6 +477,8 @@ mod tests {
             },
             level_decodes: packets / 20,
             level_claims_refused: 2,
+            quality_scores: [0, 0, 1, 2, 3],
+            listener_packets_lost: 5,
         }
     }
 
@@ -531,6 +559,8 @@ mod tests {
             ("beep_level_decodes_total", "counter"),
             ("beep_level_claims_refused_total", "counter"),
             ("beep_forward_delay_seconds", "histogram"),
+            ("beep_listener_packets_lost_total", "counter"),
+            ("beep_quality_score", "histogram"),
             ("beep_bites_published_total", "counter"),
             ("beep_bites_spooled_total", "counter"),
             ("beep_bites_replayed_total", "counter"),

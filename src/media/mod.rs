@@ -14,12 +14,14 @@
 //! | [`bite`] | the bite cutter: one speaker's packets in, utterances out |
 //! | [`ogg_opus`] | a cut bite remuxed into an Ogg Opus file (RFC 7845) |
 //! | [`bucket`] | the token bucket behind every rate limit (member caps, `ice::` frames) |
+//! | [`quality`] | a member's call quality, 1 to 5, from its reports and its stream (E-model) |
 
 pub mod audit;
 pub mod bite;
 pub mod bucket;
 pub mod ogg_opus;
 pub mod opus;
+pub mod quality;
 pub mod rewrite;
 pub mod room;
 pub mod sdp;

@@ -20,7 +20,7 @@ use super::ids::{ConversationId, Generation, SessionId};
 use super::signal::{ErrorCode, Event, ReconnectReason};
 use super::stats::WorkerStats;
 
-pub const PROTOCOL_VERSION: u16 = 8;
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// What a worker needs to run its peer connections. Front sends it in `Init` rather than
 /// letting the worker re-read the environment, so the one process that validated the

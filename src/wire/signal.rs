@@ -191,6 +191,16 @@ pub enum Event {
     Slots { slots: Vec<SlotInfo> },
     /// `{"reason":"...","type":"reconnect"}`: the client's session is gone; offer again.
     Reconnect { reason: ReconnectReason },
+    /// `{"jitter_ms":..,"loss":..,"rtt_ms":..,"score":1-5,"type":"quality"}`: how its call is
+    /// going (`media::quality`), told when the score changes, at most every 2 s. `rtt_ms` is
+    /// null until a report names one of the SFU's sender reports.
+    Quality {
+        score: u8,
+        /// Fraction lost, 0 to 1, the worse direction; rounded to 1/1000.
+        loss_permille: u16,
+        jitter_ms: u32,
+        rtt_ms: Option<u32>,
+    },
     /// `{"clientid":..,"duration_ms":..,"start":..,"type":"bite","url":..,"userid":..}`: a
     /// bite of the conversation was published (the development demo page's list).
     Bite {
@@ -228,6 +238,28 @@ impl Event {
                 to_json(&Reconnect {
                     reason: reason.as_str(),
                     r#type: "reconnect",
+                })
+            }
+            Event::Quality {
+                score,
+                loss_permille,
+                jitter_ms,
+                rtt_ms,
+            } => {
+                #[derive(Serialize)]
+                struct Quality {
+                    jitter_ms: u32,
+                    loss: f64,
+                    rtt_ms: Option<u32>,
+                    score: u8,
+                    r#type: &'static str,
+                }
+                to_json(&Quality {
+                    jitter_ms: *jitter_ms,
+                    loss: f64::from(*loss_permille) / 1000.0,
+                    rtt_ms: *rtt_ms,
+                    score: *score,
+                    r#type: "quality",
                 })
             }
             Event::Bite {
@@ -438,6 +470,7 @@ mod tests {
                 ReconnectReason::PeerConnectionError,
                 "peer-connection-error",
             ),
+            (ReconnectReason::NodeLost, "node-lost"),
         ];
         for (reason, words) in reasons {
             assert_eq!(
@@ -445,6 +478,27 @@ mod tests {
                 format!(r#"event::{{"reason":"{words}","type":"reconnect"}}"#)
             );
         }
+    }
+
+    #[test]
+    fn a_quality_event_has_sorted_keys_and_a_fraction() {
+        let q = |rtt_ms| {
+            ServerFrame::Event(Event::Quality {
+                score: 4,
+                loss_permille: 25,
+                jitter_ms: 3,
+                rtt_ms,
+            })
+            .to_text()
+        };
+        assert_eq!(
+            q(Some(41)),
+            r#"event::{"jitter_ms":3,"loss":0.025,"rtt_ms":41,"score":4,"type":"quality"}"#
+        );
+        assert_eq!(
+            q(None),
+            r#"event::{"jitter_ms":3,"loss":0.025,"rtt_ms":null,"score":4,"type":"quality"}"#
+        );
     }
 
     #[test]

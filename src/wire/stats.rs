@@ -25,6 +25,13 @@ pub struct WorkerStats {
     pub level_decodes: u64,
     /// Packets whose claimed loudness the audio did not support (credited with less).
     pub level_claims_refused: u64,
+    /// Quality samples of members, by score: `[0]` counts score 1, `[4]` score 5
+    /// (`media::quality`, every 2 s per member).
+    #[serde(default)]
+    pub quality_scores: [u64; 5],
+    /// Packets of the slot streams the listeners' reports counted lost.
+    #[serde(default)]
+    pub listener_packets_lost: u64,
 }
 
 /// Packets a worker dropped, by reason (`beep_packets_dropped_total{reason=...}`): on purpose
@@ -107,6 +114,10 @@ impl WorkerStats {
         self.dropped.add(&other.dropped);
         self.level_decodes += other.level_decodes;
         self.level_claims_refused += other.level_claims_refused;
+        for (a, b) in self.quality_scores.iter_mut().zip(other.quality_scores) {
+            *a += b;
+        }
+        self.listener_packets_lost += other.listener_packets_lost;
     }
 }
 

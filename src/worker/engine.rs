@@ -138,6 +138,8 @@ struct Peer {
     selected: Option<SocketAddr>,
     /// Its handling panicked: it gets nothing more, and is ended once the current pass is over.
     broken: bool,
+    /// What its reports and stream say of its call's quality ([`quality`]).
+    link: crate::media::quality::LinkMeter,
     /// Test hook: the next datagram's handling panics.
     #[cfg(test)]
     panic_on_read: bool,
@@ -190,6 +192,7 @@ pub struct Engine {
     poisoned: Vec<(SessionId, String)>,
     /// A big room's copies of one packet, written and sent from several threads.
     fanout: Fanout,
+    quality: quality::Tally,
 }
 
 impl Engine {
@@ -315,6 +318,7 @@ impl Engine {
         if let Some(tcp) = self.tcp.as_mut() {
             tcp.expire(now);
         }
+        self.sample_quality(now);
         if now.duration_since(*last_stats) >= STATS_EVERY {
             *last_stats = now;
             self.send_stats();
@@ -360,6 +364,7 @@ impl Engine {
             ever_connected: false,
             poisoned: Vec::new(),
             fanout,
+            quality: quality::Tally::default(),
         }
     }
 
@@ -386,6 +391,7 @@ impl Engine {
         let mut stats = self.room.stats();
         stats.forward_delay = self.forward_delay.clone();
         stats.dropped.add(&self.drops);
+        self.quality.add_to(&mut stats);
         if let Some(sink) = &self.bites {
             stats.bites = sink.handle.metrics();
         }
@@ -459,6 +465,7 @@ impl Engine {
                 last_timeout: now,
                 selected: None,
                 broken: false,
+                link: Default::default(),
                 #[cfg(test)]
                 panic_on_read: false,
                 #[cfg(test)]
@@ -550,8 +557,10 @@ impl Engine {
         }
         let mut received: Vec<rtp::Packet> = Vec::new();
         while let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
-            if let RTCMessage::RtpPacket(_, pkt) = message {
-                received.push(pkt);
+            match message {
+                RTCMessage::RtpPacket(_, pkt) => received.push(pkt),
+                RTCMessage::RtcpPacket(_, rtcp) => quality::note_rtcp(&mut peer.link, &rtcp),
+                _ => {}
             }
         }
         flush(peer, &mut self.outbox);
@@ -670,6 +679,7 @@ mod from_front;
 mod guard;
 mod io;
 mod port;
+mod quality;
 mod tcp;
 #[cfg(test)]
 mod tests;
