@@ -10,7 +10,9 @@
 //!
 //! - sequence numbers that continue exactly where the last packet on the slot
 //!   left off when the source changes (the SFU never makes a gap; a source's
-//!   own losses still show as its own gaps), and
+//!   own losses still show as its own gaps), and that close up over the
+//!   padding-only packets the SFU does not forward ([`SlotRewriter::skip`]),
+//!   even when a loss comes just before one, and
 //! - timestamps that always move forward across a switch, by the wall-clock
 //!   pause converted to 48 kHz ticks and never less than one 20 ms frame, with
 //!   the marker bit set on the first packet of the new source so the receiver
@@ -25,6 +27,7 @@
 //! for a bogus stream whose clock steps back), and stragglers from the source
 //! just switched away from. Sans-I/O: headers and time in, headers out.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::wire::ids::SessionId;
@@ -62,6 +65,12 @@ const MAX_SWITCH_TICKS: u32 = 1 << 30;
 /// look old; network reordering is far shorter than this.
 const STRAGGLER_WINDOW: Duration = Duration::from_secs(2);
 
+/// How many skipped padding packets of the current source are remembered, to
+/// number a late (reordered) packet from before them where it belongs. Chromium
+/// sends its bandwidth probes in bursts of a few dozen; 64 covers about a
+/// second of them, longer than any jitter buffer waits for a late packet.
+const SKIPS_REMEMBERED: usize = 64;
+
 /// Rewrites whatever source currently feeds one slot onto the slot's own stream.
 pub struct SlotRewriter {
     ssrc: u32,
@@ -84,7 +93,17 @@ struct Sent {
 
 struct Current {
     key: SourceKey,
+    /// Source to slot numbers for packets after every remembered skip: one
+    /// less for each padding packet skipped since the switch-in.
     seq_offset: u16,
+    /// The padding packets skipped most recently (extended numbers, rising):
+    /// a late packet from before some of them moves down only by those before
+    /// it, into the hole the SFU left for it.
+    skipped: VecDeque<i64>,
+    /// Packets before this (extended) number came after [`SKIPS_REMEMBERED`]
+    /// more skips than are remembered; there is no telling their number, so
+    /// they are dropped.
+    skip_floor: i64,
     ts_offset: u32,
     /// The source's sequence numbers and timestamps extended to 64 bits (the
     /// bits above 16 / 32 count its rollovers), so "before the switch-in
@@ -141,15 +160,24 @@ impl SlotRewriter {
 
         let ext_seq = extend(cur.top_seq, u64::from(seq), 16);
         let ext_ts = extend(cur.top_ts, u64::from(ts), 32);
-        if ext_seq < cur.switch_in_seq || ext_ts < cur.switch_in_ts {
+        if ext_seq < cur.switch_in_seq || ext_seq < cur.skip_floor || ext_ts < cur.switch_in_ts {
             return None;
         }
         cur.top_seq = cur.top_seq.max(ext_seq);
         cur.top_ts = cur.top_ts.max(ext_ts);
+        // Skips after this packet (it is late) do not move it down.
+        let later_skips = cur
+            .skipped
+            .iter()
+            .rev()
+            .take_while(|&&s| s > ext_seq)
+            .count();
 
         let out = Rewritten {
             ssrc: self.ssrc,
-            seq: seq.wrapping_add(cur.seq_offset),
+            seq: seq
+                .wrapping_add(cur.seq_offset)
+                .wrapping_add(later_skips as u16),
             ts: ts.wrapping_add(cur.ts_offset),
             marker: marker || switching,
         };
@@ -175,15 +203,26 @@ impl SlotRewriter {
         }
     }
 
-    /// A packet of `source` that is not forwarded (padding only, no audio). When it is the
-    /// current source's next packet in order, later ones move down by one, so the slot
-    /// shows no gap the SFU made.
+    /// A packet of `source` that is not forwarded (padding only, no audio). When it is newer
+    /// than anything the current source sent, every later packet moves down by one, so
+    /// the slot shows no gap the SFU made; the numbers missing before it (upstream losses,
+    /// or packets still on their way) keep their places, so a loss just before a padding
+    /// packet still shows as the source's own gap, and a late packet fills its hole.
+    ///
+    /// A padding packet that is itself late (reordered behind a later packet) changes
+    /// nothing: the packets after it are already out, so its number stays a gap.
     pub fn skip(&mut self, source: SourceKey, seq: u16) {
         if let Some(cur) = self.current.as_mut().filter(|c| c.key == source) {
             let ext = extend(cur.top_seq, u64::from(seq), 16);
-            if ext == cur.top_seq + 1 {
+            if ext > cur.top_seq {
                 cur.top_seq = ext;
                 cur.seq_offset = cur.seq_offset.wrapping_sub(1);
+                if cur.skipped.len() == SKIPS_REMEMBERED
+                    && let Some(oldest) = cur.skipped.pop_front()
+                {
+                    cur.skip_floor = oldest;
+                }
+                cur.skipped.push_back(ext);
             }
         }
     }
@@ -216,6 +255,8 @@ impl SlotRewriter {
         self.current = Some(Current {
             key: source,
             seq_offset: out_seq.wrapping_sub(seq),
+            skipped: VecDeque::new(),
+            skip_floor: i64::MIN,
             ts_offset: out_ts.wrapping_sub(ts),
             switch_in_seq: i64::from(seq),
             top_seq: i64::from(seq),
@@ -592,8 +633,7 @@ mod tests {
         rw.skip(a, 11);
         let p2 = rw.rewrite(a, 12, 960, false, t0).unwrap();
         assert_eq!(p2.seq, p1.seq.wrapping_add(1));
-        // A skip that is not the next in order (or of another source) changes nothing.
-        rw.skip(a, 20);
+        // A skip of another source, or a duplicate, changes nothing.
         rw.skip(
             SourceKey {
                 member: SessionId(2),
@@ -601,7 +641,144 @@ mod tests {
             },
             13,
         );
+        rw.skip(a, 11);
         let p3 = rw.rewrite(a, 13, 1920, false, t0).unwrap();
         assert_eq!(p3.seq, p2.seq.wrapping_add(1));
+    }
+
+    /// What one upstream packet of a scripted source was.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Up {
+        Audio,
+        /// Padding only: reaches the SFU, which does not forward it.
+        Padding,
+        /// Never reached the SFU (audio or padding, the SFU cannot tell).
+        Lost,
+    }
+
+    /// Feeds `script` (one entry per upstream sequence number from `first`) to a rewriter
+    /// in order; returns (upstream seq, slot seq) of every forwarded packet.
+    fn run_script(rw: &mut SlotRewriter, first: u16, script: &[Up]) -> Vec<(u16, u16)> {
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        for (i, up) in script.iter().enumerate() {
+            let seq = first.wrapping_add(i as u16);
+            let ts = 960u32.wrapping_mul(i as u32);
+            match up {
+                Up::Audio => {
+                    let r = rw
+                        .rewrite(A, seq, ts, false, t0 + ms(20 * i as u64))
+                        .expect("in-order audio dropped");
+                    out.push((seq, r.seq));
+                }
+                Up::Padding => rw.skip(A, seq),
+                Up::Lost => {}
+            }
+        }
+        out
+    }
+
+    /// The slot's gap between two forwarded packets is exactly the packets lost upstream
+    /// between them: padding that arrived leaves none, whatever came before it.
+    fn assert_gaps_are_upstream_losses(script: &[Up], first: u16, out: &[(u16, u16)]) {
+        for w in out.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let from = usize::from(a.0.wrapping_sub(first)) + 1;
+            let to = usize::from(b.0.wrapping_sub(first));
+            let lost = script[from..to].iter().filter(|u| **u == Up::Lost).count();
+            assert_eq!(
+                usize::from(b.1.wrapping_sub(a.1)),
+                lost + 1,
+                "between upstream {} and {}: {:?}",
+                a.0,
+                b.0,
+                &script[from..to]
+            );
+        }
+    }
+
+    #[test]
+    fn a_loss_just_before_padding_stays_a_gap_and_the_padding_leaves_none() {
+        use Up::*;
+        // What Chromium sends while it probes (padding between its audio), with
+        // losses on the way in: one before a padding run, two before an audio packet
+        // that a padding follows, and a lost padding packet.
+        let script = [
+            Audio, Lost, Padding, Padding, Audio, Padding, Lost, Lost, Audio, Padding, Audio, Lost,
+            Padding, Audio, Padding, Lost, Audio, Audio,
+        ];
+        let first = 65_530; // across the source's wrap
+        let mut rw = SlotRewriter::new(42, 9, 0);
+        let out = run_script(&mut rw, first, &script);
+        let slot: Vec<u16> = out.iter().map(|o| o.1).collect();
+        assert_eq!(slot, vec![9, 11, 14, 15, 17, 19, 20]);
+        assert_gaps_are_upstream_losses(&script, first, &out);
+    }
+
+    #[test]
+    fn random_loss_and_padding_show_exactly_the_upstream_losses() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+        for round in 0..200 {
+            let script: Vec<Up> = (0..300)
+                .map(|_| match rng.random_range(0..10) {
+                    0 => Up::Lost,
+                    1..=3 => Up::Padding,
+                    _ => Up::Audio,
+                })
+                .collect();
+            let first: u16 = rng.random();
+            let mut rw = SlotRewriter::new(42, rng.random(), 0);
+            // The first packet after the switch-in starts the run.
+            let mut script = script;
+            script[0] = Up::Audio;
+            let out = run_script(&mut rw, first, &script);
+            assert!(out.len() > 100, "round {round}");
+            assert_gaps_are_upstream_losses(&script, first, &out);
+        }
+    }
+
+    #[test]
+    fn a_late_packet_from_before_a_skip_fills_its_own_hole() {
+        let t0 = Instant::now();
+        let mut rw = SlotRewriter::new(42, 500, 0);
+        let r10 = rw.rewrite(A, 10, 0, false, t0).unwrap();
+        // 11 is delayed; 12 is padding; 13 arrives, then 11.
+        rw.skip(A, 12);
+        let r13 = rw.rewrite(A, 13, 3 * 960, false, t0 + ms(60)).unwrap();
+        let r11 = rw.rewrite(A, 11, 960, false, t0 + ms(61)).unwrap();
+        let r14 = rw.rewrite(A, 14, 4 * 960, false, t0 + ms(80)).unwrap();
+        assert_eq!(
+            [r10.seq, r11.seq, r13.seq, r14.seq],
+            [500, 501, 502, 503],
+            "no gap, no duplicate"
+        );
+        assert_eq!(r11.ts.wrapping_sub(r10.ts), 960);
+    }
+
+    #[test]
+    fn a_packet_later_than_the_remembered_skips_is_dropped() {
+        let t0 = Instant::now();
+        let mut rw = SlotRewriter::new(42, 0, 0);
+        rw.rewrite(A, 1000, 0, false, t0).unwrap();
+        // 1001 is delayed behind more padding packets than are remembered.
+        let n = SKIPS_REMEMBERED as u16 + 1;
+        for i in 0..n {
+            rw.skip(A, 1002 + i);
+        }
+        let next = rw
+            .rewrite(A, 1002 + n, 960, false, t0 + ms(20))
+            .expect("in order");
+        assert_eq!(next.seq, 2, "one gap: 1001");
+        assert_eq!(rw.rewrite(A, 1001, 960, false, t0 + ms(21)), None);
+        // A late packet after the oldest remembered skip still gets its place.
+        let mut rw = SlotRewriter::new(42, 0, 0);
+        rw.rewrite(A, 1000, 0, false, t0).unwrap();
+        for i in 0..n {
+            rw.skip(A, 1001 + 2 * i);
+        }
+        let late = rw.rewrite(A, 1004, 960, false, t0 + ms(20)).expect("kept");
+        // Before it: 1000 (slot 0), 1001 and 1003 skipped, 1002 missing.
+        assert_eq!(late.seq, 2);
     }
 }

@@ -30,6 +30,11 @@ What it does:
     counter, must be a DTX trickle (<= 10/s, 50 without DTX); then dave joins with his tone:
     erin hears him, erin takes none of dave's slots, and every bite on NATS (a subscriber of
     our own on the bite subject) is dave's.
+  * upstream loss: alice talks to dave (one slot) in room "lossy" while an nftables rule in the
+    input hook drops 10 % of her RTP packets to the worker at random (table beep_e2e_udp_loss,
+    removed again whatever happens); dave's getStats must report them lost: at least 5 % of
+    the packets expected, and as many as the rule dropped (up to 2): none hidden, none made
+    by the SFU.
   * ICE-TCP: a second front whose RTC_PORTS (31000-31049) an nftables rule blocks for UDP
     both ways (table beep_e2e_udp_block, removed again whatever happens); alice and bob join
     a room on it, must connect through the worker's passive TCP candidate (getStats: the
@@ -590,6 +595,54 @@ class UdpBlock:
         return False
 
 
+class UdpLoss:
+    """Drops one RTP packet in `every`, at random, of those with payload type `pt` from UDP
+    port `sport` to port `dport` (this namespace only; RTCP, STUN and DTLS pass: their second
+    byte is never a payload type below 72), counting what it drops. In the *input* hook: a packet dropped in
+    the output hook fails the sender's sendto() with EPERM, and Chromium sends it once more
+    (services/network/p2p/socket_udp.cc retries on a transient error), so only about one
+    drop in ten would be a loss. A context manager: the table goes away on the way out."""
+
+    TABLE = "beep_e2e_udp_loss"
+
+    def __init__(self, sport, dport, every, pt=111):
+        self.sport, self.dport, self.every, self.pt = sport, dport, every, pt
+
+    def __enter__(self):
+        nft("delete", "table", "inet", self.TABLE, check=False)
+        nft("add", "table", "inet", self.TABLE)
+        try:
+            nft("add", "chain", "inet", self.TABLE, "in", "{ type filter hook input priority 0 ; }")
+            nft("add", "rule", "inet", self.TABLE, "in", "udp", "sport", str(self.sport), "udp", "dport",
+                str(self.dport), "@th,73,7", str(self.pt), "numgen", "random", "mod", str(self.every), "==", "0", "counter", "drop")
+        except Exception:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def dropped(self):
+        rules = json.loads(nft("-j", "list", "table", "inet", self.TABLE).stdout)["nftables"]
+        return sum(e["counter"]["packets"] for r in rules if "rule" in r for e in r["rule"]["expr"] if "counter" in e)
+
+    def __exit__(self, *exc):
+        nft("delete", "table", "inet", self.TABLE, check=False)
+        return False
+
+
+# What a page's getStats() says about its audio: packets sent, and per received stream the
+# packets received and lost and the samples concealed.
+AUDIO_STATS = """(async () => {
+  const o = { sent: 0, inbound: [] };
+  (await S.pc.getStats()).forEach(s => {
+    if (s.type === 'outbound-rtp' && s.kind === 'audio') o.sent += s.packetsSent || 0;
+    if (s.type === 'inbound-rtp' && s.kind === 'audio')
+      o.inbound.push({ mid: s.mid, received: s.packetsReceived || 0, lost: s.packetsLost || 0,
+                       concealed: s.concealedSamples || 0, samples: s.totalSamplesReceived || 0 });
+  });
+  return o;
+})()"""
+
+
 # ---------------------------------------------------------------------------------------
 # assertions on measurements
 
@@ -1075,6 +1128,46 @@ def main():
 
         suite.run("DTX: a silent member sends a few packets/s, takes no slot and opens no bite; "
                   "the other member's tone is heard", dtx_silent_member)
+
+        def upstream_loss():
+            # Issue 19: 10 % of alice's packets to the worker are dropped on the way in; dave,
+            # who hears her on his one slot, must see those losses as losses (the SFU neither
+            # hides them nor adds gaps of its own for the padding-only probes it does not forward).
+            for b in browsers.values():
+                b.open("about:blank")
+            q = urllib.parse.urlencode({"name": "dave", "conversation": "lossy", "autojoin": 1, "test": 1,
+                                        "clientid": "dave-tab", "slots": 1})
+            alice.open(demo_url("alice", "lossy"))
+            dave.open(f"{front.url}/?{q}")
+            dave.wait_for(slot_user("alice"), 20, "connected media with alice in his slot", STATUS)
+            alice.wait_for("window.beepTest && beepTest.status().media === 'connected'", 10, "connected media", STATUS)
+            time.sleep(1)
+            pair = alice.eval(SELECTED_PAIR)
+            assert pair and pair["local"]["protocol"] == "udp", f"alice's selected pair: {pair}"
+            with UdpLoss(pair["local"]["port"], pair["remote"]["port"], 10) as loss:
+                time.sleep(0.5)
+                a0, d0, c0 = alice.eval(AUDIO_STATS), dave.eval(AUDIO_STATS), loss.dropped()
+                time.sleep(10)
+                a1, d1, c1 = alice.eval(AUDIO_STATS), dave.eval(AUDIO_STATS), loss.dropped()
+            dropped = c1 - c0
+            (i0,), (i1,) = d0["inbound"], d1["inbound"]
+            received, lost = i1["received"] - i0["received"], i1["lost"] - i0["lost"]
+            expected = received + lost
+            concealed = (i1["concealed"] - i0["concealed"]) / max(1, i1["samples"] - i0["samples"])
+            say(f"  alice sent {a1['sent'] - a0['sent']} packets (audio and padding), the nft rule dropped {dropped} RTP; "
+                f"dave received {received} and reports {lost} lost ({100 * lost / max(1, expected):.1f} % of "
+                f"{expected} expected), {100 * concealed:.1f} % of his samples concealed")
+            assert received > 300, f"dave received only {received} packets of alice's in 10 s"
+            assert lost >= 0.05 * expected, f"alice's losses are hidden: dave reports {lost} of {expected} lost"
+            # Exactly the rule's drops (a dropped padding-only probe too: the SFU cannot tell it
+            # from lost audio): none hidden, none made by the SFU for the probes it does not
+            # forward. Up to 2 either way: a drop is reported only once a later packet is in.
+            assert abs(lost - dropped) <= 2, f"dave reports {lost} lost, the rule dropped {dropped}"
+            for b in (alice, dave):
+                b.open("about:blank")
+
+        suite.run("upstream loss: 10 % of alice's packets to the SFU dropped, dave's getStats reports them lost",
+                  upstream_loss)
 
         def ice_tcp():
             # A front of its own with a port range of its own, whose UDP an nft rule drops both

@@ -197,6 +197,68 @@ fn padding_only_packets_are_neither_forwarded_nor_counted_as_silence() {
     assert!(out.is_empty());
 }
 
+/// Issue 19: a speaker's upstream losses reach the listener as gaps, however the speaker
+/// interleaves padding-only probes (Chromium, with transport-cc) with its audio; the
+/// padding itself is never forwarded and leaves no gap.
+#[test]
+fn upstream_losses_around_padding_reach_the_listener_as_exact_gaps() {
+    let mut room = Room::new(None);
+    member(&mut room, 1, 1);
+    member(&mut room, 2, 1);
+    room.set_live(SessionId(2));
+    let t0 = Instant::now();
+    let before = talk(&mut room, 1, 20, t0);
+    assert!(!before.is_empty());
+    let mut slot_seqs: Vec<u16> = before
+        .iter()
+        .map(|f| f.packet.header.sequence_number)
+        .collect();
+    // Upstream from seq 20 on: 'a' audio, 'p' padding only, '-' lost on the way in.
+    let script = "a-ppa-p-a--pa-ppa-pa";
+    let mut lost = 0;
+    let mut sent_audio = 0;
+    for (i, c) in script.chars().enumerate() {
+        let seq = 20 + i as u16;
+        let since = 20 * u64::from(seq);
+        let payload = match c {
+            'a' => 60,
+            'p' => 0,
+            _ => {
+                lost += 1;
+                continue;
+            }
+        };
+        let mut out = Vec::new();
+        room.on_rtp(
+            SessionId(1),
+            Some(LEVEL_ID),
+            &packet(1, seq, 30, payload),
+            t0 + Duration::from_millis(since),
+            1_000_000 + since,
+            &mut out,
+        );
+        if c == 'a' {
+            sent_audio += 1;
+        }
+        assert!(
+            out.iter().all(|f| !f.packet.payload.is_empty()),
+            "padding forwarded"
+        );
+        slot_seqs.extend(out.iter().map(|f| f.packet.header.sequence_number));
+    }
+    assert_eq!(
+        slot_seqs.len(),
+        before.len() + sent_audio,
+        "every audio packet forwarded once"
+    );
+    let gaps: usize = slot_seqs
+        .windows(2)
+        .map(|w| usize::from(w[1].wrapping_sub(w[0])) - 1)
+        .sum();
+    // Every '-' sits between two forwarded packets here.
+    assert_eq!(gaps, lost, "slot {slot_seqs:?}");
+}
+
 fn bite_room() -> Room {
     let mut room = Room::new(Some(CutterConfig::default()));
     for id in 1..=3 {

@@ -44,6 +44,17 @@ use crate::worker::peer::{audio_engine, opus_media_track};
 pub use super::probe::{PROBE_SIZE, now_micros, parse_probe, parse_probe_ref, probe_payload};
 pub use super::stream::StreamStats;
 
+/// One entry of [`Client::send_script`]: what happens to one upstream sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// An audio (probe) packet, sent.
+    Audio,
+    /// An audio packet lost on the way to the SFU: its number is used, nothing is sent.
+    Lost,
+    /// A padding-only packet, sent.
+    Padding,
+}
+
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// `ws://host:port/connect[?conversation=...]`.
@@ -488,6 +499,59 @@ impl Client {
                 .map_err(|e| anyhow!("sending packet {i}: {e}"))?;
             ts = ts.wrapping_add(samples);
             media += u64::from(samples);
+        }
+        Ok(())
+    }
+
+    /// Sends `script` on the microphone stream, one entry every 20 ms, as a sender on a
+    /// lossy uplink would: [`Upstream::Audio`] is a probe packet tagged `tag` (counter
+    /// rising with each audio entry, lost or not), [`Upstream::Lost`] takes its sequence
+    /// number and counter but is never sent, as if the network had dropped it, and
+    /// [`Upstream::Padding`] is a padding-only packet (no payload, RTP padding bit set),
+    /// as Chromium sends to probe bandwidth. Sequence numbers continue across calls.
+    /// Waits while [`Client::start_sending`] sends.
+    pub async fn send_script(
+        &self,
+        tag: &str,
+        dbov: u8,
+        script: &[Upstream],
+    ) -> anyhow::Result<()> {
+        let mut clock = self.mic_clock.lock().await;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut ts = clock.talkspurt_ts();
+        let mut counter = 0u32;
+        for (i, up) in script.iter().enumerate() {
+            tick.tick().await;
+            let header = rtp::header::Header {
+                version: 2,
+                payload_type: 111,
+                sequence_number: clock.sent(ts, 960),
+                timestamp: ts,
+                ssrc: self.mic_ssrc,
+                marker: i == 0,
+                padding: *up == Upstream::Padding,
+                ..Default::default()
+            };
+            let payload = match up {
+                Upstream::Padding => Bytes::new(),
+                Upstream::Audio | Upstream::Lost => {
+                    let p = probe_payload(tag, counter);
+                    counter = counter.wrapping_add(1);
+                    ts = ts.wrapping_add(960);
+                    p
+                }
+            };
+            if *up == Upstream::Lost {
+                continue;
+            }
+            let level = HeaderExtension::AudioLevel(AudioLevelExtension {
+                level: dbov,
+                voice: true,
+            });
+            self.mic
+                .write_rtp_with_extensions(rtp::Packet { header, payload }, &[level])
+                .await
+                .map_err(|e| anyhow!("sending script entry {i}: {e}"))?;
         }
         Ok(())
     }

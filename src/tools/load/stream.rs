@@ -20,6 +20,9 @@ pub struct StreamStats {
     pub from: HashMap<String, u64>,
     /// Sequence numbers that were not previous+1.
     pub seq_gaps: u64,
+    /// Sequence numbers skipped by the forward jumps among those: packets the receiver
+    /// counts as lost (when nothing arrives late).
+    pub seq_missing: u64,
     /// Timestamps that went backwards.
     pub ts_backwards: u64,
     pub markers: u64,
@@ -60,6 +63,10 @@ impl StreamStats {
         if let Some((last_seq, last_ts)) = self.last {
             if header.sequence_number != last_seq.wrapping_add(1) {
                 self.seq_gaps += 1;
+                let jump = header.sequence_number.wrapping_sub(last_seq);
+                if jump < 0x8000 {
+                    self.seq_missing += u64::from(jump - 1);
+                }
             }
             if (header.timestamp.wrapping_sub(last_ts) as i32) < 0 {
                 self.ts_backwards += 1;
