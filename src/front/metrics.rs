@@ -230,20 +230,12 @@ impl WorkersCollector {
 
     /// `beep_quality_score`: the samples per score, in buckets of one score each.
     fn quality(&self) -> ConstHistogram {
-        let q = &self.all.quality_scores;
+        let q = self.all.quality_scores;
+        let scored = || (1..=5u32).map(|s| (f64::from(s), q[s as usize - 1]));
         ConstHistogram {
-            sum: q
-                .iter()
-                .zip(1u64..)
-                .map(|(n, score)| n * score)
-                .sum::<u64>() as f64,
+            sum: scored().map(|(s, n)| s * n as f64).sum(),
             count: q.iter().sum(),
-            buckets: q
-                .iter()
-                .zip(1u32..)
-                .map(|(&n, score)| (f64::from(score), n))
-                .chain([(f64::INFINITY, 0)])
-                .collect(),
+            buckets: scored().chain([(f64::INFINITY, 0)]).collect(),
         }
     }
 
