@@ -56,8 +56,9 @@ struct Run {
     source: SourceKey,
     seq_offset: u16,
     ts_offset: u32,
-    /// Padding packets of this source skipped since the run's last packet: each may take
-    /// one off the sequence offset (so the slot shows no gap the SFU made).
+    /// Padding packets of this source skipped since the run began: each may take one off the
+    /// sequence offset of the packets after it (so the slot shows no gap the SFU made), while
+    /// a late packet from before it keeps the offset it had (`seq_offset` is the run's first).
     skipped: u16,
 }
 
@@ -137,11 +138,21 @@ impl SlotStream {
         if is_after(u64::from(out.ts), u64::from(top.1), 32) {
             top.1 = out.ts;
         }
-        self.run = Some(Run {
-            source,
-            seq_offset,
-            ts_offset,
-            skipped: 0,
+        // A run that goes on keeps its first offset and counts every skip since: a packet
+        // from before a skip keeps the offset it had then, a later one takes one off per skip.
+        let goes_on = same_source
+            && !(known_runs && self.vacated)
+            && self.run.as_ref().is_some_and(|r| {
+                r.ts_offset == ts_offset && r.seq_offset.wrapping_sub(seq_offset) <= r.skipped
+            });
+        self.run = Some(match self.run.take() {
+            Some(r) if goes_on => Run { source, ..r },
+            _ => Run {
+                source,
+                seq_offset,
+                ts_offset,
+                skipped: 0,
+            },
         });
         self.vacated = false;
     }
