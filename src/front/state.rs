@@ -148,7 +148,19 @@ impl Front {
 
     /// Carries out the core's commands, in order.
     pub(super) fn execute(&self, shell: &mut Shell) {
-        for command in shell.core.take_commands() {
+        // Until none is left: carrying one out may feed the core (a placement answered at
+        // once), whose new commands follow in the same pass.
+        loop {
+            let commands = shell.core.take_commands();
+            if commands.is_empty() {
+                return;
+            }
+            self.execute_each(shell, commands);
+        }
+    }
+
+    fn execute_each(&self, shell: &mut Shell, commands: Vec<Command>) {
+        for command in commands {
             match command {
                 Command::Socket(id, out) => match shell.sockets.get(&id) {
                     Some(Route::Local(tx)) => {
