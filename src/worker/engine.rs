@@ -68,8 +68,10 @@ use rtc::rtp;
 use rtc::sansio::Protocol;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
+use super::feedback::LossFloor;
 use super::peer::{self, IceCredentials, NegotiationError};
 use crate::media::bite::CutterConfig;
+use crate::media::quality::WorstListener;
 use crate::media::rewrite::SlotRewriter;
 use crate::media::room::{Forward, MemberLimits, Room, RoomEvent, SlotOutput};
 use crate::media::sdp::{Offer, unify_bundle_ice};
@@ -140,6 +142,9 @@ struct Peer {
     broken: bool,
     /// What its reports and stream say of its call's quality ([`quality`]).
     link: crate::media::quality::LinkMeter,
+    /// The fraction lost its connection's receiver reports claim at least: its listeners'
+    /// worst ([`crate::worker::feedback`]).
+    floor: LossFloor,
     /// Test hook: the next datagram's handling panics.
     #[cfg(test)]
     panic_on_read: bool,
@@ -193,6 +198,8 @@ pub struct Engine {
     /// A big room's copies of one packet, written and sent from several threads.
     fanout: Fanout,
     quality: quality::Tally,
+    /// Per speaker, the worst loss its listeners report of its audio.
+    downstream: FxHashMap<SessionId, WorstListener<SessionId>>,
 }
 
 impl Engine {
@@ -365,6 +372,7 @@ impl Engine {
             poisoned: Vec::new(),
             fanout,
             quality: quality::Tally::default(),
+            downstream: FxHashMap::default(),
         }
     }
 
@@ -433,6 +441,7 @@ impl Engine {
         let tcp_local = self.tcp.as_ref().map(|t| t.local);
         let ice = IceCredentials::random();
         let stream_id = format!("beep-{session}");
+        let floor = LossFloor::default();
         let a = peer::answer(
             &self.media,
             &offer,
@@ -441,6 +450,7 @@ impl Engine {
             local,
             tcp_local,
             &ice,
+            &floor,
             now,
         )?;
         let key = PeerKey(self.next_key);
@@ -466,6 +476,7 @@ impl Engine {
                 selected: None,
                 broken: false,
                 link: Default::default(),
+                floor,
                 #[cfg(test)]
                 panic_on_read: false,
                 #[cfg(test)]
@@ -556,10 +567,13 @@ impl Engine {
             events.push(ev);
         }
         let mut received: Vec<rtp::Packet> = Vec::new();
+        let mut blocks = Vec::new();
         while let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
             match message {
                 RTCMessage::RtpPacket(_, pkt) => received.push(pkt),
-                RTCMessage::RtcpPacket(_, rtcp) => quality::note_rtcp(&mut peer.link, &rtcp),
+                RTCMessage::RtcpPacket(_, rtcp) => {
+                    quality::note_rtcp(&mut peer.link, &rtcp, &mut blocks)
+                }
                 _ => {}
             }
         }
@@ -574,6 +588,7 @@ impl Engine {
             now,
         );
         let (session, level_id) = (peer.session, peer.level_id);
+        self.note_listener_reports(session, &blocks, now);
 
         if !received.is_empty() {
             let unix_ms = unix_ms_now();
@@ -644,33 +659,6 @@ impl Engine {
     }
 }
 
-/// What woke the engine's loop.
-// `Front` carries an offer at most: moved once, not worth a box.
-#[allow(clippy::large_enum_variant)]
-enum Wake {
-    Front(Option<Input>),
-    Port,
-    Tcp(TcpEvent),
-    Timer,
-}
-
-/// The next event of the ICE-TCP port: `None` for one handled inside it (an accepted
-/// connection), and forever while there is no TCP port.
-async fn tcp_event(tcp: &mut Option<TcpPort>) -> Option<TcpEvent> {
-    match tcp {
-        Some(tcp) => tcp.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits until the port has a datagram; forever while there is no port yet.
-async fn port_readable(port: &Option<Port>) {
-    match port {
-        Some(port) => port.readable().await,
-        None => std::future::pending().await,
-    }
-}
-
 mod bites;
 mod connection;
 mod demux;
@@ -691,5 +679,6 @@ use connection::{closed_by_client, flush, selected_remote, write_copy};
 use demux::{Demux, Verdict, is_stun};
 use fanout::Fanout;
 use guard::panic_text;
+use io::{Wake, port_readable, tcp_event};
 use port::{Port, RECV_BATCH, Received, Transmit, Transport};
 use tcp::{TcpEvent, TcpPort};

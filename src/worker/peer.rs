@@ -49,6 +49,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverId};
 
+use super::feedback::{FEEDBACK_SLOT, Feedback, LossFloor};
 use crate::media::sdp::{AUDIO_LEVEL_URI, Offer};
 use crate::wire::ipc::MediaConfig;
 use crate::wire::signal::ErrorCode;
@@ -215,23 +216,27 @@ pub fn opus_media_track(stream: &str, id: &str, ssrc: u32) -> MediaStreamTrack {
 }
 
 /// The media engine of the webrtc-rs test and load clients (`crate::loadtools`): [`audio_media_engine`] with the
-/// crate's default interceptors, as an application built on webrtc-rs would have them.
+/// crate's default interceptors, as an application built on webrtc-rs would have them, and
+/// [`Feedback`] so the tests see the SFU's reports.
 #[cfg(feature = "loadtools")]
 pub fn audio_engine() -> rtc::shared::error::Result<(MediaEngine, Registry)> {
     use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
     let mut engine = audio_media_engine()?;
-    let registry = register_default_interceptors(Registry::new(), &mut engine)?;
+    let registry = register_default_interceptors(Registry::new(), &mut engine)?
+        .with(FEEDBACK_SLOT, Feedback::new(LossFloor::default()));
     Ok((engine, registry))
 }
 
 /// The worker's: RTCP sender/receiver reports and transport-wide congestion control feedback
-/// (which browsers use to adapt their send rate), and no NACK. NACK is only ever negotiated
+/// (which browsers use to adapt their send rate), our own link for the RTCP the engine acts
+/// on ([`Feedback`]: listeners' reports in, the loss floor onto ours), and no NACK. NACK is only ever negotiated
 /// for video, yet its responder keeps a copy of every packet sent, and every interceptor in
 /// the chain moves each forwarded packet through a queue of its own: with the default set
 /// the chain was the largest single cost per forwarded packet (docs/BENCHMARKS.md).
-fn server_engine() -> rtc::shared::error::Result<(MediaEngine, Registry)> {
+fn server_engine(floor: &LossFloor) -> rtc::shared::error::Result<(MediaEngine, Registry)> {
     let mut engine = audio_media_engine()?;
-    let registry = configure_rtcp_reports(Registry::new());
+    let registry =
+        configure_rtcp_reports(Registry::new()).with(FEEDBACK_SLOT, Feedback::new(floor.clone()));
     let registry = configure_twcc_receiver_only(registry, &mut engine)?;
     Ok((engine, registry))
 }
@@ -268,10 +273,11 @@ pub fn answer(
     local: SocketAddr,
     tcp_local: Option<SocketAddr>,
     ice: &IceCredentials,
+    floor: &LossFloor,
     now: Instant,
 ) -> Result<Answered, NegotiationError> {
     let bad_sdp = |e: String| NegotiationError::new(ErrorCode::BadSdp, e);
-    let mut pc = server_connection(media, ice, tcp_local.is_some(), now)?;
+    let mut pc = server_connection(media, ice, tcp_local.is_some(), floor, now)?;
     let desc = RTCSessionDescription::offer(offer_sdp)
         .map_err(|e| bad_sdp(format!("unparseable offer: {e}")))?;
     pc.set_remote_description(now, desc)
@@ -306,9 +312,10 @@ fn server_connection(
     media: &MediaConfig,
     ice: &IceCredentials,
     tcp: bool,
+    floor: &LossFloor,
     now: Instant,
 ) -> Result<RTCPeerConnection, NegotiationError> {
-    let (engine, registry) = server_engine().map_err(|e| internal(e.to_string()))?;
+    let (engine, registry) = server_engine(floor).map_err(|e| internal(e.to_string()))?;
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_answering_dtls_role(RTCDtlsRole::Server)
@@ -478,6 +485,7 @@ mod tests {
             "127.0.0.1:42000".parse().expect("an address"),
             None,
             &IceCredentials::random(),
+            &LossFloor::default(),
             Instant::now(),
         )
         .expect("answered");

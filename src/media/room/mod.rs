@@ -230,6 +230,14 @@ impl Room {
         }
     }
 
+    /// Who is on the slot of `listener` whose stream has SSRC `ssrc` now: whose audio a
+    /// report block of that listener's is about.
+    pub fn slot_source(&self, listener: SessionId, ssrc: u32) -> Option<SessionId> {
+        let m = self.members.get(&listener)?;
+        let slot = m.slots.iter().position(|s| s.rewriter.ssrc() == ssrc)?;
+        m.mapping.get(slot).copied().flatten()
+    }
+
     pub fn member_count(&self) -> usize {
         self.members.len()
     }

@@ -35,6 +35,7 @@ use webrtc::peer_connection::{
     RTCSessionDescription, SettingEngineBuilder,
 };
 
+use super::feedback;
 use super::ticks::SendTicks;
 use super::ws::{Heard, await_answer, open_websocket, spawn_reader, spawn_writer};
 use crate::media::opus;
@@ -96,6 +97,8 @@ impl ClientOptions {
 #[derive(Default)]
 struct Shared {
     heard: Heard,
+    /// The slot tracks, as they opened (for writing RTCP about them).
+    tracks: Vec<Arc<dyn TrackRemote>>,
     streams: HashMap<u32, StreamStats>,
     state: Option<RTCPeerConnectionState>,
     connected_at: Option<Instant>,
@@ -110,6 +113,8 @@ pub struct Client {
     ws_out: mpsc::UnboundedSender<Message>,
     mic: Arc<TrackLocalStaticRTP>,
     mic_ssrc: u32,
+    /// What the SFU's reports said was lost of the microphone stream.
+    told: feedback::Told,
     /// mid → SSRC of the slot streams, as named by the answer's `a=ssrc` lines.
     pub answer_ssrcs: Vec<(String, u32)>,
     pub answer_sdp: String,
@@ -206,6 +211,7 @@ impl PeerConnectionEventHandler for Handler {
         }
     }
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        lock(&self.shared).tracks.push(track.clone());
         let shared = self.shared.clone();
         let cap = self.latency_samples;
         tokio::spawn(async move {
@@ -341,6 +347,8 @@ impl Client {
         let answer = await_answer(answer_rx).await?;
         let answer_at = Instant::now();
         let answer_ssrcs = ssrcs_by_mid(&answer);
+        let told = feedback::Told::default();
+        feedback::spawn_mic_feedback(mic.clone(), mic_ssrc, told.clone());
         pc.set_remote_description(RTCSessionDescription::answer(answer.clone())?)
             .await?;
         Ok(Client {
@@ -349,6 +357,7 @@ impl Client {
             ws_out,
             mic,
             mic_ssrc,
+            told,
             answer_ssrcs,
             answer_sdp: answer,
             started,
@@ -390,6 +399,21 @@ impl Client {
     /// When the first RTP packet arrived on any slot.
     pub fn first_packet_at(&self) -> Option<Instant> {
         lock(&self.shared).first_packet_at
+    }
+
+    /// The fraction lost (1/256) of each report block the SFU sent about the microphone.
+    pub fn told_lost(&self) -> Vec<u8> {
+        self.told.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sends a receiver report claiming `fraction` (1/256) of slot stream `ssrc` lost.
+    pub async fn report_loss(&self, ssrc: u32, fraction: u8) -> anyhow::Result<()> {
+        let track = lock(&self.shared)
+            .tracks
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow!("no slot track open yet"))?;
+        feedback::report_loss(&track, self.mic_ssrc, ssrc, fraction).await
     }
 
     /// RTP packets received so far over all slots (cheap: no copy of the stats).

@@ -4,6 +4,7 @@
 //! `cargo test` turns the feature on by itself (the crate is its own dev-dependency).
 
 pub mod client;
+mod feedback;
 mod frames;
 pub mod light;
 pub mod loadgen;
