@@ -72,6 +72,7 @@ use super::feedback::LossFloor;
 use super::peer::{self, IceCredentials, NegotiationError};
 use crate::media::bite::CutterConfig;
 use crate::media::quality::WorstListener;
+use crate::media::red::{RedDecoder, RedEncoder};
 use crate::media::rewrite::SlotRewriter;
 use crate::media::room::{Forward, MemberLimits, Room, RoomEvent, SlotOutput};
 use crate::media::sdp::{Offer, unify_bundle_ice};
@@ -80,6 +81,7 @@ use crate::wire::ids::{ConversationId, Generation, SessionId};
 use crate::wire::ipc::{CloseReason, MediaConfig, ToFront, ToWorker};
 use crate::wire::signal::{ErrorCode, Event};
 use crate::wire::stats::{DelayHistogram, DropStats, WorkerStats};
+use std::mem::take;
 
 /// How often the speaker selection re-runs.
 const TICK: Duration = Duration::from_millis(50);
@@ -145,6 +147,8 @@ struct Peer {
     /// The fraction lost its connection's receiver reports claim at least: its listeners'
     /// worst ([`crate::worker::feedback`]).
     floor: LossFloor,
+    /// Its microphone's RED made plain Opus, when it negotiated RED.
+    red_up: Option<RedDecoder>,
     /// Test hook: the next datagram's handling panics.
     #[cfg(test)]
     panic_on_read: bool,
@@ -463,6 +467,9 @@ impl Engine {
                 mid: s.mid.clone(),
                 payload_type: s.payload_type,
                 rewriter: SlotRewriter::new(s.ssrc, rand::random(), rand::random()),
+                red: s
+                    .red_pt
+                    .map(|pt| RedEncoder::new(pt, s.payload_type, self.media.red_distance)),
             })
             .collect();
         self.peers.insert(
@@ -477,6 +484,10 @@ impl Engine {
                 broken: false,
                 link: Default::default(),
                 floor,
+                red_up: offer
+                    .upstream_red()
+                    .filter(|_| self.media.red_distance > 0)
+                    .map(|(red, opus)| RedDecoder::new(red, opus)),
                 #[cfg(test)]
                 panic_on_read: false,
                 #[cfg(test)]
@@ -570,7 +581,10 @@ impl Engine {
         let mut blocks = Vec::new();
         while let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
             match message {
-                RTCMessage::RtpPacket(_, pkt) => received.push(pkt),
+                RTCMessage::RtpPacket(_, pkt) => match peer.red_up.as_mut() {
+                    Some(red) => received.extend(red.decode(pkt)),
+                    None => received.push(pkt),
+                },
                 RTCMessage::RtcpPacket(_, rtcp) => {
                     quality::note_rtcp(&mut peer.link, &rtcp, &mut blocks)
                 }
@@ -588,6 +602,7 @@ impl Engine {
             now,
         );
         let (session, level_id) = (peer.session, peer.level_id);
+        self.quality.red_recovered += peer.red_up.as_mut().map_or(0, |r| take(&mut r.recovered));
         self.note_listener_reports(session, &blocks, now);
 
         if !received.is_empty() {

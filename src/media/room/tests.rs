@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::media::red;
 use crate::wire::signal::Event;
 
 const LEVEL_ID: u8 = 1;
@@ -32,11 +33,17 @@ fn packet(ssrc: u32, seq: u16, dbov: u8, payload_len: usize) -> rtp::Packet {
 }
 
 fn member(room: &mut Room, id: u64, slots: usize) {
+    member_red(room, id, slots, None);
+}
+
+/// A member whose slots get RED (payload type 63) with `red` packets of redundancy.
+fn member_red(room: &mut Room, id: u64, slots: usize, red: Option<u8>) {
     let outputs = (0..slots)
         .map(|i| SlotOutput {
             mid: i.to_string(),
             payload_type: 111,
             rewriter: SlotRewriter::new(1000 * id as u32 + i as u32, 0, 0),
+            red: red.map(|d| RedEncoder::new(63, 111, d)),
         })
         .collect();
     let identity = Identity {
@@ -342,4 +349,103 @@ fn without_a_cutter_no_bites_are_made() {
     talk(&mut room, 1, 50, t0);
     room.tick(t0 + Duration::from_secs(3));
     assert!(bite_events(&mut room).is_empty());
+}
+
+/// RED across a speaker switch: every packet a RED listener gets carries the slot's own
+/// previous packet (same bytes, the slot's timestamp difference, the number right before),
+/// whoever spoke it, so what the listener rebuilds from redundancy is the stream it would
+/// have had; the primary is always the speaker's packet untouched.
+#[test]
+fn redundancy_follows_the_slot_stream_across_speaker_switches() {
+    let mut room = Room::new(None);
+    member_red(&mut room, 1, 1, Some(1));
+    for id in [1, 2, 3] {
+        if id != 1 {
+            member(&mut room, id, 1);
+        }
+        room.set_live(SessionId(id));
+    }
+    events(&mut room);
+    // 2 and 3 talk at once; 2 has the (only) slot until it leaves, then 3 takes it at
+    // once: the slot's timeline runs on by the pause, well within RED's reach.
+    let t0 = Instant::now();
+    let mut forwards = talk(&mut room, 2, 20, t0);
+    for n in 20..150u16 {
+        let now = t0 + Duration::from_millis(20 * u64::from(n));
+        for speaker in [2u64, 3] {
+            if speaker == 2 && n >= 60 {
+                continue;
+            }
+            let mut out = Vec::new();
+            let pkt = packet(speaker as u32, n, 30, 60);
+            room.on_rtp(SessionId(speaker), Some(LEVEL_ID), &pkt, now, 0, &mut out);
+            forwards.extend(out);
+        }
+        if n == 60 {
+            room.remove_member(SessionId(2), now);
+        }
+        if n % 5 == 4 {
+            room.tick(now);
+        }
+    }
+    let to_red: Vec<&Forward> = forwards
+        .iter()
+        .filter(|f| f.listener == SessionId(1))
+        .collect();
+    let from = |f: &Forward| (f.packet.payload.len(), f.packet.header.sequence_number);
+    assert!(
+        to_red.len() > 100,
+        "{} forwards to the RED listener",
+        to_red.len()
+    );
+    let mut carried = 0;
+    let mut switched = false;
+    for pair in to_red.windows(2) {
+        let (prev, cur) = (&pair[0].packet, &pair[1].packet);
+        assert_eq!(cur.header.payload_type, 63, "RED's payload type");
+        assert_eq!(
+            cur.header.sequence_number,
+            prev.header.sequence_number.wrapping_add(1),
+            "one slot stream: {:?} then {:?}",
+            from(pair[0]),
+            from(pair[1])
+        );
+        let blocks = red::unpack(&cur.payload).expect("a RED payload");
+        let prev_primary = red::unpack(&prev.payload)
+            .expect("RED")
+            .pop()
+            .expect("primary");
+        let primary = blocks.last().expect("primary");
+        assert_eq!(primary.payload_type, 111);
+        assert_eq!(primary.data.len(), 60, "the speaker's packet, untouched");
+        if blocks.len() == 2 {
+            carried += 1;
+            assert_eq!(
+                blocks[0].data, prev_primary.data,
+                "the previous packet's bytes"
+            );
+            assert_eq!(
+                blocks[0].ts_offset,
+                cur.header.timestamp.wrapping_sub(prev.header.timestamp),
+                "at the previous packet's place on the slot's timeline"
+            );
+            switched |= cur.header.marker;
+        }
+    }
+    assert!(
+        carried > to_red.len() - 5,
+        "{carried} of {} carried redundancy",
+        to_red.len()
+    );
+    assert!(
+        switched,
+        "the first packet after the switch carries the last one before it"
+    );
+    // The listener without RED gets plain Opus.
+    assert!(
+        forwards
+            .iter()
+            .filter(|f| f.listener != SessionId(1))
+            .all(|f| f.packet.header.payload_type == 111 && f.packet.payload.len() == 60)
+    );
 }

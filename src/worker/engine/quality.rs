@@ -91,6 +91,8 @@ pub struct Tally {
     at: std::time::Instant,
     scores: [u64; 5],
     listener_lost: u64,
+    /// Packets rebuilt from speakers' RED.
+    pub red_recovered: u64,
 }
 
 impl Default for Tally {
@@ -99,6 +101,7 @@ impl Default for Tally {
             at: std::time::Instant::now(),
             scores: [0; 5],
             listener_lost: 0,
+            red_recovered: 0,
         }
     }
 }
@@ -109,6 +112,7 @@ impl Tally {
             *a += b;
         }
         stats.listener_packets_lost += self.listener_lost;
+        stats.red_recovered += self.red_recovered;
     }
 }
 
