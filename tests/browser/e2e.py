@@ -787,6 +787,18 @@ def main():
     subprocess.run(["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", "-D", str(silence_wav), "trim", "0",
                     str(TONE_SECONDS)], check=True, timeout=30)
 
+    # Speech for the upstream-loss test: Opus codes a pure tone in CELT, which has no in-band
+    # FEC; speech goes through SILK (hybrid at Chromium's rate), whose FEC the test is about.
+    speech_wav = tones_dir / "speech.wav"
+    spoken = tones_dir / "spoken.wav"
+    subprocess.run(["espeak-ng", "-s", "150", "-w", str(spoken),
+                    "The quick brown fox jumps over the lazy dog. Voice conversations on mobile networks "
+                    "lose packets, and a listener who can see the gap can use the next packet's forward "
+                    "error correction to fill it in. Every speaker is heard by the others on their slots."],
+                   check=True, timeout=30)
+    subprocess.run(["sox", str(spoken), "-r", "48000", "-c", "1", "-b", "16", str(speech_wav), "repeat", "8"],
+                   check=True, timeout=30)
+
     suite = Suite(args.only)
     front = seed_srv = nats = None
     browsers = {}
@@ -1129,45 +1141,86 @@ def main():
         suite.run("DTX: a silent member sends a few packets/s, takes no slot and opens no bite; "
                   "the other member's tone is heard", dtx_silent_member)
 
-        def upstream_loss():
-            # Issue 19: 10 % of alice's packets to the worker are dropped on the way in; dave,
-            # who hears her on his one slot, must see those losses as losses (the SFU neither
-            # hides them nor adds gaps of its own for the padding-only probes it does not forward).
+        def lossy_pair(conversation, speaker):
+            """`speaker` speaks, dave hears it on his one slot; returns the speaker's selected pair."""
             for b in browsers.values():
                 b.open("about:blank")
-            q = urllib.parse.urlencode({"name": "dave", "conversation": "lossy", "autojoin": 1, "test": 1,
+            q = urllib.parse.urlencode({"name": "dave", "conversation": conversation, "autojoin": 1, "test": 1,
                                         "clientid": "dave-tab", "slots": 1})
-            alice.open(demo_url("alice", "lossy"))
+            speaker.open(demo_url(speaker.name, conversation))
             dave.open(f"{front.url}/?{q}")
-            dave.wait_for(slot_user("alice"), 20, "connected media with alice in his slot", STATUS)
-            alice.wait_for("window.beepTest && beepTest.status().media === 'connected'", 10, "connected media", STATUS)
+            dave.wait_for(slot_user(speaker.name), 20, f"connected media with {speaker.name} in his slot", STATUS)
+            speaker.wait_for("window.beepTest && beepTest.status().media === 'connected'", 10, "connected media",
+                             STATUS)
             time.sleep(1)
-            pair = alice.eval(SELECTED_PAIR)
-            assert pair and pair["local"]["protocol"] == "udp", f"alice's selected pair: {pair}"
-            with UdpLoss(pair["local"]["port"], pair["remote"]["port"], 10) as loss:
-                time.sleep(0.5)
-                a0, d0, c0 = alice.eval(AUDIO_STATS), dave.eval(AUDIO_STATS), loss.dropped()
-                time.sleep(10)
-                a1, d1, c1 = alice.eval(AUDIO_STATS), dave.eval(AUDIO_STATS), loss.dropped()
-            dropped = c1 - c0
+            pair = speaker.eval(SELECTED_PAIR)
+            assert pair and pair["local"]["protocol"] == "udp", f"{speaker.name}'s selected pair: {pair}"
+            return pair
+
+        def measure_loss(speaker, loss, warmup):
+            """After `warmup` s under the rule (the speaker's encoder adapts to the loss it is
+            told of), 10 s of dave's reception: received, lost, concealed fraction, drops."""
+            time.sleep(warmup)
+            a0, d0, c0 = speaker.eval(AUDIO_STATS), dave.eval(AUDIO_STATS), loss.dropped()
+            time.sleep(10)
+            a1, d1, c1 = speaker.eval(AUDIO_STATS), dave.eval(AUDIO_STATS), loss.dropped()
             (i0,), (i1,) = d0["inbound"], d1["inbound"]
             received, lost = i1["received"] - i0["received"], i1["lost"] - i0["lost"]
-            expected = received + lost
             concealed = (i1["concealed"] - i0["concealed"]) / max(1, i1["samples"] - i0["samples"])
-            say(f"  alice sent {a1['sent'] - a0['sent']} packets (audio and padding), the nft rule dropped {dropped} RTP; "
+            return a1["sent"] - a0["sent"], received, lost, concealed, c1 - c0
+
+        def upstream_loss():
+            # Issue 19: 10 % of frank's packets to the worker are dropped on the way in; dave,
+            # who hears him on his one slot, must see those losses as losses (the SFU neither
+            # hides them nor adds gaps of its own for the padding-only probes it does not forward),
+            # and conceal little of them: the SFU's reports tell frank's encoder the loss, so it
+            # adds in-band FEC, which dave decodes from the packet after each gap. Frank speaks
+            # (espeak-ng): Opus codes the others' pure tones in CELT, which has no FEC.
+            frank = browsers.get("frank")
+            if frank is None:
+                frank = browsers["frank"] = Browser("frank", speech_wav)
+                frank.attach()
+            pair = lossy_pair("lossy", frank)
+            with UdpLoss(pair["local"]["port"], pair["remote"]["port"], 10) as loss:
+                sent, received, lost, concealed, dropped = measure_loss(frank, loss, 4)
+            expected = received + lost
+            say(f"  frank (speech) sent {sent} packets (audio and padding), the nft rule dropped {dropped} RTP; "
                 f"dave received {received} and reports {lost} lost ({100 * lost / max(1, expected):.1f} % of "
                 f"{expected} expected), {100 * concealed:.1f} % of his samples concealed")
             assert received > 300, f"dave received only {received} packets of alice's in 10 s"
-            assert lost >= 0.05 * expected, f"alice's losses are hidden: dave reports {lost} of {expected} lost"
+            assert lost >= 0.05 * expected, f"frank's losses are hidden: dave reports {lost} of {expected} lost"
             # Exactly the rule's drops (a dropped padding-only probe too: the SFU cannot tell it
             # from lost audio): none hidden, none made by the SFU for the probes it does not
             # forward. Up to 2 either way: a drop is reported only once a later packet is in.
             assert abs(lost - dropped) <= 2, f"dave reports {lost} lost, the rule dropped {dropped}"
+            assert concealed <= 0.03, f"dave concealed {100 * concealed:.1f} % of his samples (target 3 %)"
+            for b in (frank, dave):
+                b.open("about:blank")
+
+        suite.run("upstream loss: 10 % of frank's packets to the SFU dropped, dave's getStats reports them lost "
+                  "and conceals at most 3 %", upstream_loss)
+
+        def downstream_loss():
+            # Issue 19: 10 % of the SFU's packets to dave are dropped on the way in. Dave's
+            # Chromium offers RED, so each packet carries the one before: concealment must stay
+            # at most 2 % (without RED or FEC it was about the loss rate, 8.6-9.1 %).
+            pair = lossy_pair("lossy-down", alice)
+            dpair = dave.eval(SELECTED_PAIR)
+            assert dpair and dpair["local"]["protocol"] == "udp", f"dave's selected pair: {dpair}"
+            with UdpLoss(dpair["remote"]["port"], dpair["local"]["port"], 10, pt=63) as loss:
+                sent, received, lost, concealed, dropped = measure_loss(alice, loss, 2)
+            expected = received + lost
+            say(f"  the nft rule dropped {dropped} of the SFU's RED packets to dave; dave received {received} and "
+                f"reports {lost} lost ({100 * lost / max(1, expected):.1f} %), {100 * concealed:.2f} % of his "
+                f"samples concealed (alice's pair {pair['local']['port']}->{pair['remote']['port']})")
+            assert received > 300, f"dave received only {received} packets in 10 s"
+            assert dropped >= 0.05 * expected, f"the rule dropped only {dropped} of {expected}"
+            assert concealed <= 0.02, f"dave concealed {100 * concealed:.1f} % of his samples (target 2 %)"
             for b in (alice, dave):
                 b.open("about:blank")
 
-        suite.run("upstream loss: 10 % of alice's packets to the SFU dropped, dave's getStats reports them lost",
-                  upstream_loss)
+        suite.run("downstream loss: 10 % of the SFU's packets to dave dropped, RED keeps his concealment "
+                  "at most 2 %", downstream_loss)
 
         def ice_tcp():
             # A front of its own with a port range of its own, whose UDP an nft rule drops both

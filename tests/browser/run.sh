@@ -1,6 +1,6 @@
 #!/bin/bash
 # Browser end-to-end tests: real headless Chromium against front + worker, inside a private
-# network namespace that has only loopback. Needs root (unshare -n), Debian's chromium, sox
+# network namespace that has only loopback. Needs root (unshare -n), Debian's chromium, sox, espeak-ng
 # and /usr/bin/python3. Exit code 0 = all passed; the last line is "N passed, M failed".
 #   tests/browser/run.sh [--update-screenshot]     (SKIP_BUILD=1 to use the existing binaries)
 set -euo pipefail
