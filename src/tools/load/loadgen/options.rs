@@ -130,6 +130,10 @@ pub struct Options {
         help_heading = LOAD
     )]
     pub client: ClientKind,
+    /// Offer Opus RED (as Chromium does), so every forwarded copy carries the packet before
+    /// it: the cost of RED. Full client only.
+    #[arg(long, help_heading = LOAD)]
+    pub red: bool,
 
     /// After the quiet window, measure again with a CPU hog on the SFU's CPUs
     /// (--front-cpus), on loadgen's own CPUs, or both.
@@ -223,6 +227,9 @@ impl Options {
         if crate::wire::ids::ConversationId::parse(&format!("{}-0", self.prefix)).is_err() {
             return invalid("--prefix must be letters, digits, '-' or '_'");
         }
+        if self.red && self.client == ClientKind::Light {
+            return invalid("--red needs the full client (--client full)");
+        }
         if self.churn > 0 && self.client == ClientKind::Light {
             return invalid("--client light is for load mode; churn mode uses the full client");
         }
@@ -250,6 +257,7 @@ impl Options {
         let mut co = ClientOptions::new(url, &user, "loadgen");
         co.slots = self.slots;
         co.latency_samples = latency_samples;
+        co.red = self.red;
         co
     }
 }
