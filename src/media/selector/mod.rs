@@ -263,6 +263,11 @@ impl<M: MemberId> Selector<M> {
             .map_or(&[][..], |m| m.dests.as_slice())
     }
 
+    /// `id`'s smoothed loudness in dB above silence (`127 - dBov`), if it is a member.
+    pub fn level_of(&self, id: M) -> Option<f32> {
+        self.members.get(&id).map(|m| m.level)
+    }
+
     /// Whether `id` sent a speech packet within `hold` of `now`.
     pub fn is_speaker(&self, id: M, now: Instant) -> bool {
         self.members.get(&id).is_some_and(|m| {
