@@ -18,14 +18,11 @@ fn ctl_workers(front: &Front) -> Vec<serde_json::Value> {
     serde_json::from_str::<Vec<serde_json::Value>>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
-/// Events about the conversation (slots, reconnects, members): the periodic quality event is
-/// the member's own link, and the speakers event follows a speaker's voice, not news of a
-/// fault elsewhere.
+/// Events about the conversation (slots, reconnects): the periodic quality event is the
+/// member's own link, not news of a fault elsewhere. (Members and speakers events are kept
+/// apart by the client: `Client::members`.)
 fn conversation_events(c: &Client) -> usize {
-    c.events()
-        .iter()
-        .filter(|e| e["type"] != "quality" && e["type"] != "speakers")
-        .count()
+    c.events().iter().filter(|e| e["type"] != "quality").count()
 }
 
 fn told_reconnect(c: &Client, reason: &str) -> bool {

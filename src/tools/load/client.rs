@@ -596,8 +596,27 @@ impl Client {
             .sum()
     }
 
+    /// The events heard, in order, but for `members` and `speakers`: see [`Client::members`].
     pub fn events(&self) -> Vec<serde_json::Value> {
         lock(&self.shared).heard.events.clone()
+    }
+
+    /// The latest `members` event: (userid, clientid) of everyone listed.
+    pub fn members(&self) -> Option<Vec<(String, String)>> {
+        let s = lock(&self.shared);
+        let ev = s.heard.members.as_ref()?;
+        Some(pairs(&ev["members"], |m| {
+            Some((m["userid"].as_str()?.into(), m["clientid"].as_str()?.into()))
+        }))
+    }
+
+    /// The latest `speakers` event: (userid, level) of everyone listed.
+    pub fn speakers(&self) -> Option<Vec<(String, i64)>> {
+        let s = lock(&self.shared);
+        let ev = s.heard.speakers.as_ref()?;
+        Some(pairs(&ev["speakers"], |m| {
+            Some((m["userid"].as_str()?.into(), m["level"].as_i64()?))
+        }))
     }
 
     pub fn errors(&self) -> Vec<serde_json::Value> {
@@ -673,4 +692,11 @@ pub fn ssrcs_by_mid(sdp: &str) -> Vec<(String, u32)> {
     }
     flush(&mut mid, &mut pending, &mut out);
     out
+}
+
+/// The entries of a JSON list `v` that `f` reads.
+fn pairs<T>(v: &serde_json::Value, f: impl Fn(&serde_json::Value) -> Option<T>) -> Vec<T> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(f).collect())
+        .unwrap_or_default()
 }
