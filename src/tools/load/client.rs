@@ -596,27 +596,8 @@ impl Client {
             .sum()
     }
 
-    /// The events heard, in order, but for `members` and `speakers`: see [`Client::members`].
     pub fn events(&self) -> Vec<serde_json::Value> {
         lock(&self.shared).heard.events.clone()
-    }
-
-    /// The latest `members` event: (userid, clientid) of everyone listed.
-    pub fn members(&self) -> Option<Vec<(String, String)>> {
-        let s = lock(&self.shared);
-        let ev = s.heard.members.as_ref()?;
-        Some(pairs(&ev["members"], |m| {
-            Some((m["userid"].as_str()?.into(), m["clientid"].as_str()?.into()))
-        }))
-    }
-
-    /// The latest `speakers` event: (userid, level) of everyone listed.
-    pub fn speakers(&self) -> Option<Vec<(String, i64)>> {
-        let s = lock(&self.shared);
-        let ev = s.heard.speakers.as_ref()?;
-        Some(pairs(&ev["speakers"], |m| {
-            Some((m["userid"].as_str()?.into(), m["level"].as_i64()?))
-        }))
     }
 
     pub fn errors(&self) -> Vec<serde_json::Value> {
@@ -665,38 +646,7 @@ impl Client {
     }
 }
 
-/// `a=ssrc:` lines by m-line mid.
-pub fn ssrcs_by_mid(sdp: &str) -> Vec<(String, u32)> {
-    let mut out = Vec::new();
-    let mut mid: Option<String> = None;
-    let mut pending: Vec<u32> = Vec::new();
-    let flush = |mid: &mut Option<String>, pending: &mut Vec<u32>, out: &mut Vec<(String, u32)>| {
-        if let Some(m) = mid.take() {
-            let mut p: Vec<u32> = std::mem::take(pending);
-            p.dedup();
-            out.extend(p.into_iter().map(|s| (m.clone(), s)));
-        }
-        pending.clear();
-    };
-    for l in sdp.lines().map(str::trim) {
-        if l.starts_with("m=") {
-            flush(&mut mid, &mut pending, &mut out);
-        } else if let Some(m) = l.strip_prefix("a=mid:") {
-            mid = Some(m.to_string());
-        } else if let Some(s) = l.strip_prefix("a=ssrc:")
-            && let Some(n) = s.split_whitespace().next().and_then(|n| n.parse().ok())
-            && !pending.contains(&n)
-        {
-            pending.push(n);
-        }
-    }
-    flush(&mut mid, &mut pending, &mut out);
-    out
-}
+mod presence;
+mod ssrcs;
 
-/// The entries of a JSON list `v` that `f` reads.
-fn pairs<T>(v: &serde_json::Value, f: impl Fn(&serde_json::Value) -> Option<T>) -> Vec<T> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(f).collect())
-        .unwrap_or_default()
-}
+pub use ssrcs::ssrcs_by_mid;
