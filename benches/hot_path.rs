@@ -78,6 +78,7 @@ fn room(members: u64, speakers: u64, slots: usize, bites: Option<CutterConfig>) 
                 mid: i.to_string(),
                 payload_type: 111,
                 rewriter: SlotRewriter::new(1000 + m as u32 * 10 + i as u32, 0, 0),
+                red: None,
             })
             .collect();
         let identity = Identity {

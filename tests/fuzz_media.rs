@@ -534,6 +534,7 @@ impl RoomHarness<'_> {
                             mid: i.to_string(),
                             payload_type: 96 + i as u8,
                             rewriter: SlotRewriter::new(ssrc, first_seq, first_ts),
+                            red: None,
                         }
                     })
                     .collect();

@@ -106,3 +106,75 @@ async fn upstream_losses_reach_the_listener_as_exact_gaps_and_padding_is_not_for
     .await
     .expect("the loss test finished within 90 s");
 }
+
+/// Issue 19, points 2 and 4: what a listener reports of its slot streams reaches the worker.
+/// The speaker is told (in the SFU's receiver reports about its microphone) at least the
+/// worst fraction lost its listeners report, so its encoder adds FEC for the downlink too;
+/// the listener's quality event counts the loss of its own downlink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listeners_loss_reaches_the_speaker_in_the_sfus_receiver_reports() {
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let perms = Permissions::start().await;
+        let front = Front::start(&perms.url(), &[]).await;
+        let speaker = member(&front, "floor", "spk").await;
+        let listener = member(&front, "floor", "lis").await;
+        speaker.start_sending("spk", DBOV);
+        assert!(
+            eventually(Duration::from_secs(10), || listener.heard_from("spk") > 50).await,
+            "the listener did not hear the speaker"
+        );
+        // The SFU reports the speaker's clean uplink (a report a second).
+        assert!(
+            eventually(Duration::from_secs(5), || !speaker.told_lost().is_empty()).await,
+            "no receiver report about the microphone reached the speaker"
+        );
+        assert!(
+            speaker.told_lost().iter().all(|&f| f < 8),
+            "a clean uplink reported lossy: {:?}",
+            speaker.told_lost()
+        );
+
+        // The listener's downlink loses a quarter (64/256) of the speaker's slot stream.
+        let slot_ssrc = listener
+            .streams()
+            .iter()
+            .find(|(_, s)| s.from.contains_key("spk"))
+            .map(|(ssrc, _)| *ssrc)
+            .expect("the speaker's slot stream");
+        let told_before = speaker.told_lost().len();
+        for _ in 0..3 {
+            listener
+                .report_loss(slot_ssrc, 64)
+                .await
+                .expect("the listener sends its report");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || speaker.told_lost()
+                [told_before..]
+                .iter()
+                .any(|&f| f >= 64))
+            .await,
+            "the speaker was not told its listener's loss: {:?}",
+            &speaker.told_lost()[told_before..]
+        );
+        // The listener's own score counts its downlink: a quarter lost is a bad call.
+        assert!(
+            eventually(Duration::from_secs(6), || listener.events().iter().any(
+                |e| {
+                    e["type"] == "quality"
+                        && e["loss"].as_f64().is_some_and(|l| l >= 0.25)
+                        && e["score"].as_u64().is_some_and(|s| s <= 2)
+                }
+            ))
+            .await,
+            "no quality event counting the listener's downlink loss: {:?}",
+            listener.events()
+        );
+        speaker.stop_sending();
+        speaker.close().await;
+        listener.close().await;
+    })
+    .await
+    .expect("the floor test finished within 90 s");
+}

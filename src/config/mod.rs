@@ -314,6 +314,7 @@ fn media<F: Fn(&str) -> Option<String>>(l: &Lookup<F>) -> Result<MediaConfig, Co
         socket_recv_buffer: l.num("RTC_RECV_BUFFER_BYTES")? as u32,
         socket_send_buffer: l.num("RTC_SEND_BUFFER_BYTES")? as u32,
         fanout_threads: l.num("RTC_FANOUT_THREADS")? as u32,
+        red_distance: l.num("RED_DISTANCE")? as u8,
     })
 }
 

@@ -72,6 +72,7 @@ pub const SETTINGS: &[Setting] = &[
         1 << 30,
     ),
     number("RTC_FANOUT_THREADS", 0, 0, 64),
+    number("RED_DISTANCE", 1, 0, crate::media::red::MAX_DISTANCE as u64),
     derived("PUBLIC_IP"),
     number("MAX_SLOTS", 3, 1, 16),
     derived("RUNTIME_DIR"),

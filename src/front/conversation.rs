@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use crate::wire::ipc::ToWorker;
 
 /// What front asks of a worker's supervisor.
+// `Send` carries a `ToWorker`, whose `Init` holds the media settings: moved once per
+// message into the supervisor's queue, not worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub enum Control {
     /// Pass this message to the worker.

@@ -164,6 +164,48 @@ impl LinkMeter {
     }
 }
 
+/// How long a listener's report of a speaker's loss counts toward that speaker's floor:
+/// about two of Chromium's 5 s audio report intervals, so one report missing does not
+/// drop it, and a listener that left or recovered stops counting soon after.
+pub const FLOOR_WINDOW: Duration = Duration::from_secs(12);
+
+/// The worst fraction lost (in 1/256) the listeners of one speaker report of its audio over
+/// the last [`FLOOR_WINDOW`]: what the SFU's receiver reports tell that speaker at least
+/// (issue 19, point 2), so its encoder protects against the loss on the whole path.
+#[derive(Debug)]
+pub struct WorstListener<K> {
+    reports: Vec<(K, u8, Instant)>,
+}
+
+impl<K> Default for WorstListener<K> {
+    fn default() -> Self {
+        WorstListener {
+            reports: Vec::new(),
+        }
+    }
+}
+
+impl<K: PartialEq> WorstListener<K> {
+    /// `listener` reported `fraction` lost of the speaker's audio (on one of its slots) at `now`.
+    pub fn note(&mut self, listener: K, fraction: u8, now: Instant) {
+        match self.reports.iter_mut().find(|(k, ..)| *k == listener) {
+            Some(r) => (r.1, r.2) = (fraction, now),
+            None => self.reports.push((listener, fraction, now)),
+        }
+    }
+
+    /// The worst of the reports still in the window (0 when none is).
+    pub fn worst(&mut self, now: Instant) -> u8 {
+        self.reports
+            .retain(|(_, _, at)| now.saturating_duration_since(*at) < FLOOR_WINDOW);
+        self.reports.iter().map(|r| r.1).max().unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reports.is_empty()
+    }
+}
+
 /// When the next sample is due, given the last (every [`QUALITY_EVERY`]).
 pub fn due(last: Instant, now: Instant) -> bool {
     now.saturating_duration_since(last) >= QUALITY_EVERY
@@ -172,6 +214,23 @@ pub fn due(last: Instant, now: Instant) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_floor_is_the_worst_recent_listener_report() {
+        let t0 = Instant::now();
+        let mut w = WorstListener::default();
+        assert_eq!(w.worst(t0), 0, "nobody reported");
+        w.note("a", 10, t0);
+        w.note("b", 30, t0);
+        assert_eq!(w.worst(t0), 30);
+        // b's link recovers: its newer report replaces the old one.
+        w.note("b", 2, t0 + Duration::from_secs(5));
+        assert_eq!(w.worst(t0 + Duration::from_secs(5)), 10);
+        // a's report ages out; b's is still in the window.
+        assert_eq!(w.worst(t0 + FLOOR_WINDOW + Duration::from_secs(1)), 2);
+        assert_eq!(w.worst(t0 + FLOOR_WINDOW * 2), 0);
+        assert!(w.is_empty());
+    }
 
     fn link(loss: f64, jitter_ms: f64, rtt_ms: f64) -> LinkSample {
         LinkSample {

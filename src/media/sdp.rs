@@ -45,6 +45,12 @@ pub struct AudioSection {
     pub direction: Direction,
     /// The Opus payload type the client offered on this m-line.
     pub opus_pt: u8,
+    /// The payload type of RFC 2198 redundancy (`red/48000/2`) over that Opus
+    /// (`a=fmtp:<red> <opus>/<opus>`), if the client offered it.
+    pub red_pt: Option<u8>,
+    /// Payload types seen with `red/48000/2` or an fmtp, in either order: (type, is RED,
+    /// fmtp). Which RED carries this section's Opus is only known at the section's end.
+    red_offers: Vec<(u8, bool, Option<String>)>,
 }
 
 /// Why an offer cannot be answered; the text is the `bad-sdp` message.
@@ -92,6 +98,14 @@ impl Offer {
          -> Result<(), SdpError> {
             if let Some((true, mut sec, opus)) = cur.take() {
                 sec.opus_pt = opus.ok_or(SdpError::NoOpus(sec.index))?;
+                let over_opus = |f: &str| {
+                    let mut pts = f.split('/').map(|p| p.trim().parse::<u8>().ok());
+                    pts.clone().count() >= 2 && pts.all(|p| p == Some(sec.opus_pt))
+                };
+                sec.red_pt = std::mem::take(&mut sec.red_offers)
+                    .into_iter()
+                    .find(|(_, red, f)| *red && f.as_deref().is_some_and(over_opus))
+                    .map(|(pt, ..)| pt);
                 if sec.mid.is_empty() {
                     sec.mid = sec.index.to_string();
                 }
@@ -120,6 +134,8 @@ impl Offer {
                         mid: String::new(),
                         direction: Direction::SendRecv,
                         opus_pt: 0,
+                        red_pt: None,
+                        red_offers: Vec::new(),
                     },
                     None,
                 ));
@@ -146,6 +162,15 @@ impl Offer {
             audio_level_id,
             candidates,
         })
+    }
+
+    /// `(red, opus)` payload types of the first m-line the client sends on that offers RED:
+    /// what a speaker that sends RED would use (unpacked by [`super::red::RedDecoder`]).
+    pub fn upstream_red(&self) -> Option<(u8, u8)> {
+        self.audio
+            .iter()
+            .filter(|s| matches!(s.direction, Direction::SendRecv | Direction::SendOnly))
+            .find_map(|s| Some((s.red_pt?, s.opus_pt)))
     }
 
     /// Which audio sections become slots, in m-line order, at most `max_slots`.
@@ -266,8 +291,27 @@ fn audio_attribute(
         let mut it = rtpmap.splitn(2, ' ');
         let pt = it.next().and_then(|p| p.parse::<u8>().ok());
         let codec = it.next().unwrap_or("");
-        if opus.is_none() && codec.to_ascii_lowercase().starts_with("opus/48000") {
+        let codec = codec.to_ascii_lowercase();
+        if opus.is_none() && codec.starts_with("opus/48000") {
             *opus = pt;
+        }
+        if let Some(pt) = pt.filter(|_| codec == "red/48000/2") {
+            match sec.red_offers.iter_mut().find(|r| r.0 == pt) {
+                Some(r) => r.1 = true,
+                None => sec.red_offers.push((pt, true, None)),
+            }
+        }
+    } else if let Some(fmtp) = line.strip_prefix("a=fmtp:") {
+        let (pt, params) = fmtp.split_once(' ').unwrap_or((fmtp, ""));
+        // Bounded like everything else an offer carries: one entry per payload type.
+        if let Ok(pt) = pt.parse::<u8>()
+            && sec.red_offers.len() < 128
+        {
+            let params = Some(params.trim().to_owned());
+            match sec.red_offers.iter_mut().find(|r| r.0 == pt) {
+                Some(r) => r.2 = params,
+                None => sec.red_offers.push((pt, false, params)),
+            }
         }
     } else if let Some(ext) = line.strip_prefix("a=extmap:") {
         let mut it = ext.split_whitespace();
@@ -297,6 +341,23 @@ m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=mid:0\r\na=extmap:1 urn:ietf:params:rtp-h
 m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n\
 m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:v\r\na=sendrecv\r\na=rtpmap:96 VP8/90000\r\n\
 m=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=recvonly\r\na=rtpmap:96 opus/48000/2\r\n";
+
+    /// RED counts only over the section's own Opus: Chromium's `63 111/111`; not a RED over
+    /// another codec, nor one without its fmtp.
+    #[test]
+    fn finds_red_over_the_sections_opus() {
+        let sdp = "v=0\r\ns=-\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\na=mid:0\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n\
+a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 63 109\r\na=mid:1\r\na=rtpmap:63 RED/48000/2\r\na=fmtp:63 0/0\r\n\
+a=rtpmap:109 opus/48000/2\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 109 120\r\na=mid:2\r\na=rtpmap:109 opus/48000/2\r\na=rtpmap:120 red/48000/2\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 109 121\r\na=mid:3\r\na=rtpmap:109 opus/48000/2\r\na=fmtp:121 109/109/109\r\n\
+a=rtpmap:121 red/48000/2\r\n";
+        let o = Offer::parse(sdp).expect("parses");
+        let red: Vec<_> = o.audio.iter().map(|s| s.red_pt).collect();
+        assert_eq!(red, [Some(63), None, None, Some(121)]);
+    }
 
     #[test]
     fn reads_audio_sections_in_order() {

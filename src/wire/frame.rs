@@ -128,6 +128,7 @@ mod tests {
                     socket_recv_buffer: 6,
                     socket_send_buffer: 7,
                     fanout_threads: 2,
+                    red_distance: 1,
                 },
                 bites: None,
                 orphan_grace_ms: 60_000,

@@ -20,7 +20,7 @@ use super::ids::{ConversationId, Generation, SessionId};
 use super::signal::{ErrorCode, Event, ReconnectReason};
 use super::stats::WorkerStats;
 
-pub const PROTOCOL_VERSION: u16 = 10;
+pub const PROTOCOL_VERSION: u16 = 11;
 
 /// What a worker needs to run its peer connections. Front sends it in `Init` rather than
 /// letting the worker re-read the environment, so the one process that validated the
@@ -51,6 +51,9 @@ pub struct MediaConfig {
     /// How many threads one packet's copies to a big room's listeners are written and sent
     /// from (0: one per core, at most 4; 1: the engine's thread only).
     pub fanout_threads: u32,
+    /// How many earlier packets each slot packet repeats toward a listener that negotiated
+    /// RED (RFC 2198); 0: RED is not offered back.
+    pub red_distance: u8,
 }
 
 #[cfg(test)]
@@ -72,6 +75,7 @@ impl MediaConfig {
             socket_recv_buffer: 0,
             socket_send_buffer: 0,
             fanout_threads: 1,
+            red_distance: 1,
         }
     }
 }

@@ -32,6 +32,9 @@ pub struct WorkerStats {
     /// Packets of the slot streams the listeners' reports counted lost.
     #[serde(default)]
     pub listener_packets_lost: u64,
+    /// Packets speakers' uplinks lost that their RED redundancy rebuilt.
+    #[serde(default)]
+    pub red_recovered: u64,
 }
 
 /// Packets a worker dropped, by reason (`beep_packets_dropped_total{reason=...}`): on purpose
@@ -118,6 +121,7 @@ impl WorkerStats {
             *a += b;
         }
         self.listener_packets_lost += other.listener_packets_lost;
+        self.red_recovered += other.red_recovered;
     }
 }
 

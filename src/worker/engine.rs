@@ -69,8 +69,11 @@ use rtc::rtp;
 use rtc::sansio::Protocol;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
+use super::feedback::LossFloor;
 use super::peer::{self, IceCredentials, NegotiationError};
 use crate::media::bite::CutterConfig;
+use crate::media::quality::WorstListener;
+use crate::media::red::{RedDecoder, RedEncoder};
 use crate::media::rewrite::SlotRewriter;
 use crate::media::room::{Forward, MemberLimits, Room, SlotOutput};
 use crate::media::sdp::{Offer, unify_bundle_ice};
@@ -79,6 +82,7 @@ use crate::wire::ids::{ConversationId, Generation, SessionId};
 use crate::wire::ipc::{CloseReason, MediaConfig, ToFront, ToWorker};
 use crate::wire::signal::ErrorCode;
 use crate::wire::stats::{DelayHistogram, DropStats, WorkerStats};
+use std::mem::take;
 
 /// How often the speaker selection re-runs.
 const TICK: Duration = Duration::from_millis(50);
@@ -141,6 +145,11 @@ struct Peer {
     broken: bool,
     /// What its reports and stream say of its call's quality ([`quality`]).
     link: crate::media::quality::LinkMeter,
+    /// The fraction lost its connection's receiver reports claim at least: its listeners'
+    /// worst ([`crate::worker::feedback`]).
+    floor: LossFloor,
+    /// Its microphone's RED made plain Opus, when it negotiated RED.
+    red_up: Option<RedDecoder>,
     /// Test hook: the next datagram's handling panics.
     #[cfg(test)]
     panic_on_read: bool,
@@ -194,6 +203,8 @@ pub struct Engine {
     /// A big room's copies of one packet, written and sent from several threads.
     fanout: Fanout,
     quality: quality::Tally,
+    /// Per speaker, the worst loss its listeners report of its audio.
+    downstream: FxHashMap<SessionId, WorstListener<SessionId>>,
 }
 
 impl Engine {
@@ -366,6 +377,7 @@ impl Engine {
             poisoned: Vec::new(),
             fanout,
             quality: quality::Tally::default(),
+            downstream: FxHashMap::default(),
         }
     }
 
@@ -415,6 +427,7 @@ impl Engine {
         let tcp_local = self.tcp.as_ref().map(|t| t.local);
         let ice = IceCredentials::random();
         let stream_id = format!("beep-{session}");
+        let floor = LossFloor::default();
         let a = peer::answer(
             &self.media,
             &offer,
@@ -423,6 +436,7 @@ impl Engine {
             local,
             tcp_local,
             &ice,
+            &floor,
             now,
         )?;
         let key = PeerKey(self.next_key);
@@ -435,6 +449,9 @@ impl Engine {
                 mid: s.mid.clone(),
                 payload_type: s.payload_type,
                 rewriter: SlotRewriter::new(s.ssrc, rand::random(), rand::random()),
+                red: s
+                    .red_pt
+                    .map(|pt| RedEncoder::new(pt, s.payload_type, self.media.red_distance)),
             })
             .collect();
         self.peers.insert(
@@ -448,6 +465,11 @@ impl Engine {
                 selected: None,
                 broken: false,
                 link: Default::default(),
+                floor,
+                red_up: offer
+                    .upstream_red()
+                    .filter(|_| self.media.red_distance > 0)
+                    .map(|(red, opus)| RedDecoder::new(red, opus)),
                 #[cfg(test)]
                 panic_on_read: false,
                 #[cfg(test)]
@@ -538,10 +560,16 @@ impl Engine {
             events.push(ev);
         }
         let mut received: Vec<rtp::Packet> = Vec::new();
+        let mut blocks = Vec::new();
         while let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
             match message {
-                RTCMessage::RtpPacket(_, pkt) => received.push(pkt),
-                RTCMessage::RtcpPacket(_, rtcp) => quality::note_rtcp(&mut peer.link, &rtcp),
+                RTCMessage::RtpPacket(_, pkt) => match peer.red_up.as_mut() {
+                    Some(red) => received.extend(red.decode(pkt)),
+                    None => received.push(pkt),
+                },
+                RTCMessage::RtcpPacket(_, rtcp) => {
+                    quality::note_rtcp(&mut peer.link, &rtcp, &mut blocks)
+                }
                 _ => {}
             }
         }
@@ -556,6 +584,8 @@ impl Engine {
             now,
         );
         let (session, level_id) = (peer.session, peer.level_id);
+        self.quality.red_recovered += peer.red_up.as_mut().map_or(0, |r| take(&mut r.recovered));
+        self.note_listener_reports(session, &blocks, now);
 
         if !received.is_empty() {
             let unix_ms = unix_ms_now();
@@ -626,33 +656,6 @@ impl Engine {
     }
 }
 
-/// What woke the engine's loop.
-// `Front` carries an offer at most: moved once, not worth a box.
-#[allow(clippy::large_enum_variant)]
-enum Wake {
-    Front(Option<Input>),
-    Port,
-    Tcp(TcpEvent),
-    Timer,
-}
-
-/// The next event of the ICE-TCP port: `None` for one handled inside it (an accepted
-/// connection), and forever while there is no TCP port.
-async fn tcp_event(tcp: &mut Option<TcpPort>) -> Option<TcpEvent> {
-    match tcp {
-        Some(tcp) => tcp.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits until the port has a datagram; forever while there is no port yet.
-async fn port_readable(port: &Option<Port>) {
-    match port {
-        Some(port) => port.readable().await,
-        None => std::future::pending().await,
-    }
-}
-
 mod bites;
 mod connection;
 mod demux;
@@ -674,5 +677,6 @@ use connection::{closed_by_client, flush, selected_remote, write_copy};
 use demux::{Demux, Verdict, is_stun};
 use fanout::Fanout;
 use guard::panic_text;
+use io::{Wake, port_readable, tcp_event};
 use port::{Port, RECV_BATCH, Received, Transmit, Transport};
 use tcp::{TcpEvent, TcpPort};

@@ -5,6 +5,7 @@
 //! | this file | the process's shell: connect to front, take `Init`, run the engine with two IPC tasks beside it |
 //! | [`engine`] | one task driving every peer connection (`rtc` sans-I/O) and the room |
 //! | [`peer`] | building and answering one peer connection, with its UDP socket |
+//! | [`feedback`] | our link in each connection's interceptor chain: the RTCP the engine acts on |
 //!
 //! The worker connects to front's socket and speaks first (`Hello`). Its link to front is one
 //! task ([`link`]): a reader feeds front's frames to the engine, and the engine's messages are
@@ -20,6 +21,7 @@
 //! ([`refuse_too_large`]).
 
 pub mod engine;
+pub mod feedback;
 pub mod peer;
 pub mod timer;
 

@@ -49,6 +49,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverId};
 
+use super::feedback::{FEEDBACK_SLOT, Feedback, LossFloor};
 use crate::media::sdp::{AUDIO_LEVEL_URI, Offer};
 use crate::wire::ipc::MediaConfig;
 use crate::wire::signal::ErrorCode;
@@ -76,6 +77,8 @@ pub struct SlotSender {
     pub mid: String,
     pub payload_type: u8,
     pub ssrc: u32,
+    /// The RED payload type, when the answer has RED on this m-line.
+    pub red_pt: Option<u8>,
 }
 
 /// An answered offer: the connection and the SDP to send back.
@@ -215,23 +218,36 @@ pub fn opus_media_track(stream: &str, id: &str, ssrc: u32) -> MediaStreamTrack {
 }
 
 /// The media engine of the webrtc-rs test and load clients (`crate::loadtools`): [`audio_media_engine`] with the
-/// crate's default interceptors, as an application built on webrtc-rs would have them.
+/// crate's default interceptors, as an application built on webrtc-rs would have them, and
+/// [`Feedback`] so the tests see the SFU's reports; with `red`, RED offered as Chromium does.
 #[cfg(feature = "loadtools")]
-pub fn audio_engine() -> rtc::shared::error::Result<(MediaEngine, Registry)> {
+pub fn audio_engine(red: bool) -> rtc::shared::error::Result<(MediaEngine, Registry)> {
     use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
     let mut engine = audio_media_engine()?;
-    let registry = register_default_interceptors(Registry::new(), &mut engine)?;
+    if red {
+        register_red(&mut engine)?;
+    }
+    let registry = register_default_interceptors(Registry::new(), &mut engine)?
+        .with(FEEDBACK_SLOT, Feedback::new(LossFloor::default()));
     Ok((engine, registry))
 }
 
 /// The worker's: RTCP sender/receiver reports and transport-wide congestion control feedback
-/// (which browsers use to adapt their send rate), and no NACK. NACK is only ever negotiated
+/// (which browsers use to adapt their send rate), our own link for the RTCP the engine acts
+/// on ([`Feedback`]: listeners' reports in, the loss floor onto ours), and no NACK. NACK is only ever negotiated
 /// for video, yet its responder keeps a copy of every packet sent, and every interceptor in
 /// the chain moves each forwarded packet through a queue of its own: with the default set
 /// the chain was the largest single cost per forwarded packet (docs/BENCHMARKS.md).
-fn server_engine() -> rtc::shared::error::Result<(MediaEngine, Registry)> {
+fn server_engine(
+    floor: &LossFloor,
+    red: bool,
+) -> rtc::shared::error::Result<(MediaEngine, Registry)> {
     let mut engine = audio_media_engine()?;
-    let registry = configure_rtcp_reports(Registry::new());
+    if red {
+        register_red(&mut engine)?;
+    }
+    let registry =
+        configure_rtcp_reports(Registry::new()).with(FEEDBACK_SLOT, Feedback::new(floor.clone()));
     let registry = configure_twcc_receiver_only(registry, &mut engine)?;
     Ok((engine, registry))
 }
@@ -256,6 +272,25 @@ pub(crate) fn audio_media_engine() -> rtc::shared::error::Result<MediaEngine> {
     Ok(engine)
 }
 
+/// RED over our Opus (RFC 2198, `red/48000/2`, `111/111` as Chromium offers it): registered,
+/// `rtc` answers it where a client offers it (matching by name when the client's Opus has
+/// another number), and the slots whose answer has it get redundancy ([`crate::media::red`]).
+pub(crate) fn register_red(engine: &mut MediaEngine) -> rtc::shared::error::Result<()> {
+    engine.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: "audio/red".to_owned(),
+                clock_rate: 48000,
+                channels: 2,
+                sdp_fmtp_line: "111/111".to_owned(),
+                rtcp_feedback: vec![],
+            },
+            payload_type: 63,
+        },
+        RtpCodecKind::Audio,
+    )
+}
+
 /// Builds a peer connection for `offer`, adds one outgoing track per slot and answers.
 /// `local` is the worker's UDP port as clients reach it, `tcp_local` its ICE-TCP port if it
 /// has one, `ice` this connection's credentials.
@@ -268,15 +303,16 @@ pub fn answer(
     local: SocketAddr,
     tcp_local: Option<SocketAddr>,
     ice: &IceCredentials,
+    floor: &LossFloor,
     now: Instant,
 ) -> Result<Answered, NegotiationError> {
     let bad_sdp = |e: String| NegotiationError::new(ErrorCode::BadSdp, e);
-    let mut pc = server_connection(media, ice, tcp_local.is_some(), now)?;
+    let mut pc = server_connection(media, ice, tcp_local.is_some(), floor, now)?;
     let desc = RTCSessionDescription::offer(offer_sdp)
         .map_err(|e| bad_sdp(format!("unparseable offer: {e}")))?;
     pc.set_remote_description(now, desc)
         .map_err(|e| bad_sdp(format!("offer rejected: {e}")))?;
-    let slots = add_slot_tracks(&mut pc, offer, media.max_slots, stream_id)?;
+    let slots = add_slot_tracks(&mut pc, offer, media, stream_id)?;
     add_host_candidates(&mut pc, local, tcp_local)?;
 
     let answer = pc
@@ -306,9 +342,11 @@ fn server_connection(
     media: &MediaConfig,
     ice: &IceCredentials,
     tcp: bool,
+    floor: &LossFloor,
     now: Instant,
 ) -> Result<RTCPeerConnection, NegotiationError> {
-    let (engine, registry) = server_engine().map_err(|e| internal(e.to_string()))?;
+    let (engine, registry) =
+        server_engine(floor, media.red_distance > 0).map_err(|e| internal(e.to_string()))?;
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_answering_dtls_role(RTCDtlsRole::Server)
@@ -349,10 +387,10 @@ fn server_connection(
 fn add_slot_tracks(
     pc: &mut RTCPeerConnection,
     offer: &Offer,
-    max_slots: usize,
+    media: &MediaConfig,
     stream_id: &str,
 ) -> Result<Vec<SlotSender>, NegotiationError> {
-    let slot_sections = offer.slot_sections(max_slots);
+    let slot_sections = offer.slot_sections(media.max_slots);
     let last_slot_mid = slot_sections.last().map(|s| s.mid.clone());
     let mut slots = Vec::new();
     let mut filling = last_slot_mid.is_some();
@@ -387,6 +425,7 @@ fn add_slot_tracks(
                     mid: mid.clone(),
                     payload_type: section.opus_pt,
                     ssrc,
+                    red_pt: section.red_pt.filter(|_| media.red_distance > 0),
                 });
             }
             if Some(&mid) == last_slot_mid.as_ref() {
@@ -466,6 +505,57 @@ mod tests {
 
     /// The answer asks for DTX on every Opus m-line, beside the client's own parameters, and
     /// rtc still accepts the connection (it answers with the offer's Opus fmtp by itself).
+    /// A client that offers RED (as Chromium does: `63 111/111`) gets it back on its slots,
+    /// and Opus stays the first codec of every m-line, so a browser keeps sending plain Opus;
+    /// with `RED_DISTANCE=0` RED is not answered.
+    #[test]
+    fn red_is_answered_where_offered_after_opus() {
+        let sdp = offer_sdp()
+            .replace("SAVPF 111 0\r\n", "SAVPF 111 63 0\r\n")
+            .replace(
+                "a=rtpmap:0 PCMU/8000\r\n",
+                "a=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\na=rtpmap:0 PCMU/8000\r\n",
+            );
+        let offer = Offer::parse(&sdp).expect("offer parses");
+        let answer_with = |distance: u8| {
+            let mut m = media("127.0.0.1", (42_000, 42_999));
+            m.red_distance = distance;
+            answer(
+                &m,
+                &offer,
+                sdp.clone(),
+                "beep-1",
+                "127.0.0.1:42000".parse().expect("an address"),
+                None,
+                &IceCredentials::random(),
+                &LossFloor::default(),
+                Instant::now(),
+            )
+            .expect("answered")
+        };
+        let a = answer_with(1);
+        let reds: Vec<Option<u8>> = a.slots.iter().map(|s| s.red_pt).collect();
+        assert_eq!(reds, [Some(63); 3]);
+        let m_lines: Vec<&str> = a
+            .answer
+            .lines()
+            .filter(|l| l.starts_with("m=audio"))
+            .collect();
+        assert!(
+            m_lines.iter().all(|m| m.contains("SAVPF 111 63")),
+            "Opus first, then RED: {m_lines:?}"
+        );
+        assert_eq!(
+            a.answer.matches("a=fmtp:63 111/111").count(),
+            3,
+            "{}",
+            a.answer
+        );
+        let off = answer_with(0);
+        assert!(off.slots.iter().all(|s| s.red_pt.is_none()));
+        assert!(!off.answer.contains("red/48000"), "{}", off.answer);
+    }
+
     #[test]
     fn the_answer_asks_for_opus_dtx() {
         let sdp = offer_sdp();
@@ -478,6 +568,7 @@ mod tests {
             "127.0.0.1:42000".parse().expect("an address"),
             None,
             &IceCredentials::random(),
+            &LossFloor::default(),
             Instant::now(),
         )
         .expect("answered");

@@ -24,6 +24,7 @@ use rustc_hash::FxHashMap;
 
 use super::audit::{DecodeBudget, LevelAudit};
 use super::bite::{AudioPacket, BiteCutter, CutBite, CutterConfig, StartClock};
+use super::red::RedEncoder;
 use super::rewrite::{SlotRewriter, SourceKey};
 use super::selector::{Selector, SelectorConfig, SlotChange};
 use super::speech::Loudness;
@@ -79,6 +80,8 @@ pub struct SlotOutput {
     pub mid: String,
     pub payload_type: u8,
     pub rewriter: SlotRewriter,
+    /// Redundancy for a listener that negotiated RED on this slot.
+    pub red: Option<RedEncoder>,
 }
 
 /// One packet for one slot of one listener, rewritten and ready to send.
@@ -252,6 +255,14 @@ impl Room {
             }
         }
         self.announce_presence();
+    }
+
+    /// Who is on the slot of `listener` whose stream has SSRC `ssrc` now: whose audio a
+    /// report block of that listener's is about.
+    pub fn slot_source(&self, listener: SessionId, ssrc: u32) -> Option<SessionId> {
+        let m = self.members.get(&listener)?;
+        let slot = m.slots.iter().position(|s| s.rewriter.ssrc() == ssrc)?;
+        m.mapping.get(slot).copied().flatten()
     }
 
     pub fn member_count(&self) -> usize {
@@ -533,11 +544,15 @@ fn slot_copy(
     let rw = output
         .rewriter
         .rewrite(source, h.sequence_number, h.timestamp, h.marker, now)?;
+    let (payload_type, payload) = match output.red.as_mut() {
+        Some(red) => (red.red_pt, red.encode(rw.seq, rw.ts, &pkt.payload)),
+        None => (output.payload_type, pkt.payload.clone()),
+    };
     let mut header = rtp::header::Header {
         version: 2,
         padding: false,
         marker: rw.marker,
-        payload_type: output.payload_type,
+        payload_type,
         sequence_number: rw.seq,
         timestamp: rw.ts,
         ssrc: rw.ssrc,
@@ -546,10 +561,7 @@ fn slot_copy(
     if let Some((id, b)) = level_ext {
         let _ = header.set_extension(id, level_extension(b));
     }
-    Some(rtp::Packet {
-        header,
-        payload: pkt.payload.clone(),
-    })
+    Some(rtp::Packet { header, payload })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::media::red;
 use crate::wire::signal::Event;
 
 const LEVEL_ID: u8 = 1;
@@ -32,11 +33,17 @@ fn packet(ssrc: u32, seq: u16, dbov: u8, payload_len: usize) -> rtp::Packet {
 }
 
 fn member(room: &mut Room, id: u64, slots: usize) {
+    member_red(room, id, slots, None);
+}
+
+/// A member whose slots get RED (payload type 63) with `red` packets of redundancy.
+fn member_red(room: &mut Room, id: u64, slots: usize, red: Option<u8>) {
     let outputs = (0..slots)
         .map(|i| SlotOutput {
             mid: i.to_string(),
             payload_type: 111,
             rewriter: SlotRewriter::new(1000 * id as u32 + i as u32, 0, 0),
+            red: red.map(|d| RedEncoder::new(63, 111, d)),
         })
         .collect();
     let identity = Identity {
@@ -344,266 +351,103 @@ fn without_a_cutter_no_bites_are_made() {
     assert!(bite_events(&mut room).is_empty());
 }
 
-// Presence: the members and speakers events (`presence`), on scripted time.
-
-/// The members events waiting: (who is told, the user ids listed).
-fn members_events(room: &mut Room) -> Vec<(Vec<u64>, Vec<String>)> {
-    events(room)
-        .into_iter()
-        .filter_map(|e| match e {
-            RoomEvent::Members { to, members } => Some((
-                to.iter().map(|s| s.0).collect(),
-                members.into_iter().map(|m| m.userid).collect(),
-            )),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Who is told, and what: (user id, level) per speaker.
-type Told = (Vec<u64>, Vec<(String, i16)>);
-
-/// The speakers events waiting.
-fn speakers_events(room: &mut Room) -> Vec<Told> {
-    events(room)
-        .into_iter()
-        .filter_map(|e| match e {
-            RoomEvent::Speakers { to, speakers } => Some((
-                to.iter().map(|s| s.0).collect(),
-                speakers.into_iter().map(|s| (s.userid, s.level)).collect(),
-            )),
-            _ => None,
-        })
-        .collect()
-}
-
-fn users(ids: &[u64]) -> Vec<String> {
-    ids.iter().map(|i| format!("u{i}")).collect()
-}
-
-/// One packet of `speaker` at `dbov`, sequence `seq`, at `now`.
-fn say(room: &mut Room, speaker: u64, seq: u16, dbov: u8, now: Instant) {
-    let mut out = Vec::new();
-    room.on_rtp(
-        SessionId(speaker),
-        Some(LEVEL_ID),
-        &packet(speaker as u32, seq, dbov, 60),
-        now,
-        0,
-        &mut out,
-    );
-}
-
+/// RED across a speaker switch: every packet a RED listener gets carries the slot's own
+/// previous packet (same bytes, the slot's timestamp difference, the number right before),
+/// whoever spoke it, so what the listener rebuilds from redundancy is the stream it would
+/// have had; the primary is always the speaker's packet untouched.
 #[test]
-fn a_member_is_told_the_members_after_its_answer_and_the_others_at_the_next_tick() {
+fn redundancy_follows_the_slot_stream_across_speaker_switches() {
     let mut room = Room::new(None);
-    let t0 = Instant::now();
-    member(&mut room, 1, 1);
-    assert_eq!(members_events(&mut room), vec![(vec![1], users(&[1]))]);
-    room.tick(t0);
-    assert!(members_events(&mut room).is_empty(), "1 knows");
-    member(&mut room, 2, 1);
-    // The newcomer at once, sorted, itself included ...
-    assert_eq!(members_events(&mut room), vec![(vec![2], users(&[1, 2]))]);
-    // ... the one already there at the tick; nobody twice.
-    room.tick(t0 + Duration::from_millis(50));
-    assert_eq!(members_events(&mut room), vec![(vec![1], users(&[1, 2]))]);
-    room.tick(t0 + Duration::from_millis(100));
-    assert!(members_events(&mut room).is_empty());
-}
-
-#[test]
-fn a_leave_is_told_to_those_who_stay() {
-    let mut room = Room::new(None);
-    let t0 = Instant::now();
-    for id in 1..=3 {
-        member(&mut room, id, 1);
-    }
-    room.tick(t0);
-    events(&mut room);
-    room.remove_member(SessionId(2), t0 + Duration::from_secs(1));
-    assert_eq!(
-        members_events(&mut room),
-        vec![(vec![1, 3], users(&[1, 3]))]
-    );
-}
-
-#[test]
-fn a_burst_of_joins_is_told_at_most_five_times_a_second() {
-    let mut room = Room::new(None);
-    let t0 = Instant::now();
-    member(&mut room, 1, 1);
-    events(&mut room);
-    let mut broadcasts = Vec::new();
-    // A join every 50 ms for a second, the room ticking every 50 ms.
-    for i in 0..20u64 {
-        let now = t0 + Duration::from_millis(50 * i);
-        member(&mut room, 2 + i, 1);
-        room.tick(now);
-        for (to, list) in members_events(&mut room) {
-            if to != vec![2 + i] {
-                broadcasts.push((now, to, list.len()));
-            }
+    member_red(&mut room, 1, 1, Some(1));
+    for id in [1, 2, 3] {
+        if id != 1 {
+            member(&mut room, id, 1);
         }
-    }
-    room.tick(t0 + Duration::from_secs(2));
-    for (to, list) in members_events(&mut room) {
-        broadcasts.push((t0 + Duration::from_secs(2), to, list.len()));
-    }
-    assert!(broadcasts.len() <= 6, "{broadcasts:?}");
-    for w in broadcasts.windows(2) {
-        assert!(
-            w[1].0 - w[0].0 >= Duration::from_millis(200),
-            "{broadcasts:?}"
-        );
-    }
-    // In the end everyone has heard the full list, the first member included.
-    let last = broadcasts.last().expect("a broadcast");
-    assert_eq!(last.2, 21);
-    assert!(broadcasts.iter().any(|(_, to, _)| to.contains(&1)));
-    room.tick(t0 + Duration::from_secs(3));
-    assert!(members_events(&mut room).is_empty(), "nobody is behind");
-}
-
-#[test]
-fn a_big_room_broadcasts_its_members_less_often() {
-    assert_eq!(presence::members_every(3), Duration::from_millis(200));
-    assert_eq!(presence::members_every(50), Duration::from_millis(200));
-    assert_eq!(presence::members_every(500), Duration::from_secs(2));
-}
-
-#[test]
-fn levels_are_told_in_dbov_rounded_to_three_db() {
-    assert_eq!(presence::told_level(97.0), -30);
-    assert_eq!(presence::told_level(96.0), -30);
-    assert_eq!(presence::told_level(95.0), -33);
-    assert_eq!(presence::told_level(0.0), -126, "silence, to the step");
-    assert_eq!(presence::told_level(127.0), 0);
-    assert_eq!(presence::told_level(300.0), 0);
-}
-
-#[test]
-fn speakers_are_told_to_everyone_when_they_change_at_most_five_times_a_second() {
-    let mut room = Room::new(None);
-    // Listener 3 has one slot: it hears one of the two speakers, and is told of both.
-    member(&mut room, 1, 1);
-    member(&mut room, 2, 1);
-    member(&mut room, 3, 1);
-    for id in 1..=3 {
         room.set_live(SessionId(id));
     }
     events(&mut room);
+    // 2 and 3 talk at once; 2 has the (only) slot until it leaves, then 3 takes it at
+    // once: the slot's timeline runs on by the pause, well within RED's reach.
     let t0 = Instant::now();
-    let mut told = Vec::new();
-    // 1 and 2 talk (at -30 and -40 dBov) for 3 s, a packet each every 20 ms, a tick every 50.
-    for n in 0..150u16 {
+    let mut forwards = talk(&mut room, 2, 20, t0);
+    for n in 20..150u16 {
         let now = t0 + Duration::from_millis(20 * u64::from(n));
-        say(&mut room, 1, n, 30, now);
-        say(&mut room, 2, n, 40, now);
-        if n % 5 == 0 || n % 5 == 2 {
+        for speaker in [2u64, 3] {
+            if speaker == 2 && n >= 60 {
+                continue;
+            }
+            let mut out = Vec::new();
+            let pkt = packet(speaker as u32, n, 30, 60);
+            room.on_rtp(SessionId(speaker), Some(LEVEL_ID), &pkt, now, 0, &mut out);
+            forwards.extend(out);
+        }
+        if n == 60 {
+            room.remove_member(SessionId(2), now);
+        }
+        if n % 5 == 4 {
             room.tick(now);
-            told.extend(speakers_events(&mut room).into_iter().map(|e| (now, e)));
         }
     }
-    assert!(!told.is_empty());
-    for w in told.windows(2) {
-        assert!(w[1].0 - w[0].0 >= Duration::from_millis(200), "{told:?}");
-        assert_ne!(w[0].1.1, w[1].1.1, "told only when it changes: {told:?}");
+    let to_red: Vec<&Forward> = forwards
+        .iter()
+        .filter(|f| f.listener == SessionId(1))
+        .collect();
+    let from = |f: &Forward| (f.packet.payload.len(), f.packet.header.sequence_number);
+    assert!(
+        to_red.len() > 100,
+        "{} forwards to the RED listener",
+        to_red.len()
+    );
+    let mut carried = 0;
+    let mut switched = false;
+    for pair in to_red.windows(2) {
+        let (prev, cur) = (&pair[0].packet, &pair[1].packet);
+        assert_eq!(cur.header.payload_type, 63, "RED's payload type");
+        assert_eq!(
+            cur.header.sequence_number,
+            prev.header.sequence_number.wrapping_add(1),
+            "one slot stream: {:?} then {:?}",
+            from(pair[0]),
+            from(pair[1])
+        );
+        let blocks = red::unpack(&cur.payload).expect("a RED payload");
+        let prev_primary = red::unpack(&prev.payload)
+            .expect("RED")
+            .pop()
+            .expect("primary");
+        let primary = blocks.last().expect("primary");
+        assert_eq!(primary.payload_type, 111);
+        assert_eq!(primary.data.len(), 60, "the speaker's packet, untouched");
+        if blocks.len() == 2 {
+            carried += 1;
+            assert_eq!(
+                blocks[0].data, prev_primary.data,
+                "the previous packet's bytes"
+            );
+            assert_eq!(
+                blocks[0].ts_offset,
+                cur.header.timestamp.wrapping_sub(prev.header.timestamp),
+                "at the previous packet's place on the slot's timeline"
+            );
+            switched |= cur.header.marker;
+        }
     }
-    for (_, (to, _)) in &told {
-        assert_eq!(to, &vec![1, 2, 3]);
-    }
-    // Settled: both, loudest first, at their levels; no news for the last second.
-    let (at, (_, last)) = told.last().expect("told");
-    assert_eq!(
-        last,
-        &vec![("u1".to_string(), -30), ("u2".to_string(), -39)]
+    assert!(
+        carried > to_red.len() - 5,
+        "{carried} of {} carried redundancy",
+        to_red.len()
     );
     assert!(
-        *at < t0 + Duration::from_secs(2),
-        "steady speech is not news: {told:?}"
+        switched,
+        "the first packet after the switch carries the last one before it"
     );
-    // Only 3 listened: 3's slot carries one of them, and it was told of both.
-    assert_eq!(room.selector.slots_of(SessionId(3)).len(), 1);
-    // They stop: after the hold (0.8 s), an empty list, once.
-    let stop = t0 + Duration::from_millis(3000);
-    let mut after = Vec::new();
-    for i in 0..40u64 {
-        let now = stop + Duration::from_millis(50 * i);
-        room.tick(now);
-        after.extend(speakers_events(&mut room).into_iter().map(|e| (now, e)));
-    }
-    assert_eq!(after.len(), 1, "{after:?}");
-    let (when, (_, list)) = &after[0];
-    assert!(list.is_empty());
-    assert!(*when - stop <= Duration::from_millis(900), "{when:?}");
+    // The listener without RED gets plain Opus.
+    assert!(
+        forwards
+            .iter()
+            .filter(|f| f.listener != SessionId(1))
+            .all(|f| f.packet.header.payload_type == 111 && f.packet.payload.len() == 60)
+    );
 }
 
-#[test]
-fn a_newcomer_is_told_who_speaks_at_once() {
-    let mut room = Room::new(None);
-    member(&mut room, 1, 1);
-    member(&mut room, 2, 1);
-    let t0 = Instant::now();
-    for n in 0..20u16 {
-        let now = t0 + Duration::from_millis(20 * u64::from(n));
-        say(&mut room, 1, n, 30, now);
-        room.tick(now);
-    }
-    events(&mut room);
-    member(&mut room, 3, 1);
-    let told = speakers_events(&mut room);
-    assert_eq!(told.len(), 1, "{told:?}");
-    assert_eq!(told[0].0, vec![3]);
-    assert_eq!(told[0].1.len(), 1);
-    assert_eq!(told[0].1[0].0, "u1");
-}
-
-#[test]
-fn a_liar_is_no_louder_among_the_speakers_than_its_audio() {
-    // Packets claiming -30 dBov whose payload is 2 bytes (DTX): silence, whatever they say.
-    let mut room = Room::new(None);
-    member(&mut room, 1, 1);
-    member(&mut room, 2, 1);
-    let t0 = Instant::now();
-    for n in 0..50u16 {
-        let now = t0 + Duration::from_millis(20 * u64::from(n));
-        let mut out = Vec::new();
-        room.on_rtp(
-            SessionId(1),
-            Some(LEVEL_ID),
-            &packet(1, n, 30, 2),
-            now,
-            0,
-            &mut out,
-        );
-        room.tick(now);
-    }
-    assert!(speakers_events(&mut room).is_empty());
-}
-
-#[test]
-fn a_new_front_is_told_everything_again() {
-    let mut room = Room::new(None);
-    member(&mut room, 1, 1);
-    member(&mut room, 2, 1);
-    let t0 = Instant::now();
-    for n in 0..20u16 {
-        let now = t0 + Duration::from_millis(20 * u64::from(n));
-        say(&mut room, 1, n, 30, now);
-        room.tick(now);
-    }
-    events(&mut room);
-    room.announce();
-    let all = events(&mut room);
-    let kinds: Vec<&str> = all
-        .iter()
-        .map(|e| match e {
-            RoomEvent::Slots { .. } => "slots",
-            RoomEvent::Members { to, .. } if to == &[SessionId(1), SessionId(2)] => "members",
-            RoomEvent::Speakers { to, .. } if to == &[SessionId(1), SessionId(2)] => "speakers",
-            _ => "other",
-        })
-        .collect();
-    assert_eq!(kinds, ["slots", "slots", "members", "speakers"]);
-}
+mod presence;

@@ -35,9 +35,13 @@ use webrtc::peer_connection::{
     RTCSessionDescription, SettingEngineBuilder,
 };
 
+use super::feedback;
+use super::mic_clock::MicClock;
+use super::red;
 use super::ticks::SendTicks;
 use super::ws::{Heard, await_answer, open_websocket, spawn_reader, spawn_writer};
 use crate::media::opus;
+use crate::media::red::RedEncoder;
 use crate::wire::identity::Identity;
 use crate::worker::peer::{audio_engine, opus_media_track};
 
@@ -73,6 +77,9 @@ pub struct ClientOptions {
     pub sends: bool,
     /// Where the send ticks' lateness goes (loadgen's report), if anywhere.
     pub send_ticks: Option<Arc<SendTicks>>,
+    /// Offer RED (`red/48000/2`, payload type 63) and, when answered, send RED (one packet
+    /// of redundancy) and unpack what arrives as RED.
+    pub red: bool,
 }
 
 impl ClientOptions {
@@ -89,6 +96,7 @@ impl ClientOptions {
             latency_samples: 10_000,
             sends: true,
             send_ticks: None,
+            red: false,
         }
     }
 }
@@ -96,6 +104,10 @@ impl ClientOptions {
 #[derive(Default)]
 struct Shared {
     heard: Heard,
+    /// RED packets received, and how many of them carried the probe right before theirs.
+    red: red::Received,
+    /// The slot tracks, as they opened (for writing RTCP about them).
+    tracks: Vec<Arc<dyn TrackRemote>>,
     streams: HashMap<u32, StreamStats>,
     state: Option<RTCPeerConnectionState>,
     connected_at: Option<Instant>,
@@ -110,6 +122,8 @@ pub struct Client {
     ws_out: mpsc::UnboundedSender<Message>,
     mic: Arc<TrackLocalStaticRTP>,
     mic_ssrc: u32,
+    /// What the SFU's reports said was lost of the microphone stream.
+    told: feedback::Told,
     /// mid → SSRC of the slot streams, as named by the answer's `a=ssrc` lines.
     pub answer_ssrcs: Vec<(String, u32)>,
     pub answer_sdp: String,
@@ -125,49 +139,6 @@ pub struct Client {
     /// The microphone's RTP numbering, held by whoever sends (one sender at a time).
     mic_clock: Arc<tokio::sync::Mutex<MicClock>>,
     send_ticks: Option<Arc<SendTicks>>,
-}
-
-/// The microphone stream's RTP numbering, shared by [`Client::start_sending`] and
-/// [`Client::speak`] so that the one SSRC carries one continuous stream.
-struct MicClock {
-    /// Sequence number of the next packet.
-    seq: u16,
-    /// Timestamp of the first packet ever sent.
-    first_ts: u32,
-    /// The last packet sent: its timestamp, its duration in samples, when it was sent.
-    last: Option<(u32, u32, Instant)>,
-}
-
-impl MicClock {
-    fn new() -> MicClock {
-        MicClock {
-            seq: rand::random(),
-            first_ts: rand::random(),
-            last: None,
-        }
-    }
-
-    /// The timestamp of a packet sent now that opens a talkspurt: after a pause, the last
-    /// packet's timestamp plus the wall-clock time since it (at least its own duration), as
-    /// the clock of a sender that muted itself runs on.
-    fn talkspurt_ts(&self) -> u32 {
-        match self.last {
-            None => self.first_ts,
-            Some((ts, samples, at)) => {
-                let elapsed = at.elapsed().as_micros() * 48 / 1000;
-                let advance = u32::try_from(elapsed).unwrap_or(u32::MAX).max(samples);
-                ts.wrapping_add(advance)
-            }
-        }
-    }
-
-    /// Takes a sequence number for a packet with timestamp `ts` and `samples` sent now.
-    fn sent(&mut self, ts: u32, samples: u32) -> u16 {
-        let seq = self.seq;
-        self.seq = seq.wrapping_add(1);
-        self.last = Some((ts, samples, Instant::now()));
-        seq
-    }
 }
 
 struct Handler {
@@ -206,6 +177,7 @@ impl PeerConnectionEventHandler for Handler {
         }
     }
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        lock(&self.shared).tracks.push(track.clone());
         let shared = self.shared.clone();
         let cap = self.latency_samples;
         tokio::spawn(async move {
@@ -217,9 +189,13 @@ impl PeerConnectionEventHandler for Handler {
                 let mut s = lock(&shared);
                 s.packets += 1;
                 s.first_packet_at.get_or_insert(now);
+                let payload = match s.red.primary(&pkt) {
+                    Some(primary) => primary,
+                    None => pkt.payload.clone(),
+                };
                 s.streams.entry(pkt.header.ssrc).or_default().record(
                     &pkt.header,
-                    &pkt.payload,
+                    &payload,
                     now,
                     cap,
                 );
@@ -239,7 +215,7 @@ async fn build_peer(
     shared: &Arc<Mutex<Shared>>,
     ws_out: &mpsc::UnboundedSender<Message>,
 ) -> anyhow::Result<(Arc<dyn PeerConnection>, mpsc::Receiver<()>)> {
-    let (engine, registry) = audio_engine()?;
+    let (engine, registry) = audio_engine(opts.red)?;
     let (gathered_tx, gathered) = mpsc::channel(1);
     let handler = Arc::new(Handler {
         shared: shared.clone(),
@@ -341,6 +317,9 @@ impl Client {
         let answer = await_answer(answer_rx).await?;
         let answer_at = Instant::now();
         let answer_ssrcs = ssrcs_by_mid(&answer);
+        let red_answered = opts.red && answer.contains("red/48000");
+        let told = feedback::Told::default();
+        feedback::spawn_mic_feedback(mic.clone(), mic_ssrc, told.clone());
         pc.set_remote_description(RTCSessionDescription::answer(answer.clone())?)
             .await?;
         Ok(Client {
@@ -349,6 +328,7 @@ impl Client {
             ws_out,
             mic,
             mic_ssrc,
+            told,
             answer_ssrcs,
             answer_sdp: answer,
             started,
@@ -356,7 +336,9 @@ impl Client {
             offer_sent_at,
             answer_at,
             sending: Arc::new(AtomicU64::new(0)),
-            mic_clock: Arc::new(tokio::sync::Mutex::new(MicClock::new())),
+            mic_clock: Arc::new(tokio::sync::Mutex::new(MicClock::new(
+                red_answered.then(|| RedEncoder::new(red::RED_PT, 111, 1)),
+            ))),
             send_ticks: opts.send_ticks.clone(),
         })
     }
@@ -390,6 +372,26 @@ impl Client {
     /// When the first RTP packet arrived on any slot.
     pub fn first_packet_at(&self) -> Option<Instant> {
         lock(&self.shared).first_packet_at
+    }
+
+    /// What arrived as RED: packets, and how many carried the probe right before theirs.
+    pub fn red_received(&self) -> red::Received {
+        lock(&self.shared).red
+    }
+
+    /// The fraction lost (1/256) of each report block the SFU sent about the microphone.
+    pub fn told_lost(&self) -> Vec<u8> {
+        self.told.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sends a receiver report claiming `fraction` (1/256) of slot stream `ssrc` lost.
+    pub async fn report_loss(&self, ssrc: u32, fraction: u8) -> anyhow::Result<()> {
+        let track = lock(&self.shared)
+            .tracks
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow!("no slot track open yet"))?;
+        feedback::report_loss(&track, self.mic_ssrc, ssrc, fraction).await
     }
 
     /// RTP packets received so far over all slots (cheap: no copy of the stats).
@@ -522,7 +524,7 @@ impl Client {
         let mut counter = 0u32;
         for (i, up) in script.iter().enumerate() {
             tick.tick().await;
-            let header = rtp::header::Header {
+            let mut header = rtp::header::Header {
                 version: 2,
                 payload_type: 111,
                 sequence_number: clock.sent(ts, 960),
@@ -535,7 +537,12 @@ impl Client {
             let payload = match up {
                 Upstream::Padding => Bytes::new(),
                 Upstream::Audio | Upstream::Lost => {
-                    let p = probe_payload(tag, counter);
+                    let mut p = probe_payload(tag, counter);
+                    // A lost packet was encoded like any other: the next one's redundancy has it.
+                    if let Some(red) = clock.red.as_mut() {
+                        p = red.encode(header.sequence_number, ts, &p);
+                        header.payload_type = red.red_pt;
+                    }
                     counter = counter.wrapping_add(1);
                     ts = ts.wrapping_add(960);
                     p

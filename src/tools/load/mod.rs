@@ -4,10 +4,13 @@
 //! `cargo test` turns the feature on by itself (the crate is its own dev-dependency).
 
 pub mod client;
+mod feedback;
 mod frames;
 pub mod light;
 pub mod loadgen;
+mod mic_clock;
 pub mod probe;
+pub mod red;
 pub mod stream;
 pub mod ticks;
 mod ws;

@@ -8,8 +8,8 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::{
-    CloseReason, DATAGRAM_TIME_SHARE, Engine, PeerKey, Received, TcpEvent, Transport, Verdict,
-    closed_by_client, is_stun,
+    CloseReason, DATAGRAM_TIME_SHARE, Engine, Input, PeerKey, Port, Received, TcpEvent, TcpPort,
+    Transport, Verdict, closed_by_client, is_stun,
 };
 
 impl Engine {
@@ -150,5 +150,32 @@ impl Engine {
             return;
         }
         self.drive(key);
+    }
+}
+
+/// What woke the engine's loop.
+// `Front` carries an offer at most: moved once, not worth a box.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Wake {
+    Front(Option<Input>),
+    Port,
+    Tcp(TcpEvent),
+    Timer,
+}
+
+/// The next event of the ICE-TCP port: `None` for one handled inside it (an accepted
+/// connection), and forever while there is no TCP port.
+pub(super) async fn tcp_event(tcp: &mut Option<TcpPort>) -> Option<TcpEvent> {
+    match tcp {
+        Some(tcp) => tcp.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until the port has a datagram; forever while there is no port yet.
+pub(super) async fn port_readable(port: &Option<Port>) {
+    match port {
+        Some(port) => port.readable().await,
+        None => std::future::pending().await,
     }
 }

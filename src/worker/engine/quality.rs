@@ -22,8 +22,13 @@ fn ntp_mid_now() -> u32 {
     (SystemInstant::unix2ntp(unix) >> 16) as u32
 }
 
-/// Takes the report blocks of a member's RTCP into its meter.
-pub fn note_rtcp(meter: &mut LinkMeter, packets: &[Box<dyn rtcp::Packet>]) {
+/// Takes the report blocks of a member's RTCP into its meter, and appends each block's
+/// `(ssrc, fraction lost)` to `blocks` for the speakers' loss floors.
+pub fn note_rtcp(
+    meter: &mut LinkMeter,
+    packets: &[Box<dyn rtcp::Packet>],
+    out: &mut Vec<(u32, u8)>,
+) {
     let mut blocks: Vec<&ReceptionReport> = Vec::new();
     for p in packets {
         let any = p.as_any();
@@ -47,6 +52,7 @@ pub fn note_rtcp(meter: &mut LinkMeter, packets: &[Box<dyn rtcp::Packet>]) {
             "report block"
         );
         meter.report(b.ssrc, b.fraction_lost, b.total_lost, b.jitter, rtt);
+        out.push((b.ssrc, b.fraction_lost));
     }
 }
 
@@ -85,6 +91,8 @@ pub struct Tally {
     at: std::time::Instant,
     scores: [u64; 5],
     listener_lost: u64,
+    /// Packets rebuilt from speakers' RED.
+    pub red_recovered: u64,
 }
 
 impl Default for Tally {
@@ -93,6 +101,7 @@ impl Default for Tally {
             at: std::time::Instant::now(),
             scores: [0; 5],
             listener_lost: 0,
+            red_recovered: 0,
         }
     }
 }
@@ -103,10 +112,47 @@ impl Tally {
             *a += b;
         }
         stats.listener_packets_lost += self.listener_lost;
+        stats.red_recovered += self.red_recovered;
     }
 }
 
 impl super::Engine {
+    /// A listener's report blocks `(ssrc, fraction lost)`: each counts toward the loss floor
+    /// of whoever is on the slot it is about, which that speaker's connection applies to
+    /// the reports it sends ([`crate::worker::feedback`]).
+    pub(super) fn note_listener_reports(
+        &mut self,
+        listener: crate::wire::ids::SessionId,
+        blocks: &[(u32, u8)],
+        now: std::time::Instant,
+    ) {
+        for &(ssrc, fraction) in blocks {
+            let Some(speaker) = self.room.slot_source(listener, ssrc) else {
+                continue;
+            };
+            let worst = self.downstream.entry(speaker).or_default();
+            worst.note(listener, fraction, now);
+            let floor = worst.worst(now);
+            if let Some(peer) = self.sessions.get(&speaker).and_then(|k| self.peers.get(k)) {
+                peer.floor.set(floor);
+            }
+        }
+    }
+
+    /// Ages the loss floors: a listener that stopped reporting (left, or its slot moved on)
+    /// stops holding its speaker's floor up.
+    fn refresh_floors(&mut self, now: std::time::Instant) {
+        let (peers, sessions) = (&self.peers, &self.sessions);
+        self.downstream.retain(|speaker, worst| {
+            let floor = worst.worst(now);
+            let peer = sessions.get(speaker).and_then(|k| peers.get(k));
+            if let Some(peer) = peer {
+                peer.floor.set(floor);
+            }
+            peer.is_some() && !worst.is_empty()
+        });
+    }
+
     /// Every [`crate::media::quality::QUALITY_EVERY`]: a sample of each connected member, counted, and told to the
     /// member when its score changed.
     pub(super) fn sample_quality(&mut self, now: std::time::Instant) {
@@ -114,6 +160,7 @@ impl super::Engine {
             return;
         }
         self.quality.at = now;
+        self.refresh_floors(now);
         for peer in self.peers.values_mut() {
             if peer.broken || peer.selected.is_none() {
                 continue;
