@@ -92,6 +92,69 @@ async fn conversations_are_separate_and_members_hear_each_other() {
     );
 }
 
+/// Issue 20: every member is told who is in the conversation (itself included) and who is
+/// talking, a speaker it does not hear on a slot included; a leave is told to those who stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_told_who_is_in_the_conversation_and_who_talks() {
+    let perms = Permissions::start().await;
+    let front = Front::start(&perms.url(), &[]).await;
+    // lea has one slot: she hears one of the two speakers and is told of both.
+    let lea = client(&front, "roomM", "lea", 1).await;
+    let ann = client(&front, "roomM", "ann", 3).await;
+    let bob = client(&front, "roomM", "bob", 3).await;
+    let other = client(&front, "roomN", "dan", 3).await;
+    ann.start_sending("ann", 20);
+    bob.start_sending("bob", 35);
+    let ids = |users: &[&str]| -> Vec<(String, String)> {
+        users
+            .iter()
+            .map(|u| (u.to_string(), format!("{u}-phone")))
+            .collect()
+    };
+    for c in [&lea, &ann, &bob] {
+        assert!(
+            eventually(T, || c.members() == Some(ids(&["ann", "bob", "lea"]))).await,
+            "{:?}",
+            c.members()
+        );
+    }
+    assert_eq!(other.members(), Some(ids(&["dan"])));
+    // Loudest first, levels in dBov to 3 dB (20 and 35 dBov: -21 and -36 rounded).
+    let want = vec![("ann".to_string(), -21), ("bob".to_string(), -36)];
+    for c in [&lea, &ann, &bob] {
+        assert!(
+            eventually(T, || c.speakers().as_ref() == Some(&want)).await,
+            "{:?}",
+            c.speakers()
+        );
+    }
+    assert_eq!(lea.slot_users().len(), 1);
+    assert!(
+        other.speakers().is_none_or(|s| s.is_empty()),
+        "{:?}",
+        other.speakers()
+    );
+    // bob stops talking: after the hold he is no speaker; then he leaves.
+    bob.stop_sending();
+    let ann_only = vec![("ann".to_string(), -21)];
+    assert!(
+        eventually(T, || lea.speakers().as_ref() == Some(&ann_only)).await,
+        "{:?}",
+        lea.speakers()
+    );
+    bob.close().await;
+    for c in [&lea, &ann] {
+        assert!(
+            eventually(T, || c.members() == Some(ids(&["ann", "lea"]))).await,
+            "{:?}",
+            c.members()
+        );
+    }
+    for c in [&lea, &ann, &other] {
+        c.close().await;
+    }
+}
+
 /// Seed-era clients: one m-line, the offer as a bare SDP frame, joined by POST before or
 /// after the offer. Each hears the loudest other speaker on its single slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,6 +207,23 @@ async fn seed_era_clients_hear_the_loudest_speaker() {
     );
     // The quiet speaker, with its own slot, hears the loud one.
     assert!(quiet.heard_from("loud") > 50);
+    // The seed-era members are in the conversation, but their sockets carry the answer and
+    // nothing else: no slots, members or speakers events.
+    let everyone = |c: &Client| {
+        c.members().is_some_and(|m| {
+            let users: Vec<&str> = m.iter().map(|(u, _)| u.as_str()).collect();
+            users == ["early", "late", "loud", "quiet"]
+        })
+    };
+    assert!(
+        eventually(T, || everyone(&loud)).await,
+        "{:?}",
+        loud.members()
+    );
+    for c in [&early, &late] {
+        assert!(c.events().is_empty(), "{:?}", c.events());
+        assert_eq!((c.members(), c.speakers()), (None, None));
+    }
     for c in [&loud, &quiet, &early, &late] {
         c.close().await;
     }

@@ -18,7 +18,9 @@ use beep_webrtc::wire::ids::{ConversationId, Generation, SessionId};
 use beep_webrtc::wire::ipc::{
     Adoption, BiteConfig, CloseReason, MediaConfig, PROTOCOL_VERSION, ToFront, ToWorker,
 };
-use beep_webrtc::wire::signal::{ErrorCode, Event, ReconnectReason, SlotInfo};
+use beep_webrtc::wire::signal::{
+    ErrorCode, Event, MemberInfo, ReconnectReason, SlotInfo, SpeakerInfo,
+};
 use beep_webrtc::wire::stats::{BiteStats, DelayHistogram, WorkerStats};
 use bolero::{TypeGenerator, check};
 
@@ -336,6 +338,8 @@ enum GenEvent {
         duration_ms: u64,
         url: String,
     },
+    Members(Vec<(String, String)>),
+    Speakers(Vec<(String, i16, String)>),
 }
 
 #[derive(Debug, TypeGenerator)]
@@ -375,6 +379,25 @@ impl GenEvent {
                 start: *start,
                 duration_ms: *duration_ms,
                 url: url.clone(),
+            },
+            GenEvent::Members(members) => Event::Members {
+                members: members
+                    .iter()
+                    .map(|(clientid, userid)| MemberInfo {
+                        clientid: clientid.clone(),
+                        userid: userid.clone(),
+                    })
+                    .collect(),
+            },
+            GenEvent::Speakers(speakers) => Event::Speakers {
+                speakers: speakers
+                    .iter()
+                    .map(|(clientid, level, userid)| SpeakerInfo {
+                        clientid: clientid.clone(),
+                        level: *level,
+                        userid: userid.clone(),
+                    })
+                    .collect(),
             },
         }
     }

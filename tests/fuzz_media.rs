@@ -742,6 +742,14 @@ impl RoomHarness<'_> {
                     }
                     self.last_bite_start = Some(bite.start_unix_ms);
                 }
+                RoomEvent::Members { to, members } => {
+                    assert!(to.iter().all(|l| self.members.iter().any(|m| m.id == *l)));
+                    assert!(members.windows(2).all(|w| w[0] < w[1]), "sorted, no twice");
+                }
+                RoomEvent::Speakers { to, speakers } => {
+                    assert!(to.iter().all(|l| self.members.iter().any(|m| m.id == *l)));
+                    assert!(speakers.iter().all(|s| (-127..=0).contains(&s.level)));
+                }
             }
         }
     }

@@ -11,7 +11,9 @@ mod fuzz_budget;
 
 use beep_webrtc::wire::identity::parse_claim;
 use beep_webrtc::wire::ids::ConversationId;
-use beep_webrtc::wire::signal::{ClientFrame, SignalError, parse_client_frame};
+use beep_webrtc::wire::signal::{
+    ClientFrame, Event, MemberInfo, ServerFrame, SignalError, SpeakerInfo, parse_client_frame,
+};
 use bolero::{TypeGenerator, check};
 
 /// Random inputs per target under `cargo test`.
@@ -210,4 +212,59 @@ fn fuzz_conversation_ids() {
                 assert!(!id.contains('/') && !id.contains('.') && !id.contains('*'));
             }
         });
+}
+
+/// The members and speakers events a client reads: whatever the ids (any Unicode, quotes,
+/// control characters), the frame is `event::` and JSON that gives them back exactly, with
+/// the type and sorted keys.
+#[test]
+fn fuzz_members_and_speakers_events() {
+    check!()
+        .with_type::<(Vec<(String, String)>, Vec<(String, i16, String)>)>()
+        .with_iterations(fuzz_budget::iterations(ITERATIONS))
+        .for_each(|(members, speakers)| {
+            let event = Event::Members {
+                members: members
+                    .iter()
+                    .map(|(c, u)| MemberInfo {
+                        clientid: c.clone(),
+                        userid: u.clone(),
+                    })
+                    .collect(),
+            };
+            let v = event_json(event);
+            assert_eq!(v["type"], "members");
+            let listed = v["members"].as_array().expect("a list");
+            assert_eq!(listed.len(), members.len());
+            for (m, (c, u)) in listed.iter().zip(members) {
+                assert_eq!(m["clientid"].as_str(), Some(c.as_str()));
+                assert_eq!(m["userid"].as_str(), Some(u.as_str()));
+            }
+            let event = Event::Speakers {
+                speakers: speakers
+                    .iter()
+                    .map(|(c, level, u)| SpeakerInfo {
+                        clientid: c.clone(),
+                        level: *level,
+                        userid: u.clone(),
+                    })
+                    .collect(),
+            };
+            let v = event_json(event);
+            assert_eq!(v["type"], "speakers");
+            let listed = v["speakers"].as_array().expect("a list");
+            assert_eq!(listed.len(), speakers.len());
+            for (s, (c, level, u)) in listed.iter().zip(speakers) {
+                assert_eq!(s["clientid"].as_str(), Some(c.as_str()));
+                assert_eq!(s["level"].as_i64(), Some(i64::from(*level)));
+                assert_eq!(s["userid"].as_str(), Some(u.as_str()));
+            }
+        });
+}
+
+fn event_json(event: Event) -> serde_json::Value {
+    let text = ServerFrame::Event(event).to_text();
+    let body = text.strip_prefix("event::").expect("an event:: frame");
+    assert!(!body.contains('\n'), "one line: {body:?}");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON {body:?}: {e}"))
 }

@@ -19,7 +19,8 @@ fn ctl_workers(front: &Front) -> Vec<serde_json::Value> {
 }
 
 /// Events about the conversation (slots, reconnects): the periodic quality event is the
-/// member's own link, not news of a fault elsewhere.
+/// member's own link, not news of a fault elsewhere. (Members and speakers events are kept
+/// apart by the client: `Client::members`.)
 fn conversation_events(c: &Client) -> usize {
     c.events().iter().filter(|e| e["type"] != "quality").count()
 }

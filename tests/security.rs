@@ -453,6 +453,16 @@ async fn a_parent_directory_env_is_not_loaded() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404, "the parent's .env turned on DEV_MODE");
+    let r = http
+        .get(format!("http://127.0.0.1:{port}/client/beep-webrtc.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "the client library outside development mode"
+    );
     // Nor does development mode's query-string identity work.
     let r = http
         .post(format!(
@@ -481,6 +491,29 @@ async fn a_parent_directory_env_is_not_loaded() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "./.env was not read");
+    // Development mode serves the client library (and its types) beside the demo page.
+    for (file, kind, has) in [
+        (
+            "beep-webrtc.js",
+            "text/javascript",
+            "export function connect",
+        ),
+        (
+            "beep-webrtc.d.ts",
+            "text/plain",
+            "export declare function connect",
+        ),
+    ] {
+        let r = http
+            .get(format!("http://127.0.0.1:{port}/client/{file}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{file}");
+        let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with(kind), "{file}: {ct}");
+        assert!(r.text().await.unwrap().contains(has), "{file}");
+    }
 }
 
 /// Development mode (query-string identity, allow-all) only on a loopback LISTEN.

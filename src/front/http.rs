@@ -39,7 +39,10 @@ pub fn router(front: Arc<Front>) -> Router {
         .route("/metrics", get(metrics));
     #[cfg(feature = "demo")]
     if front.cfg.dev_mode {
-        r = r.route("/", get(demo_page));
+        r = r
+            .route("/", get(demo_page))
+            .route("/client/beep-webrtc.js", get(client_module))
+            .route("/client/beep-webrtc.d.ts", get(client_types));
     }
     r.with_state(front)
 }
@@ -386,4 +389,24 @@ async fn metrics(State(front): State<Arc<Front>>) -> Response {
 #[cfg(feature = "demo")]
 async fn demo_page() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("../../static/index.html"))
+}
+
+/// The browser client library (`static/client/`), which the demo page imports.
+#[cfg(feature = "demo")]
+async fn client_module() -> Response {
+    (
+        [("content-type", "text/javascript; charset=utf-8")],
+        include_str!("../../static/client/beep-webrtc.js"),
+    )
+        .into_response()
+}
+
+/// Its TypeScript declarations.
+#[cfg(feature = "demo")]
+async fn client_types() -> Response {
+    (
+        [("content-type", "text/plain; charset=utf-8")],
+        include_str!("../../static/client/beep-webrtc.d.ts"),
+    )
+        .into_response()
 }

@@ -10,7 +10,7 @@
 //! | [`selector`] | who each listener hears on its slots: the K loudest others, sticky |
 //! | [`rewrite`] | one continuous RTP stream per slot across speaker switches |
 //! | [`red`] | RFC 2198 redundancy: each slot packet carries the one(s) before it, for listeners that negotiate it |
-//! | [`room`] | per-packet routing: selector + rewriters + bite cutters, a packet in, forwards and bites out |
+//! | [`room`] | per-packet routing: selector + rewriters + bite cutters, a packet in, forwards and bites out; who is in the room and who speaks ([`room::presence`]) |
 //! | [`opus`] | facts of an Opus packet from its TOC byte (duration, validity), and gap fillers |
 //! | [`bite`] | the bite cutter: one speaker's packets in, utterances out |
 //! | [`ogg_opus`] | a cut bite remuxed into an Ogg Opus file (RFC 7845) |

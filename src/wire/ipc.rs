@@ -20,7 +20,7 @@ use super::ids::{ConversationId, Generation, SessionId};
 use super::signal::{ErrorCode, Event, ReconnectReason};
 use super::stats::WorkerStats;
 
-pub const PROTOCOL_VERSION: u16 = 10;
+pub const PROTOCOL_VERSION: u16 = 11;
 
 /// What a worker needs to run its peer connections. Front sends it in `Init` rather than
 /// letting the worker re-read the environment, so the one process that validated the
@@ -161,7 +161,8 @@ pub enum ToFront {
         session: SessionId,
         sdp: String,
     },
-    /// An event for the client (`slots`); front writes its `event::` frame.
+    /// An event for the client (`slots`, `members`, `speakers`, `quality`); front writes its
+    /// `event::` frame.
     Event {
         session: SessionId,
         event: Event,

@@ -22,7 +22,7 @@ use super::ids::{ConversationId, NodeId};
 use super::signal::{ServerFrame, SignalError};
 
 /// Bumped when a message below changes shape.
-pub const RELAY_VERSION: u16 = 1;
+pub const RELAY_VERSION: u16 = 2;
 
 /// Where the owner of a conversation takes relayed signalling.
 pub fn owner_subject(bucket: &str, owner: &NodeId) -> String {

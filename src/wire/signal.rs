@@ -212,6 +212,14 @@ pub enum Event {
         /// Where front serves its audio.
         url: String,
     },
+    /// `{"members":[<MemberInfo>...],"type":"members"}`: everyone in the conversation now
+    /// (the client itself included), sorted by user then client id; sent after the answer
+    /// and when someone joins or leaves (`media::room::presence`).
+    Members { members: Vec<MemberInfo> },
+    /// `{"speakers":[<SpeakerInfo>...],"type":"speakers"}`: who is speaking now, loudest
+    /// first, whether or not they are on the client's slots; told when it changes, at most
+    /// 5 times a second (`media::room::presence`).
+    Speakers { speakers: Vec<SpeakerInfo> },
 }
 
 impl Event {
@@ -287,6 +295,28 @@ impl Event {
                     userid,
                 })
             }
+            Event::Members { members } => {
+                #[derive(Serialize)]
+                struct Members<'a> {
+                    members: &'a [MemberInfo],
+                    r#type: &'static str,
+                }
+                to_json(&Members {
+                    members,
+                    r#type: "members",
+                })
+            }
+            Event::Speakers { speakers } => {
+                #[derive(Serialize)]
+                struct Speakers<'a> {
+                    speakers: &'a [SpeakerInfo],
+                    r#type: &'static str,
+                }
+                to_json(&Speakers {
+                    speakers,
+                    r#type: "speakers",
+                })
+            }
         }
     }
 }
@@ -302,6 +332,24 @@ pub struct SlotInfo {
     /// Its index among the client's slots.
     pub slot: u32,
     pub userid: Option<String>,
+}
+
+/// One member of a `members` event: `{"clientid":..,"userid":..}` (fields in wire order, as
+/// for [`SlotInfo`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub clientid: String,
+    pub userid: String,
+}
+
+/// One speaker of a `speakers` event: `{"clientid":..,"level":-21,"userid":..}`. `level` is
+/// its smoothed loudness in dBov (0 is full scale, -126 silence), rounded to a multiple of
+/// 3 dB so that small wobbles of a steady voice are not news.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpeakerInfo {
+    pub clientid: String,
+    pub level: i16,
+    pub userid: String,
 }
 
 /// Why a client is asked to offer again: the `reason` of a `reconnect` event.
@@ -517,6 +565,35 @@ mod tests {
     }
 
     #[test]
+    fn members_and_speakers_events_have_sorted_keys() {
+        let members = Event::Members {
+            members: vec![MemberInfo {
+                clientid: "tab-1".into(),
+                userid: "alice".into(),
+            }],
+        };
+        assert_eq!(
+            ServerFrame::Event(members).to_text(),
+            r#"event::{"members":[{"clientid":"tab-1","userid":"alice"}],"type":"members"}"#
+        );
+        let speakers = Event::Speakers {
+            speakers: vec![SpeakerInfo {
+                clientid: "tab-1".into(),
+                level: -21,
+                userid: "alice".into(),
+            }],
+        };
+        assert_eq!(
+            ServerFrame::Event(speakers).to_text(),
+            r#"event::{"speakers":[{"clientid":"tab-1","level":-21,"userid":"alice"}],"type":"speakers"}"#
+        );
+        assert_eq!(
+            ServerFrame::Event(Event::Speakers { speakers: vec![] }).to_text(),
+            r#"event::{"speakers":[],"type":"speakers"}"#
+        );
+    }
+
+    #[test]
     fn an_error_frame_is_code_then_message() {
         let e = SignalError::new(ErrorCode::TooManySessions, r#"a "quoted" limit"#);
         let text = r#"error::{"code":"too-many-sessions","message":"a \"quoted\" limit"}"#;
@@ -537,6 +614,19 @@ mod tests {
             },
             Event::Reconnect {
                 reason: ReconnectReason::PeerConnectionFailed,
+            },
+            Event::Members {
+                members: vec![MemberInfo {
+                    clientid: "c".into(),
+                    userid: "u".into(),
+                }],
+            },
+            Event::Speakers {
+                speakers: vec![SpeakerInfo {
+                    clientid: "c".into(),
+                    level: -42,
+                    userid: "u".into(),
+                }],
             },
         ];
         for e in events {

@@ -35,6 +35,7 @@
 //! | [`guard`] | panic containment per connection |
 //! | [`from_front`] | front's messages: offers, candidates, leaves, adoption, retiring |
 //! | [`bites`] | finished bites remuxed and handed to the publisher |
+//! | [`room_events`] | the room's events passed on: members' events to front, bites to [`bites`] |
 //!
 //! What one client (or anyone who can reach a port) can do to the others is bounded here:
 //!
@@ -74,12 +75,12 @@ use crate::media::bite::CutterConfig;
 use crate::media::quality::WorstListener;
 use crate::media::red::{RedDecoder, RedEncoder};
 use crate::media::rewrite::SlotRewriter;
-use crate::media::room::{Forward, MemberLimits, Room, RoomEvent, SlotOutput};
+use crate::media::room::{Forward, MemberLimits, Room, SlotOutput};
 use crate::media::sdp::{Offer, unify_bundle_ice};
 use crate::wire::identity::Identity;
 use crate::wire::ids::{ConversationId, Generation, SessionId};
 use crate::wire::ipc::{CloseReason, MediaConfig, ToFront, ToWorker};
-use crate::wire::signal::{ErrorCode, Event};
+use crate::wire::signal::ErrorCode;
 use crate::wire::stats::{DelayHistogram, DropStats, WorkerStats};
 use std::mem::take;
 
@@ -380,25 +381,6 @@ impl Engine {
         }
     }
 
-    /// Passes what the room has to tell members on to front.
-    fn drain_room_events(&mut self) {
-        while let Some(ev) = self.room.poll_event() {
-            match ev {
-                RoomEvent::Slots { listener, slots } => {
-                    let _ = self.to_front.send(ToFront::Event {
-                        session: listener,
-                        event: Event::Slots { slots },
-                    });
-                }
-                RoomEvent::Bite { identity, bite, .. } => {
-                    if let Some(sink) = &self.bites {
-                        sink.send(&identity, &bite);
-                    }
-                }
-            }
-        }
-    }
-
     fn stats(&self) -> WorkerStats {
         let mut stats = self.room.stats();
         stats.forward_delay = self.forward_delay.clone();
@@ -683,6 +665,7 @@ mod guard;
 mod io;
 mod port;
 mod quality;
+mod room_events;
 mod tcp;
 #[cfg(test)]
 mod tests;

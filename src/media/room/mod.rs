@@ -7,7 +7,8 @@
 //! packets to send come out as [`Forward`]s, and the engine (`crate::worker::engine`) hands
 //! them to the listeners' peer connections. What members must be told (their slot mapping)
 //! and the finished bites wait in a queue the engine drains with [`Room::poll_event`]. No locks, no channels, no
-//! I/O, no clock: time is passed in.
+//! I/O, no clock: time is passed in. Who is in the conversation and who is talking (the
+//! `members` and `speakers` events) are [`presence`]'s.
 //!
 //! Before anything looks at a member's packet, its [`RateGate`] applies the member's caps
 //! ([`MemberLimits`], see [`limit`]): a flood is dropped there, counted, and cannot win a slot.
@@ -29,11 +30,12 @@ use super::selector::{Selector, SelectorConfig, SlotChange};
 use super::speech::Loudness;
 use crate::wire::identity::Identity;
 use crate::wire::ids::SessionId;
-use crate::wire::signal::SlotInfo;
+use crate::wire::signal::{MemberInfo, SlotInfo, SpeakerInfo};
 use crate::wire::stats::{DropStats, WorkerStats};
 pub use limit::{Admit, MemberLimits, RateGate};
 
 pub mod limit;
+pub mod presence;
 
 /// A member of the room is named by its session.
 type MemberId = SessionId;
@@ -60,6 +62,16 @@ pub enum RoomEvent {
         speaker: SessionId,
         identity: Identity,
         bite: CutBite,
+    },
+    /// The `members` event for each of `to`: everyone in the room now ([`presence`]).
+    Members {
+        to: Vec<SessionId>,
+        members: Vec<MemberInfo>,
+    },
+    /// The `speakers` event for each of `to`: who is speaking now ([`presence`]).
+    Speakers {
+        to: Vec<SessionId>,
+        speakers: Vec<SpeakerInfo>,
     },
 }
 
@@ -96,6 +108,8 @@ struct Member {
     gate: RateGate,
     /// Checks the loudness it claims.
     audit: LevelAudit,
+    /// The version of the members list it was last told ([`presence`]).
+    members_told: u64,
 }
 
 pub struct Room {
@@ -124,6 +138,8 @@ pub struct Room {
     /// Packets decoded by the audits, and claims they refused.
     level_decodes: u64,
     level_claims_refused: u64,
+    /// What members were last told of each other and of who speaks.
+    presence: presence::Presence,
 }
 
 impl Room {
@@ -145,6 +161,7 @@ impl Room {
             audit_seeds: rand::random(),
             level_decodes: 0,
             level_claims_refused: 0,
+            presence: presence::Presence::default(),
         }
     }
 
@@ -158,7 +175,8 @@ impl Room {
         self
     }
 
-    /// A member whose answer has been sent. Sends its first `slots` event.
+    /// A member whose answer has been sent. Sends its first `slots` and `members` events (and
+    /// `speakers` when somebody speaks); the others learn of it at the next tick.
     pub fn add_member(
         &mut self,
         session: SessionId,
@@ -179,6 +197,7 @@ impl Room {
                 cutter: self.bites.map(BiteCutter::new),
                 gate: RateGate::new(self.limits),
                 audit: LevelAudit::new(self.audit_seeds ^ session.0),
+                members_told: 0,
             },
         );
         if let Some(slots) = slots_event(&self.members, session, &mapping) {
@@ -187,6 +206,7 @@ impl Room {
                 slots,
             });
         }
+        self.presence_joined(session);
     }
 
     /// The next thing a member must be told, if any.
@@ -205,14 +225,16 @@ impl Room {
     /// A member leaves; a bite it was in the middle of is closed and handed out, not lost.
     pub fn remove_member(&mut self, session: SessionId, now: Instant) {
         let changes = self.selector.remove_member(session);
-        if let Some(mut m) = self.members.remove(&session)
-            && let Some(cutter) = m.cutter.as_mut()
-        {
+        let Some(mut gone) = self.members.remove(&session) else {
+            return;
+        };
+        if let Some(cutter) = gone.cutter.as_mut() {
             cutter.finish(now);
-            hold_bites(&mut self.held, session, &m.identity, cutter);
+            hold_bites(&mut self.held, session, &gone.identity, cutter);
         }
         self.release_bites();
         self.apply(changes, now);
+        self.presence_left(now);
     }
 
     /// Every member and whose it is.
@@ -220,9 +242,10 @@ impl Room {
         self.members.iter().map(|(id, m)| (*id, &m.identity))
     }
 
-    /// Queues every member's current `slots` event again (for a front that takes the
-    /// conversation over and must tell reconnecting clients where they stand).
-    pub fn announce_slots(&mut self) {
+    /// Queues every member's current `slots`, `members` and `speakers` events again (for a
+    /// front that takes the conversation over and must tell reconnecting clients where they
+    /// stand).
+    pub fn announce(&mut self) {
         for (&id, m) in &self.members {
             if let Some(slots) = slots_event(&self.members, id, &m.mapping) {
                 self.events.push_back(RoomEvent::Slots {
@@ -231,6 +254,7 @@ impl Room {
                 });
             }
         }
+        self.announce_presence();
     }
 
     /// Who is on the slot of `listener` whose stream has SSRC `ssrc` now: whose audio a
@@ -245,11 +269,14 @@ impl Room {
         self.members.len()
     }
 
-    /// Re-runs the selection and closes bites whose silence has lasted (called every few
-    /// tens of milliseconds).
+    /// Re-runs the selection, tells members who is in the room and who speaks when that is
+    /// due ([`presence`]), and closes bites whose silence has lasted (called every few tens
+    /// of milliseconds).
     pub fn tick(&mut self, now: Instant) {
         let changes = self.selector.tick(now);
         self.apply(changes, now);
+        self.tell_members(now);
+        self.tell_speakers(now);
         for (&id, m) in &mut self.members {
             if let Some(cutter) = m.cutter.as_mut() {
                 cutter.tick(now);

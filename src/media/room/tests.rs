@@ -65,7 +65,7 @@ fn slot_events(room: &mut Room) -> Vec<(SessionId, String)> {
             RoomEvent::Slots { listener, slots } => {
                 Some((listener, Event::Slots { slots }.to_json()))
             }
-            RoomEvent::Bite { .. } => None,
+            _ => None,
         })
         .collect()
 }
@@ -78,7 +78,7 @@ fn bite_events(room: &mut Room) -> Vec<(SessionId, u64, u64)> {
             RoomEvent::Bite { speaker, bite, .. } => {
                 Some((speaker, bite.start_unix_ms, bite.duration_ms()))
             }
-            RoomEvent::Slots { .. } => None,
+            _ => None,
         })
         .collect()
 }
@@ -449,3 +449,5 @@ fn redundancy_follows_the_slot_stream_across_speaker_switches() {
             .all(|f| f.packet.header.payload_type == 111 && f.packet.payload.len() == 60)
     );
 }
+
+mod presence;

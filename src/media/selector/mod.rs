@@ -14,7 +14,10 @@
 //! outrank someone who has been talking. Without the RFC 6464 extension a
 //! voiced packet counts as [`super::speech::INFERRED_VOICED_DBOV`] and an unvoiced one as
 //! silence. Whether someone is a *speaker* is a separate, crisper question:
-//! they sent a speech packet within [`SelectorConfig::hold`].
+//! they sent a speech packet within [`SelectorConfig::hold`], and any packet at all within
+//! [`SelectorConfig::absent`]: a member that sends nothing (a muted browser: its sender has no
+//! track) is not speaking, and need not wait out the hold. A pause under DTX still sends a
+//! packet every 400 ms, so it does not count as absence.
 //!
 //! Stickiness. Slots must not flap, or listeners hear half-words and the
 //! rewriters keep re-anchoring. So a newcomer only takes a *free* slot
@@ -50,6 +53,10 @@ pub struct SelectorConfig {
     /// the pauses between words and sentences do not empty the slot.
     /// Default 800 ms.
     pub hold: Duration,
+    /// A member from which no packet at all came for this long is no speaker, whatever
+    /// `hold` says (it muted: nothing is sent). Longer than the 400 ms between the packets
+    /// of a DTX pause. Default 500 ms.
+    pub absent: Duration,
     /// A challenger must be more than this many dB louder (smoothed) than the
     /// quietest occupant to take its slot. Default 6 dB.
     pub switch_margin_db: f32,
@@ -63,6 +70,7 @@ impl Default for SelectorConfig {
         SelectorConfig {
             speech_threshold_dbov: SPEECH_THRESHOLD_DBOV,
             hold: Duration::from_millis(800),
+            absent: Duration::from_millis(500),
             switch_margin_db: 6.0,
             min_hold_in_slot: Duration::from_secs(1),
         }
@@ -80,6 +88,8 @@ struct Member<M> {
     /// Smoothed loudness in dB above silence (see [`Loudness::db`]).
     level: f32,
     last_speech: Option<Instant>,
+    /// When its last packet (speech or not) came.
+    last_packet: Option<Instant>,
     /// Who this member hears, by slot index.
     slots: Vec<Option<M>>,
     /// When each slot's occupant took it, for `min_hold_in_slot`.
@@ -97,6 +107,7 @@ impl<M: MemberId> Member<M> {
         Member {
             level: 0.0,
             last_speech: None,
+            last_packet: None,
             slots: vec![None; slots],
             entered: vec![None; slots],
             dests: Vec::new(),
@@ -189,6 +200,7 @@ impl<M: MemberId> Selector<M> {
             return;
         };
         m.level += SMOOTHING * (loudness.db() - m.level);
+        m.last_packet = Some(m.last_packet.map_or(now, |t| t.max(now)));
         if loudness.is_speech(self.cfg.speech_threshold_dbov) {
             // Packets may be handed in slightly out of time order; never let
             // an older one shorten the hold.
@@ -263,11 +275,18 @@ impl<M: MemberId> Selector<M> {
             .map_or(&[][..], |m| m.dests.as_slice())
     }
 
-    /// Whether `id` sent a speech packet within `hold` of `now`.
+    /// `id`'s smoothed loudness in dB above silence (`127 - dBov`), if it is a member.
+    pub fn level_of(&self, id: M) -> Option<f32> {
+        self.members.get(&id).map(|m| m.level)
+    }
+
+    /// Whether `id` sent a speech packet within `hold` of `now`, and a packet of any kind
+    /// within `absent`.
     pub fn is_speaker(&self, id: M, now: Instant) -> bool {
+        let within =
+            |t: Option<Instant>, d| t.is_some_and(|t| now.saturating_duration_since(t) <= d);
         self.members.get(&id).is_some_and(|m| {
-            m.last_speech
-                .is_some_and(|t| now.saturating_duration_since(t) <= self.cfg.hold)
+            within(m.last_speech, self.cfg.hold) && within(m.last_packet, self.cfg.absent)
         })
     }
 

@@ -178,8 +178,10 @@ fn silent_occupant_is_freed_after_hold() {
     let last = t0 + ms(1000);
     assert_eq!(sel.slots_of(10), &[Some(1), None]);
 
-    // Still within hold: kept, even though only silence arrives.
-    sel.on_audio(1, last + ms(20), level(127));
+    // Still within hold: kept, even though only silence arrives (a DTX pause: a packet
+    // every 400 ms).
+    sel.on_audio(1, last + ms(400), level(127));
+    sel.on_audio(1, last + hold - ms(20), level(127));
     assert!(sel.tick(last + hold - ms(10)).is_empty());
     assert!(sel.is_speaker(1, last + hold - ms(10)));
 
@@ -193,6 +195,39 @@ fn silent_occupant_is_freed_after_hold() {
         }]
     );
     assert!(sel.destinations(1).is_empty());
+}
+
+#[test]
+fn a_member_that_sends_nothing_is_freed_without_waiting_for_the_hold() {
+    // A muted browser (its sender has no track) sends no packet at all: it leaves its slot
+    // once `absent` has passed, not the whole `hold`.
+    let cfg = SelectorConfig::default();
+    let (hold, absent) = (cfg.hold, cfg.absent);
+    assert!(
+        absent < hold && absent > ms(400),
+        "longer than a DTX pause's packet gap"
+    );
+    let mut sel = Selector::new(cfg);
+    sel.add_member(10, 1);
+    sel.add_member(1, 0);
+    let t0 = Instant::now();
+    run(&mut sel, t0, ms(1000), &[(1, 30)]);
+    let last = t0 + ms(1000);
+    assert_eq!(sel.slots_of(10), &[Some(1)]);
+    assert!(sel.tick(last + absent - ms(10)).is_empty());
+    assert!(sel.is_speaker(1, last + absent - ms(10)));
+    let changes = sel.tick(last + absent + ms(10));
+    assert!(!sel.is_speaker(1, last + absent + ms(10)));
+    assert_eq!(
+        changes,
+        vec![SlotChange {
+            listener: 10,
+            slots: vec![None]
+        }]
+    );
+    // It speaks again: back on the free slot at once.
+    let back = run(&mut sel, last + ms(600), ms(100), &[(1, 30)]);
+    assert_eq!(sel.slots_of(10), &[Some(1)], "{back:?}");
 }
 
 #[test]

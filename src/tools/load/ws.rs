@@ -74,10 +74,27 @@ pub(crate) async fn await_answer(
 /// What a client keeps of the server's frames besides the answer.
 #[derive(Default)]
 pub(crate) struct Heard {
+    /// Every event but `members` and `speakers`, in order.
     pub(crate) events: Vec<serde_json::Value>,
+    /// The latest `members` and `speakers` events: they restate the whole list, follow every
+    /// join and every change of who talks, and in a big room's load run would otherwise pile
+    /// up N lists of N members per join in the load generator's memory.
+    pub(crate) members: Option<serde_json::Value>,
+    pub(crate) speakers: Option<serde_json::Value>,
     pub(crate) errors: Vec<serde_json::Value>,
     /// The socket closed.
     pub(crate) closed: bool,
+}
+
+impl Heard {
+    /// Keeps an event where it belongs.
+    pub(crate) fn event(&mut self, v: serde_json::Value) {
+        match v["type"].as_str() {
+            Some("members") => self.members = Some(v),
+            Some("speakers") => self.speakers = Some(v),
+            _ => self.events.push(v),
+        }
+    }
 }
 
 /// Spawns the reader: the answer goes to the returned oneshot, candidates to `on_ice`, events
@@ -112,7 +129,7 @@ where
                     }
                 }
                 Incoming::Ice(init) => on_ice(init).await,
-                Incoming::Event(v) => heard_of(&mut lock()).events.push(v),
+                Incoming::Event(v) => heard_of(&mut lock()).event(v),
                 Incoming::Error(v) => {
                     // Under the lock: whoever the refusal wakes finds it in `errors`.
                     let mut s = lock();
@@ -130,4 +147,29 @@ where
         }
     });
     answer_rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Heard;
+    use serde_json::json;
+
+    #[test]
+    fn the_latest_members_and_speakers_are_kept_apart_from_the_events() {
+        let mut h = Heard::default();
+        h.event(json!({"type": "slots", "slots": []}));
+        h.event(json!({"type": "members", "members": [1]}));
+        h.event(json!({"type": "speakers", "speakers": [1]}));
+        h.event(json!({"type": "members", "members": [1, 2]}));
+        h.event(json!({"type": "speakers", "speakers": []}));
+        assert_eq!(h.events, vec![json!({"type": "slots", "slots": []})]);
+        assert_eq!(
+            h.members,
+            Some(json!({"type": "members", "members": [1, 2]}))
+        );
+        assert_eq!(
+            h.speakers,
+            Some(json!({"type": "speakers", "speakers": []}))
+        );
+    }
 }

@@ -60,8 +60,8 @@ impl Engine {
         None
     }
 
-    /// Tells a new front what it takes over: the sessions, then their current slots and the
-    /// counters, as if nothing had happened (for the clients, nothing has).
+    /// Tells a new front what it takes over: the sessions, then their current slots, members
+    /// and speakers, and the counters, as if nothing had happened (for the clients, nothing has).
     pub(super) fn introduce(&mut self) {
         let sessions = self
             .room
@@ -78,7 +78,7 @@ impl Engine {
                 stats: self.stats(),
             }),
         });
-        self.room.announce_slots();
+        self.room.announce();
         self.drain_room_events();
     }
 
