@@ -505,6 +505,22 @@ mod tests {
 
     /// The answer asks for DTX on every Opus m-line, beside the client's own parameters, and
     /// rtc still accepts the connection (it answers with the offer's Opus fmtp by itself).
+    /// The answer of a worker on 127.0.0.1:42000 (UDP only) to `sdp`.
+    fn answer_on_loopback(m: &MediaConfig, offer: &Offer, sdp: &str) -> Answered {
+        answer(
+            m,
+            offer,
+            sdp.to_owned(),
+            "beep-1",
+            "127.0.0.1:42000".parse().expect("an address"),
+            None,
+            &IceCredentials::random(),
+            &LossFloor::default(),
+            Instant::now(),
+        )
+        .expect("answered")
+    }
+
     /// A client that offers RED (as Chromium does: `63 111/111`) gets it back on its slots,
     /// and Opus stays the first codec of every m-line, so a browser keeps sending plain Opus;
     /// with `RED_DISTANCE=0` RED is not answered.
@@ -520,18 +536,7 @@ mod tests {
         let answer_with = |distance: u8| {
             let mut m = media("127.0.0.1", (42_000, 42_999));
             m.red_distance = distance;
-            answer(
-                &m,
-                &offer,
-                sdp.clone(),
-                "beep-1",
-                "127.0.0.1:42000".parse().expect("an address"),
-                None,
-                &IceCredentials::random(),
-                &LossFloor::default(),
-                Instant::now(),
-            )
-            .expect("answered")
+            answer_on_loopback(&m, &offer, &sdp)
         };
         let a = answer_with(1);
         let reds: Vec<Option<u8>> = a.slots.iter().map(|s| s.red_pt).collect();
@@ -560,18 +565,7 @@ mod tests {
     fn the_answer_asks_for_opus_dtx() {
         let sdp = offer_sdp();
         let offer = Offer::parse(&sdp).expect("offer parses");
-        let a = answer(
-            &media("127.0.0.1", (42_000, 42_999)),
-            &offer,
-            sdp,
-            "beep-1",
-            "127.0.0.1:42000".parse().expect("an address"),
-            None,
-            &IceCredentials::random(),
-            &LossFloor::default(),
-            Instant::now(),
-        )
-        .expect("answered");
+        let a = answer_on_loopback(&media("127.0.0.1", (42_000, 42_999)), &offer, &sdp);
         let fmtp: Vec<&str> = a
             .answer
             .lines()
