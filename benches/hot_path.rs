@@ -79,6 +79,7 @@ fn room(members: u64, speakers: u64, slots: usize, bites: Option<CutterConfig>) 
                 payload_type: 111,
                 rewriter: SlotRewriter::new(1000 + m as u32 * 10 + i as u32, 0, 0),
                 red: None,
+                history: None,
             })
             .collect();
         let identity = Identity {

@@ -12,61 +12,18 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use common::nats::NatsServer;
+use common::netns::inside_namespace;
 use common::signal::{OFFER, Signal};
 use common::{Front, Permissions, eventually, member};
 use futures_util::StreamExt;
 
 const T: Duration = Duration::from_secs(20);
-const IN_NETNS: &str = "BEEP_TEST_IN_NETNS";
 /// The nodes' liveness TTL in the test: a dead node is noticed within about this.
 const TTL_MS: &str = "2000";
-
-/// Runs `test` of this binary again inside a new network namespace with `lo` up; true when
-/// this process is the one inside (and should run the scenario itself).
-fn inside_namespace(test: &str) -> bool {
-    if std::env::var_os(IN_NETNS).is_some() {
-        return true;
-    }
-    let exe = std::env::current_exe().expect("test binary");
-    let mut child = Command::new("unshare")
-        .args([
-            "--net",
-            "--",
-            "sh",
-            "-c",
-            "ip link set lo up && exec \"$0\" \"$@\"",
-        ])
-        .arg(exe)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(IN_NETNS, "1")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect(
-            "unshare (util-linux) and ip (iproute2); scripts/test installs them, and runs as root",
-        );
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{test} in its namespace did not finish within 240 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(
-        status.success(),
-        "{test} failed inside its namespace: {status}"
-    );
-    false
-}
 
 async fn node(host: &str, id: &str, perms: &Permissions, nats: &NatsServer) -> Front {
     Front::start_on(

@@ -535,6 +535,7 @@ impl RoomHarness<'_> {
                             payload_type: 96 + i as u8,
                             rewriter: SlotRewriter::new(ssrc, first_seq, first_ts),
                             red: None,
+                            history: None,
                         }
                     })
                     .collect();

@@ -9,6 +9,7 @@
 //! | [`audit`] | whether a member's claimed loudness is what its audio decodes to (libopus), and what to credit instead |
 //! | [`selector`] | who each listener hears on its slots: the K loudest others, sticky |
 //! | [`rewrite`] | one continuous RTP stream per slot across speaker switches |
+//! | [`retransmit`] | the last packets of a slot stream, resent to a listener that negotiated NACK |
 //! | [`red`] | RFC 2198 redundancy: each slot packet carries the one(s) before it, for listeners that negotiate it |
 //! | [`room`] | per-packet routing: selector + rewriters + bite cutters, a packet in, forwards and bites out; who is in the room and who speaks ([`room::presence`]) |
 //! | [`opus`] | facts of an Opus packet from its TOC byte (duration, validity), and gap fillers |
@@ -24,6 +25,7 @@ pub mod ogg_opus;
 pub mod opus;
 pub mod quality;
 pub mod red;
+pub mod retransmit;
 pub mod rewrite;
 pub mod room;
 pub mod sdp;

@@ -48,6 +48,10 @@ pub struct AudioSection {
     /// The payload type of RFC 2198 redundancy (`red/48000/2`) over that Opus
     /// (`a=fmtp:<red> <opus>/<opus>`), if the client offered it.
     pub red_pt: Option<u8>,
+    /// The client asks for generic NACK (`a=rtcp-fb:<opus> nack`) on this m-line's Opus.
+    pub nack: bool,
+    /// Payload types seen with `a=rtcp-fb:… nack` (the Opus one is only known at the end).
+    nack_pts: Vec<u8>,
     /// Payload types seen with `red/48000/2` or an fmtp, in either order: (type, is RED,
     /// fmtp). Which RED carries this section's Opus is only known at the section's end.
     red_offers: Vec<(u8, bool, Option<String>)>,
@@ -106,6 +110,7 @@ impl Offer {
                     .into_iter()
                     .find(|(_, red, f)| *red && f.as_deref().is_some_and(over_opus))
                     .map(|(pt, ..)| pt);
+                sec.nack = std::mem::take(&mut sec.nack_pts).contains(&sec.opus_pt);
                 if sec.mid.is_empty() {
                     sec.mid = sec.index.to_string();
                 }
@@ -135,6 +140,8 @@ impl Offer {
                         direction: Direction::SendRecv,
                         opus_pt: 0,
                         red_pt: None,
+                        nack: false,
+                        nack_pts: Vec::new(),
                         red_offers: Vec::new(),
                     },
                     None,
@@ -171,6 +178,12 @@ impl Offer {
             .iter()
             .filter(|s| matches!(s.direction, Direction::SendRecv | Direction::SendOnly))
             .find_map(|s| Some((s.red_pt?, s.opus_pt)))
+    }
+
+    /// Whether any slot asks for NACK: the answer then offers it back, and the worker keeps
+    /// each such slot's recent packets to resend.
+    pub fn slots_nack(&self, max_slots: usize) -> bool {
+        self.slot_sections(max_slots).iter().any(|s| s.nack)
     }
 
     /// Which audio sections become slots, in m-line order, at most `max_slots`.
@@ -301,6 +314,14 @@ fn audio_attribute(
                 None => sec.red_offers.push((pt, true, None)),
             }
         }
+    } else if let Some(fb) = line.strip_prefix("a=rtcp-fb:") {
+        // Exactly `nack` (`nack pli` is a video keyframe request).
+        if let Some((pt, "nack")) = fb.split_once(' ')
+            && let Ok(pt) = pt.parse::<u8>()
+            && !sec.nack_pts.contains(&pt)
+        {
+            sec.nack_pts.push(pt);
+        }
     } else if let Some(fmtp) = line.strip_prefix("a=fmtp:") {
         let (pt, params) = fmtp.split_once(' ').unwrap_or((fmtp, ""));
         // Bounded like everything else an offer carries: one entry per payload type.
@@ -357,6 +378,17 @@ a=rtpmap:121 red/48000/2\r\n";
         let o = Offer::parse(sdp).expect("parses");
         let red: Vec<_> = o.audio.iter().map(|s| s.red_pt).collect();
         assert_eq!(red, [Some(63), None, None, Some(121)]);
+        let nack = sdp
+            .replace("a=mid:1\r\n", "a=mid:1\r\na=rtcp-fb:109 nack\r\n")
+            .replace("a=mid:2\r\n", "a=mid:2\r\na=rtcp-fb:109 nack pli\r\n")
+            .replace("a=mid:0\r\n", "a=mid:0\r\na=rtcp-fb:63 nack\r\n");
+        let o = Offer::parse(&nack).expect("parses");
+        let nacks: Vec<bool> = o.audio.iter().map(|s| s.nack).collect();
+        assert_eq!(
+            nacks,
+            [false, true, false, false],
+            "only plain nack on the section's Opus"
+        );
     }
 
     #[test]

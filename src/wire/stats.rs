@@ -35,6 +35,9 @@ pub struct WorkerStats {
     /// Packets speakers' uplinks lost that their RED redundancy rebuilt.
     #[serde(default)]
     pub red_recovered: u64,
+    /// Packets resent to listeners that asked for them (NACK).
+    #[serde(default)]
+    pub nack_retransmitted: u64,
 }
 
 /// Packets a worker dropped, by reason (`beep_packets_dropped_total{reason=...}`): on purpose
@@ -122,6 +125,7 @@ impl WorkerStats {
         }
         self.listener_packets_lost += other.listener_packets_lost;
         self.red_recovered += other.red_recovered;
+        self.nack_retransmitted += other.nack_retransmitted;
     }
 }
 

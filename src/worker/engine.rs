@@ -74,6 +74,7 @@ use super::peer::{self, IceCredentials, NegotiationError};
 use crate::media::bite::CutterConfig;
 use crate::media::quality::WorstListener;
 use crate::media::red::{RedDecoder, RedEncoder};
+use crate::media::retransmit::SlotHistory;
 use crate::media::rewrite::SlotRewriter;
 use crate::media::room::{Forward, MemberLimits, Room, SlotOutput};
 use crate::media::sdp::{Offer, unify_bundle_ice};
@@ -452,6 +453,7 @@ impl Engine {
                 red: s
                     .red_pt
                     .map(|pt| RedEncoder::new(pt, s.payload_type, self.media.red_distance)),
+                history: s.nack.then(SlotHistory::default),
             })
             .collect();
         self.peers.insert(
@@ -560,7 +562,7 @@ impl Engine {
             events.push(ev);
         }
         let mut received: Vec<rtp::Packet> = Vec::new();
-        let mut blocks = Vec::new();
+        let (mut blocks, mut nacked) = (Vec::new(), Vec::new());
         while let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
             match message {
                 RTCMessage::RtpPacket(_, pkt) => match peer.red_up.as_mut() {
@@ -568,7 +570,7 @@ impl Engine {
                     None => received.push(pkt),
                 },
                 RTCMessage::RtcpPacket(_, rtcp) => {
-                    quality::note_rtcp(&mut peer.link, &rtcp, &mut blocks)
+                    quality::note_rtcp(&mut peer.link, &rtcp, &mut blocks, &mut nacked)
                 }
                 _ => {}
             }
@@ -586,6 +588,11 @@ impl Engine {
         let (session, level_id) = (peer.session, peer.level_id);
         self.quality.red_recovered += peer.red_up.as_mut().map_or(0, |r| take(&mut r.recovered));
         self.note_listener_reports(session, &blocks, now);
+        if !nacked.is_empty() {
+            let resent = self.room.retransmit(session, &nacked, &mut self.forwards);
+            self.quality.retransmitted += resent as u64;
+            self.send_forwards(now);
+        }
 
         if !received.is_empty() {
             let unix_ms = unix_ms_now();

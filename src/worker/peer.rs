@@ -44,8 +44,8 @@ use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
 };
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RTCRtpHeaderExtensionCapability, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverId};
 
@@ -79,6 +79,8 @@ pub struct SlotSender {
     pub ssrc: u32,
     /// The RED payload type, when the answer has RED on this m-line.
     pub red_pt: Option<u8>,
+    /// The client asked for NACK on this m-line (and the answer has it).
+    pub nack: bool,
 }
 
 /// An answered offer: the connection and the SDP to send back.
@@ -120,12 +122,17 @@ impl IceCredentials {
 /// (`crate::media::speech` takes DTX frames for silence) and bites fill the gaps DTX leaves
 /// (`crate::media::ogg_opus`).
 fn opus_codec() -> RTCRtpCodec {
+    opus_codec_with(vec![])
+}
+
+/// [`opus_codec`] with RTCP feedback: `nack` for a client that asks to retransmit.
+fn opus_codec_with(rtcp_feedback: Vec<RTCPFeedback>) -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
         clock_rate: 48000,
         channels: 2,
         sdp_fmtp_line: "minptime=10;useinbandfec=1;usedtx=1".to_owned(),
-        rtcp_feedback: vec![],
+        rtcp_feedback,
     }
 }
 
@@ -219,11 +226,12 @@ pub fn opus_media_track(stream: &str, id: &str, ssrc: u32) -> MediaStreamTrack {
 
 /// The media engine of the webrtc-rs test and load clients (`crate::loadtools`): [`audio_media_engine`] with the
 /// crate's default interceptors, as an application built on webrtc-rs would have them, and
-/// [`Feedback`] so the tests see the SFU's reports; with `red`, RED offered as Chromium does.
+/// [`Feedback`] so the tests see the SFU's reports; with `red`, RED offered as Chromium does;
+/// with `nack`, generic NACK asked for on Opus.
 #[cfg(feature = "loadtools")]
-pub fn audio_engine(red: bool) -> rtc::shared::error::Result<(MediaEngine, Registry)> {
+pub fn audio_engine(red: bool, nack: bool) -> rtc::shared::error::Result<(MediaEngine, Registry)> {
     use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
-    let mut engine = audio_media_engine()?;
+    let mut engine = audio_media_engine_with(nack)?;
     if red {
         register_red(&mut engine)?;
     }
@@ -241,8 +249,9 @@ pub fn audio_engine(red: bool) -> rtc::shared::error::Result<(MediaEngine, Regis
 fn server_engine(
     floor: &LossFloor,
     red: bool,
+    nack: bool,
 ) -> rtc::shared::error::Result<(MediaEngine, Registry)> {
-    let mut engine = audio_media_engine()?;
+    let mut engine = audio_media_engine_with(nack)?;
     if red {
         register_red(&mut engine)?;
     }
@@ -253,11 +262,25 @@ fn server_engine(
 }
 
 /// Opus only (payload type 111) and the RFC 6464 audio-level extension.
+#[cfg(any(test, feature = "loadtools"))]
 pub(crate) fn audio_media_engine() -> rtc::shared::error::Result<MediaEngine> {
+    audio_media_engine_with(false)
+}
+
+/// [`audio_media_engine`], with generic NACK on Opus when `nack`.
+pub(crate) fn audio_media_engine_with(nack: bool) -> rtc::shared::error::Result<MediaEngine> {
+    let feedback = if nack {
+        vec![RTCPFeedback {
+            typ: "nack".to_owned(),
+            parameter: String::new(),
+        }]
+    } else {
+        vec![]
+    };
     let mut engine = MediaEngine::default();
     engine.register_codec(
         RTCRtpCodecParameters {
-            rtp_codec: opus_codec(),
+            rtp_codec: opus_codec_with(feedback),
             payload_type: 111,
         },
         RtpCodecKind::Audio,
@@ -307,7 +330,8 @@ pub fn answer(
     now: Instant,
 ) -> Result<Answered, NegotiationError> {
     let bad_sdp = |e: String| NegotiationError::new(ErrorCode::BadSdp, e);
-    let mut pc = server_connection(media, ice, tcp_local.is_some(), floor, now)?;
+    let nack = offer.slots_nack(media.max_slots);
+    let mut pc = server_connection(media, ice, tcp_local.is_some(), floor, nack, now)?;
     let desc = RTCSessionDescription::offer(offer_sdp)
         .map_err(|e| bad_sdp(format!("unparseable offer: {e}")))?;
     pc.set_remote_description(now, desc)
@@ -343,10 +367,11 @@ fn server_connection(
     ice: &IceCredentials,
     tcp: bool,
     floor: &LossFloor,
+    nack: bool,
     now: Instant,
 ) -> Result<RTCPeerConnection, NegotiationError> {
     let (engine, registry) =
-        server_engine(floor, media.red_distance > 0).map_err(|e| internal(e.to_string()))?;
+        server_engine(floor, media.red_distance > 0, nack).map_err(|e| internal(e.to_string()))?;
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_answering_dtls_role(RTCDtlsRole::Server)
@@ -426,6 +451,7 @@ fn add_slot_tracks(
                     payload_type: section.opus_pt,
                     ssrc,
                     red_pt: section.red_pt.filter(|_| media.red_distance > 0),
+                    nack: section.nack,
                 });
             }
             if Some(&mid) == last_slot_mid.as_ref() {

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod nats;
+pub mod netns;
 pub mod opus;
 pub mod signal;
 

@@ -350,6 +350,11 @@ impl WorkersCollector {
                 all.red_recovered,
             ),
             (
+                "beep_nack_retransmitted_packets",
+                "Packets resent to listeners that asked for them (NACK).",
+                all.nack_retransmitted,
+            ),
+            (
                 "beep_bites_published",
                 "Bites published live (both messages acked or flushed).",
                 b.published,

@@ -39,6 +39,7 @@ fn worker(peers: u32, packets: u64, delays_us: &[u64]) -> WorkerStats {
         quality_scores: [0, 0, 1, 2, 3],
         listener_packets_lost: 5,
         red_recovered: 4,
+        nack_retransmitted: 3,
     }
 }
 
@@ -121,6 +122,7 @@ fn every_metric_has_help_type_and_its_name() {
         ("beep_forward_delay_seconds", "histogram"),
         ("beep_listener_packets_lost_total", "counter"),
         ("beep_red_recovered_packets_total", "counter"),
+        ("beep_nack_retransmitted_packets_total", "counter"),
         ("beep_quality_score", "histogram"),
         ("beep_bites_published_total", "counter"),
         ("beep_bites_spooled_total", "counter"),

@@ -25,6 +25,7 @@ use rustc_hash::FxHashMap;
 use super::audit::{DecodeBudget, LevelAudit};
 use super::bite::{AudioPacket, BiteCutter, CutBite, CutterConfig, StartClock};
 use super::red::RedEncoder;
+use super::retransmit::SlotHistory;
 use super::rewrite::{SlotRewriter, SourceKey};
 use super::selector::{Selector, SelectorConfig, SlotChange};
 use super::speech::Loudness;
@@ -82,6 +83,8 @@ pub struct SlotOutput {
     pub rewriter: SlotRewriter,
     /// Redundancy for a listener that negotiated RED on this slot.
     pub red: Option<RedEncoder>,
+    /// What was sent, for a listener that negotiated NACK on this slot.
+    pub history: Option<SlotHistory>,
 }
 
 /// One packet for one slot of one listener, rewritten and ready to send.
@@ -263,6 +266,38 @@ impl Room {
         let m = self.members.get(&listener)?;
         let slot = m.slots.iter().position(|s| s.rewriter.ssrc() == ssrc)?;
         m.mapping.get(slot).copied().flatten()
+    }
+
+    /// `listener` says it lost these packets `(slot stream SSRC, sequence number)`: those
+    /// still kept go again, appended to `out`. Returns how many.
+    pub fn retransmit(
+        &mut self,
+        listener: SessionId,
+        lost: &[(u32, u16)],
+        out: &mut Vec<Forward>,
+    ) -> usize {
+        let Some(m) = self.members.get(&listener).filter(|m| m.live) else {
+            return 0;
+        };
+        let before = out.len();
+        for &(ssrc, seq) in lost {
+            let Some((slot, output)) = m
+                .slots
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.rewriter.ssrc() == ssrc)
+            else {
+                continue;
+            };
+            if let Some(packet) = output.history.as_ref().and_then(|h| h.find(seq)) {
+                out.push(Forward {
+                    listener,
+                    slot,
+                    packet: packet.clone(),
+                });
+            }
+        }
+        out.len() - before
     }
 
     pub fn member_count(&self) -> usize {
@@ -561,7 +596,11 @@ fn slot_copy(
     if let Some((id, b)) = level_ext {
         let _ = header.set_extension(id, level_extension(b));
     }
-    Some(rtp::Packet { header, payload })
+    let packet = rtp::Packet { header, payload };
+    if let Some(history) = output.history.as_mut() {
+        history.sent(&packet);
+    }
+    Some(packet)
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ fn member_red(room: &mut Room, id: u64, slots: usize, red: Option<u8>) {
             payload_type: 111,
             rewriter: SlotRewriter::new(1000 * id as u32 + i as u32, 0, 0),
             red: red.map(|d| RedEncoder::new(63, 111, d)),
+            history: None,
         })
         .collect();
     let identity = Identity {

@@ -80,6 +80,9 @@ pub struct ClientOptions {
     /// Offer RED (`red/48000/2`, payload type 63) and, when answered, send RED (one packet
     /// of redundancy) and unpack what arrives as RED.
     pub red: bool,
+    /// Ask for generic NACK on Opus (no browser does for audio): the SFU then resends what
+    /// [`Client::nack`] names.
+    pub nack: bool,
 }
 
 impl ClientOptions {
@@ -97,6 +100,7 @@ impl ClientOptions {
             sends: true,
             send_ticks: None,
             red: false,
+            nack: false,
         }
     }
 }
@@ -215,7 +219,7 @@ async fn build_peer(
     shared: &Arc<Mutex<Shared>>,
     ws_out: &mpsc::UnboundedSender<Message>,
 ) -> anyhow::Result<(Arc<dyn PeerConnection>, mpsc::Receiver<()>)> {
-    let (engine, registry) = audio_engine(opts.red)?;
+    let (engine, registry) = audio_engine(opts.red, opts.nack)?;
     let (gathered_tx, gathered) = mpsc::channel(1);
     let handler = Arc::new(Handler {
         shared: shared.clone(),
@@ -384,14 +388,23 @@ impl Client {
         self.told.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Sends a receiver report claiming `fraction` (1/256) of slot stream `ssrc` lost.
-    pub async fn report_loss(&self, ssrc: u32, fraction: u8) -> anyhow::Result<()> {
-        let track = lock(&self.shared)
+    /// A slot track to send RTCP through (under BUNDLE any will do).
+    fn any_track(&self) -> anyhow::Result<Arc<dyn TrackRemote>> {
+        lock(&self.shared)
             .tracks
             .first()
             .cloned()
-            .ok_or_else(|| anyhow!("no slot track open yet"))?;
-        feedback::report_loss(&track, self.mic_ssrc, ssrc, fraction).await
+            .ok_or_else(|| anyhow!("no slot track open yet"))
+    }
+
+    /// Sends a receiver report claiming `fraction` (1/256) of slot stream `ssrc` lost.
+    pub async fn report_loss(&self, ssrc: u32, fraction: u8) -> anyhow::Result<()> {
+        feedback::report_loss(&self.any_track()?, self.mic_ssrc, ssrc, fraction).await
+    }
+
+    /// Sends a NACK naming `seqs` of slot stream `ssrc` lost.
+    pub async fn nack(&self, ssrc: u32, seqs: &[u16]) -> anyhow::Result<()> {
+        feedback::nack(&self.any_track()?, self.mic_ssrc, ssrc, seqs).await
     }
 
     /// RTP packets received so far over all slots (cheap: no copy of the stats).

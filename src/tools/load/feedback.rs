@@ -1,6 +1,6 @@
 //! The test client's side of RTCP feedback (issue 19): what the SFU's reports tell it of
-//! its microphone stream, and receiver reports of its own making, to play a listener on a
-//! lossy downlink without dropping packets.
+//! its microphone stream, and receiver reports and NACKs of its own making, to play a
+//! listener on a lossy downlink without dropping packets.
 //!
 //! The client's chain carries the worker's [`Feedback`] link (at floor 0, so it changes
 //! nothing outgoing) for its inbound half: rtc ends inbound RTCP inside the chain unless an
@@ -12,6 +12,7 @@ use rtc::rtcp;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::TrackRemote;
@@ -63,5 +64,27 @@ pub async fn report_loss(
         ..Default::default()
     };
     track.write_rtcp(vec![Box::new(rr)]).await?;
+    Ok(())
+}
+
+/// Sends a generic NACK (RFC 4585) naming `seqs` of the stream `ssrc` as lost.
+pub async fn nack(
+    track: &Arc<dyn TrackRemote>,
+    reporter_ssrc: u32,
+    ssrc: u32,
+    seqs: &[u16],
+) -> anyhow::Result<()> {
+    let nack = TransportLayerNack {
+        sender_ssrc: reporter_ssrc,
+        media_ssrc: ssrc,
+        nacks: seqs
+            .iter()
+            .map(|&packet_id| NackPair {
+                packet_id,
+                lost_packets: 0,
+            })
+            .collect(),
+    };
+    track.write_rtcp(vec![Box::new(nack)]).await?;
     Ok(())
 }

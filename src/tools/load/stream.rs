@@ -35,7 +35,8 @@ pub struct StreamStats {
     /// Per sender tag, the lowest and highest probe counter seen: with `from`, how many of
     /// that sender's packets in between never arrived.
     pub counters: HashMap<String, (u32, u32)>,
-    last: Option<(u16, u32)>,
+    /// Sequence number and timestamp of the newest packet.
+    pub last: Option<(u16, u32)>,
 }
 
 impl StreamStats {

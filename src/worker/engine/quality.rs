@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp;
 use rtc::rtcp::reception_report::ReceptionReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::shared::time::SystemInstant;
 use rtc::statistics::StatsSelector;
 
@@ -23,15 +24,24 @@ fn ntp_mid_now() -> u32 {
 }
 
 /// Takes the report blocks of a member's RTCP into its meter, and appends each block's
-/// `(ssrc, fraction lost)` to `blocks` for the speakers' loss floors.
+/// `(ssrc, fraction lost)` to `out` for the speakers' loss floors and each packet a NACK
+/// names `(ssrc, sequence number)` to `nacked`.
 pub fn note_rtcp(
     meter: &mut LinkMeter,
     packets: &[Box<dyn rtcp::Packet>],
     out: &mut Vec<(u32, u8)>,
+    nacked: &mut Vec<(u32, u16)>,
 ) {
     let mut blocks: Vec<&ReceptionReport> = Vec::new();
     for p in packets {
         let any = p.as_any();
+        if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+            for pair in &nack.nacks {
+                // At most 17 a pair; the room looks each up in 75 kept packets.
+                nacked.extend(pair.packet_list().into_iter().map(|s| (nack.media_ssrc, s)));
+            }
+            continue;
+        }
         if let Some(rr) = any.downcast_ref::<rtcp::receiver_report::ReceiverReport>() {
             blocks.extend(&rr.reports);
         } else if let Some(sr) = any.downcast_ref::<rtcp::sender_report::SenderReport>() {
@@ -93,6 +103,8 @@ pub struct Tally {
     listener_lost: u64,
     /// Packets rebuilt from speakers' RED.
     pub red_recovered: u64,
+    /// Packets resent to listeners that asked (NACK).
+    pub retransmitted: u64,
 }
 
 impl Default for Tally {
@@ -102,6 +114,7 @@ impl Default for Tally {
             scores: [0; 5],
             listener_lost: 0,
             red_recovered: 0,
+            retransmitted: 0,
         }
     }
 }
@@ -113,6 +126,7 @@ impl Tally {
         }
         stats.listener_packets_lost += self.listener_lost;
         stats.red_recovered += self.red_recovered;
+        stats.nack_retransmitted += self.retransmitted;
     }
 }
 
