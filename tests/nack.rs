@@ -13,9 +13,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use beep_webrtc::tools::load::client::{Client, ClientOptions};
 use common::netns::inside_namespace;
-use common::{Front, Permissions, eventually, lost};
+use common::{Front, Permissions, eventually, lost, member_with};
 
 const TABLE: &str = "beep_nack_test";
 
@@ -50,21 +49,8 @@ async fn a_listener_that_negotiated_nack_gets_back_what_its_downlink_lost() {
     tokio::time::timeout(Duration::from_secs(90), async {
         let perms = Permissions::start().await;
         let front = Front::start(&perms.url(), &[("BITES", "off")]).await;
-        let join = |user: &'static str, nack: bool| {
-            let mut opts = ClientOptions::new(front.ws("?conversation=nack"), user, "app");
-            opts.nack = nack;
-            async move {
-                let c = Client::connect(opts)
-                    .await
-                    .unwrap_or_else(|e| panic!("{user}: {e:#}"));
-                c.wait_connected(Duration::from_secs(20))
-                    .await
-                    .unwrap_or_else(|e| panic!("{user}: {e:#}"));
-                c
-            }
-        };
-        let speaker = join("spk", false).await;
-        let listener = join("lis", true).await;
+        let speaker = member_with(&front, "nack", "spk", |_| {}).await;
+        let listener = member_with(&front, "nack", "lis", |o| o.nack = true).await;
         assert!(
             listener.answer_sdp.contains("a=rtcp-fb:111 nack"),
             "{}",

@@ -10,22 +10,14 @@ mod common;
 
 use std::time::Duration;
 
+use beep_webrtc::tools::load::client::Client;
 use beep_webrtc::tools::load::client::Upstream::{self, Audio, Lost};
-use beep_webrtc::tools::load::client::{Client, ClientOptions};
-use common::{Front, Permissions, eventually, lost};
+use common::{Front, Permissions, eventually, lost, member_with};
 
 const DBOV: u8 = 30;
 
 async fn join(front: &Front, user: &str, red: bool) -> Client {
-    let mut opts = ClientOptions::new(front.ws("?conversation=red"), user, "app");
-    opts.red = red;
-    let c = Client::connect(opts)
-        .await
-        .unwrap_or_else(|e| panic!("{user}: {e:#}"));
-    c.wait_connected(Duration::from_secs(20))
-        .await
-        .unwrap_or_else(|e| panic!("{user}: {e:#}"));
-    c
+    member_with(front, "red", user, |o| o.red = red).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -329,14 +329,26 @@ pub async fn member(
     conversation: &str,
     user: &str,
 ) -> beep_webrtc::tools::load::client::Client {
+    member_with(front, conversation, user, |_| {}).await
+}
+
+/// [`member`] with its client options changed by `configure` first (RED, NACK, ...).
+pub async fn member_with(
+    front: &Front,
+    conversation: &str,
+    user: &str,
+    configure: impl FnOnce(&mut beep_webrtc::tools::load::client::ClientOptions),
+) -> beep_webrtc::tools::load::client::Client {
     use beep_webrtc::tools::load::client::{Client, ClientOptions};
-    let c = Client::connect(ClientOptions::new(
+    let mut opts = ClientOptions::new(
         front.ws(&format!("?conversation={conversation}")),
         user,
         "app",
-    ))
-    .await
-    .unwrap_or_else(|e| panic!("{user}: {e:#}"));
+    );
+    configure(&mut opts);
+    let c = Client::connect(opts)
+        .await
+        .unwrap_or_else(|e| panic!("{user}: {e:#}"));
     c.wait_connected(Duration::from_secs(20))
         .await
         .unwrap_or_else(|e| panic!("{user}: {e:#}"));
