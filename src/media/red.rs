@@ -231,20 +231,16 @@ impl RedDecoder {
             return vec![];
         };
         let seq = pkt.header.sequence_number;
+        let primary_new = !self.arrived(seq);
         let mut out = Vec::with_capacity(blocks.len() + 1);
         // Redundant blocks are the packets right before, oldest first.
         let n = blocks.len() as u16;
-        let mut rebuilt = Vec::new();
         for (i, block) in blocks.into_iter().enumerate() {
             let block_seq = seq.wrapping_sub(n - i as u16);
-            if block.payload_type != self.opus_pt || block.data.is_empty() {
-                continue;
-            }
-            rebuilt.push((block_seq, block));
-        }
-        let primary_new = !self.arrived(seq);
-        for (block_seq, block) in rebuilt {
-            if self.arrived(block_seq) {
+            if block.payload_type != self.opus_pt
+                || block.data.is_empty()
+                || self.arrived(block_seq)
+            {
                 continue;
             }
             self.recovered += 1;

@@ -64,6 +64,19 @@ impl Feedback {
     }
 }
 
+/// Every report block of a compound packet: those of its receiver reports and of its sender
+/// reports.
+pub fn report_blocks(
+    packets: &[Box<dyn rtcp::Packet>],
+) -> impl Iterator<Item = &rtcp::reception_report::ReceptionReport> {
+    packets.iter().flat_map(|p| {
+        let any = p.as_any();
+        let rr = any.downcast_ref::<ReceiverReport>().map(|r| &r.reports);
+        let sr = any.downcast_ref::<SenderReport>().map(|s| &s.reports);
+        rr.or(sr).into_iter().flatten()
+    })
+}
+
 /// Whether the engine wants this compound packet: it carries report blocks or a NACK.
 pub fn wanted(packets: &[Box<dyn rtcp::Packet>]) -> bool {
     packets.iter().any(|p| {
@@ -82,17 +95,7 @@ pub fn raise_fraction_lost(
     packets: &[Box<dyn rtcp::Packet>],
     floor: u8,
 ) -> Option<Vec<Box<dyn rtcp::Packet>>> {
-    let below =
-        |r: &[rtcp::reception_report::ReceptionReport]| r.iter().any(|b| b.fraction_lost < floor);
-    let needs = packets.iter().any(|p| {
-        let any = p.as_any();
-        any.downcast_ref::<ReceiverReport>()
-            .is_some_and(|rr| below(&rr.reports))
-            || any
-                .downcast_ref::<SenderReport>()
-                .is_some_and(|sr| below(&sr.reports))
-    });
-    if !needs {
+    if !report_blocks(packets).any(|b| b.fraction_lost < floor) {
         return None;
     }
     let raise = |reports: &mut Vec<rtcp::reception_report::ReceptionReport>| {

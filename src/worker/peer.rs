@@ -231,10 +231,7 @@ pub fn opus_media_track(stream: &str, id: &str, ssrc: u32) -> MediaStreamTrack {
 #[cfg(feature = "loadtools")]
 pub fn audio_engine(red: bool, nack: bool) -> rtc::shared::error::Result<(MediaEngine, Registry)> {
     use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
-    let mut engine = audio_media_engine_with(nack)?;
-    if red {
-        register_red(&mut engine)?;
-    }
+    let mut engine = audio_media_engine_with(red, nack)?;
     let registry = register_default_interceptors(Registry::new(), &mut engine)?
         .with(FEEDBACK_SLOT, Feedback::new(LossFloor::default()));
     Ok((engine, registry))
@@ -242,19 +239,18 @@ pub fn audio_engine(red: bool, nack: bool) -> rtc::shared::error::Result<(MediaE
 
 /// The worker's: RTCP sender/receiver reports and transport-wide congestion control feedback
 /// (which browsers use to adapt their send rate), our own link for the RTCP the engine acts
-/// on ([`Feedback`]: listeners' reports in, the loss floor onto ours), and no NACK. NACK is only ever negotiated
-/// for video, yet its responder keeps a copy of every packet sent, and every interceptor in
-/// the chain moves each forwarded packet through a queue of its own: with the default set
-/// the chain was the largest single cost per forwarded packet (docs/BENCHMARKS.md).
+/// on ([`Feedback`]: listeners' reports in, the loss floor onto ours, NACKs in), and not
+/// rtc's NACK responder: it keeps a copy of every packet sent on every connection, and every
+/// interceptor in the chain moves each forwarded packet through a queue of its own (with the
+/// default set the chain was the largest single cost per forwarded packet,
+/// docs/BENCHMARKS.md). A client that asks for NACK is answered from the room's slot history
+/// instead (`crate::media::retransmit`), kept only for it.
 fn server_engine(
     floor: &LossFloor,
     red: bool,
     nack: bool,
 ) -> rtc::shared::error::Result<(MediaEngine, Registry)> {
-    let mut engine = audio_media_engine_with(nack)?;
-    if red {
-        register_red(&mut engine)?;
-    }
+    let mut engine = audio_media_engine_with(red, nack)?;
     let registry =
         configure_rtcp_reports(Registry::new()).with(FEEDBACK_SLOT, Feedback::new(floor.clone()));
     let registry = configure_twcc_receiver_only(registry, &mut engine)?;
@@ -264,11 +260,15 @@ fn server_engine(
 /// Opus only (payload type 111) and the RFC 6464 audio-level extension.
 #[cfg(any(test, feature = "loadtools"))]
 pub(crate) fn audio_media_engine() -> rtc::shared::error::Result<MediaEngine> {
-    audio_media_engine_with(false)
+    audio_media_engine_with(false, false)
 }
 
-/// [`audio_media_engine`], with generic NACK on Opus when `nack`.
-pub(crate) fn audio_media_engine_with(nack: bool) -> rtc::shared::error::Result<MediaEngine> {
+/// [`audio_media_engine`], with [RED](register_red) when `red` and generic NACK on Opus when
+/// `nack`.
+pub(crate) fn audio_media_engine_with(
+    red: bool,
+    nack: bool,
+) -> rtc::shared::error::Result<MediaEngine> {
     let feedback = if nack {
         vec![RTCPFeedback {
             typ: "nack".to_owned(),
@@ -292,13 +292,16 @@ pub(crate) fn audio_media_engine_with(nack: bool) -> rtc::shared::error::Result<
         RtpCodecKind::Audio,
         Some(RTCRtpTransceiverDirection::Sendrecv),
     )?;
+    if red {
+        register_red(&mut engine)?;
+    }
     Ok(engine)
 }
 
 /// RED over our Opus (RFC 2198, `red/48000/2`, `111/111` as Chromium offers it): registered,
 /// `rtc` answers it where a client offers it (matching by name when the client's Opus has
 /// another number), and the slots whose answer has it get redundancy ([`crate::media::red`]).
-pub(crate) fn register_red(engine: &mut MediaEngine) -> rtc::shared::error::Result<()> {
+fn register_red(engine: &mut MediaEngine) -> rtc::shared::error::Result<()> {
     engine.register_codec(
         RTCRtpCodecParameters {
             rtp_codec: RTCRtpCodec {
@@ -308,11 +311,15 @@ pub(crate) fn register_red(engine: &mut MediaEngine) -> rtc::shared::error::Resu
                 sdp_fmtp_line: "111/111".to_owned(),
                 rtcp_feedback: vec![],
             },
-            payload_type: 63,
+            payload_type: RED_PT,
         },
         RtpCodecKind::Audio,
     )
 }
+
+/// The payload type RED is registered under (Chromium's): what a client built on this media
+/// engine offers it as.
+pub const RED_PT: u8 = 63;
 
 /// Builds a peer connection for `offer`, adds one outgoing track per slot and answers.
 /// `local` is the worker's UDP port as clients reach it, `tcp_local` its ICE-TCP port if it

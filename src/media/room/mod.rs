@@ -115,6 +115,13 @@ struct Member {
     members_told: u64,
 }
 
+impl Member {
+    /// Which of its slots sends the stream with SSRC `ssrc` (what its RTCP names).
+    fn slot_of(&self, ssrc: u32) -> Option<usize> {
+        self.slots.iter().position(|s| s.rewriter.ssrc() == ssrc)
+    }
+}
+
 pub struct Room {
     selector: Selector<MemberId>,
     /// Keyed by session ids, which the worker makes (the fast hash is safe): looked up once
@@ -264,14 +271,13 @@ impl Room {
     /// report block of that listener's is about.
     pub fn slot_source(&self, listener: SessionId, ssrc: u32) -> Option<SessionId> {
         let m = self.members.get(&listener)?;
-        let slot = m.slots.iter().position(|s| s.rewriter.ssrc() == ssrc)?;
-        m.mapping.get(slot).copied().flatten()
+        m.mapping.get(m.slot_of(ssrc)?).copied().flatten()
     }
 
     /// `listener` says it lost these packets `(slot stream SSRC, sequence number)`: those
     /// still kept go again, appended to `out`. Returns how many.
     pub fn retransmit(
-        &mut self,
+        &self,
         listener: SessionId,
         lost: &[(u32, u16)],
         out: &mut Vec<Forward>,
@@ -281,15 +287,10 @@ impl Room {
         };
         let before = out.len();
         for &(ssrc, seq) in lost {
-            let Some((slot, output)) = m
-                .slots
-                .iter()
-                .enumerate()
-                .find(|(_, s)| s.rewriter.ssrc() == ssrc)
-            else {
+            let Some(slot) = m.slot_of(ssrc) else {
                 continue;
             };
-            if let Some(packet) = output.history.as_ref().and_then(|h| h.find(seq)) {
+            if let Some(packet) = m.slots[slot].history.as_ref().and_then(|h| h.find(seq)) {
                 out.push(Forward {
                     listener,
                     slot,

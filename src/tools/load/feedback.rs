@@ -8,14 +8,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use rtc::rtcp;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::reception_report::ReceptionReport;
-use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::TrackRemote;
+
+use crate::worker::feedback::report_blocks;
 
 /// The fraction lost (1/256) of every report block about the microphone the SFU sent, in
 /// arrival order.
@@ -27,7 +27,7 @@ pub type Told = Arc<Mutex<Vec<u8>>>;
 pub fn spawn_mic_feedback(mic: Arc<TrackLocalStaticRTP>, mic_ssrc: u32, told: Told) {
     tokio::spawn(async move {
         while let Some(TrackLocalEvent::OnRtcpPacket(packets)) = mic.poll().await {
-            let fractions = blocks(&packets)
+            let fractions = report_blocks(&packets)
                 .filter(|b| b.ssrc == mic_ssrc)
                 .map(|b| b.fraction_lost);
             told.lock()
@@ -35,15 +35,6 @@ pub fn spawn_mic_feedback(mic: Arc<TrackLocalStaticRTP>, mic_ssrc: u32, told: To
                 .extend(fractions);
         }
     });
-}
-
-fn blocks(packets: &[Box<dyn rtcp::Packet>]) -> impl Iterator<Item = &ReceptionReport> {
-    packets.iter().flat_map(|p| {
-        let any = p.as_any();
-        let rr = any.downcast_ref::<ReceiverReport>().map(|r| &r.reports);
-        let sr = any.downcast_ref::<SenderReport>().map(|s| &s.reports);
-        rr.or(sr).into_iter().flatten()
-    })
 }
 
 /// Sends a receiver report claiming `fraction` (1/256) of the stream `ssrc` lost, through

@@ -9,7 +9,7 @@ use super::probe::parse_probe_ref;
 use crate::media::red;
 
 /// The RED payload type the client offers.
-pub const RED_PT: u8 = 63;
+pub use crate::worker::peer::RED_PT;
 
 /// What arrived as RED.
 #[derive(Debug, Default, Clone, Copy)]

@@ -7,13 +7,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp;
-use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::shared::time::SystemInstant;
 use rtc::statistics::StatsSelector;
 
 use crate::media::quality::{LinkMeter, Sampled, round_trip_ms};
 use crate::wire::signal::Event;
+use crate::worker::feedback::report_blocks;
 
 /// The middle 32 bits of the NTP time now: what a report's LSR and DLSR are counted against.
 fn ntp_mid_now() -> u32 {
@@ -32,23 +32,17 @@ pub fn note_rtcp(
     out: &mut Vec<(u32, u8)>,
     nacked: &mut Vec<(u32, u16)>,
 ) {
-    let mut blocks: Vec<&ReceptionReport> = Vec::new();
-    for p in packets {
-        let any = p.as_any();
-        if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-            for pair in &nack.nacks {
-                // At most 17 a pair; the room looks each up in 75 kept packets.
-                nacked.extend(pair.packet_list().into_iter().map(|s| (nack.media_ssrc, s)));
-            }
-            continue;
-        }
-        if let Some(rr) = any.downcast_ref::<rtcp::receiver_report::ReceiverReport>() {
-            blocks.extend(&rr.reports);
-        } else if let Some(sr) = any.downcast_ref::<rtcp::sender_report::SenderReport>() {
-            blocks.extend(&sr.reports);
+    for nack in packets
+        .iter()
+        .filter_map(|p| p.as_any().downcast_ref::<TransportLayerNack>())
+    {
+        for pair in &nack.nacks {
+            // At most 17 a pair; the room looks each up in 75 kept packets.
+            nacked.extend(pair.packet_list().into_iter().map(|s| (nack.media_ssrc, s)));
         }
     }
-    if blocks.is_empty() {
+    let mut blocks = report_blocks(packets).peekable();
+    if blocks.peek().is_none() {
         return;
     }
     let now = ntp_mid_now();
